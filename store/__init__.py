@@ -1,0 +1,3 @@
+"""The reinforcement store: a chunked Zarr v3 store of parameter records and teacher top-k."""
+
+__all__: list[str] = []
