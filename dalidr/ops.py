@@ -9,9 +9,9 @@ magnitude is negative; replay passes the stored bin and sign (`auto_aug.core.sig
 nothing is drawn at replay time.
 
 Where DALI's stock augmentation differs from torchvision's definition, the op is written here:
-posterize (torchvision keeps `8 - round(m)` bits; DALI's stock op keeps `round(m)`), color
-(torchvision blends with the grey image; DALI's stock op scales saturation in HSV), solarize
-(threshold from 255 down to 0) and the translations (torchvision truncates the pixel offset).
+posterize (torchvision keeps `8 - round(m)` bits; DALI's stock op keeps `round(m)`), solarize
+(threshold from 255 down to 0), contrast (centre on the mean grey level, as torchvision) and
+the translations (torchvision truncates the pixel offset).
 Differences that remain, and the tolerances the tests hold them to, are listed in
 `tests/test_ops.py`.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from nvidia.dali import fn, types
+from nvidia.dali import fn, math, types
 from nvidia.dali.auto_aug.core import augmentation
 from nvidia.dali.auto_aug.core._augmentation import Augmentation
 
@@ -29,36 +29,35 @@ __all__ = ["OpSpec", "OPS", "NUM_OPS", "OP_IDS", "replay_ops"]
 
 _GREY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
-
-def _shear_x_param(magnitude: float) -> list[float]:
+def _x_param(magnitude: float) -> list[float]:
     return [magnitude, 0.0]
 
-
-def _shear_y_param(magnitude: float) -> list[float]:
+def _y_param(magnitude: float) -> list[float]:
     return [0.0, magnitude]
 
+# torchvision's shear moves content the other way from DALI's shear transform for the same sign.
+def _shear_x_param(magnitude: float) -> list[float]:
+    return [-magnitude, 0.0]
+
+def _shear_y_param(magnitude: float) -> list[float]:
+    return [0.0, -magnitude]
 
 def _enhance_factor(magnitude: float) -> float:
     return 1.0 + magnitude
-
 
 def _posterize_mask(magnitude: float) -> np.ndarray:
     bits = int(np.round(8 - magnitude))
     return np.array((0xFF << (8 - bits)) & 0xFF, dtype=np.uint8)
 
-
 def _grey(data):
     return data[:, :, 0:1] * _GREY[0] + data[:, :, 1:2] * _GREY[1] + data[:, :, 2:3] * _GREY[2]
 
-
 def _to_uint8(values):
-    return fn.cast(fn.math.clamp(values, 0.0, 255.0), dtype=types.UINT8)
-
+    return fn.cast(math.clamp(values, 0.0, 255.0), dtype=types.UINT8)
 
 @augmentation
 def identity(data, _):
     return data
-
 
 @augmentation(mag_range=(0, 0.3), randomly_negate=True, mag_to_param=_shear_x_param)
 def shear_x(data, shear, fill_value=0, interp_type=types.INTERP_NN):
@@ -66,52 +65,45 @@ def shear_x(data, shear, fill_value=0, interp_type=types.INTERP_NN):
     return fn.warp_affine(data, matrix=matrix, fill_value=fill_value, interp_type=interp_type,
                           inverse_map=False)
 
-
 @augmentation(mag_range=(0, 0.3), randomly_negate=True, mag_to_param=_shear_y_param)
 def shear_y(data, shear, fill_value=0, interp_type=types.INTERP_NN):
     matrix = fn.transforms.shear(shear=shear)
     return fn.warp_affine(data, matrix=matrix, fill_value=fill_value, interp_type=interp_type,
                           inverse_map=False)
 
-
 # The translations' ranges are fractions of the image side (torchvision: 150/331); `replay_ops`
 # turns them into whole pixels for the pipeline's output size, truncated as torchvision does.
-@augmentation(mag_range=(0, 150.0 / 331.0), randomly_negate=True, mag_to_param=_shear_x_param)
+@augmentation(mag_range=(0, 150.0 / 331.0), randomly_negate=True, mag_to_param=_x_param)
 def translate_x(data, offset, fill_value=0, interp_type=types.INTERP_NN):
     matrix = fn.transforms.translation(offset=offset)
     return fn.warp_affine(data, matrix=matrix, fill_value=fill_value, interp_type=interp_type,
                           inverse_map=False)
 
-
-@augmentation(mag_range=(0, 150.0 / 331.0), randomly_negate=True, mag_to_param=_shear_y_param)
+@augmentation(mag_range=(0, 150.0 / 331.0), randomly_negate=True, mag_to_param=_y_param)
 def translate_y(data, offset, fill_value=0, interp_type=types.INTERP_NN):
     matrix = fn.transforms.translation(offset=offset)
     return fn.warp_affine(data, matrix=matrix, fill_value=fill_value, interp_type=interp_type,
                           inverse_map=False)
-
 
 @augmentation(mag_range=(0, 30), randomly_negate=True)
 def rotate(data, angle, fill_value=0, interp_type=types.INTERP_NN):
     return fn.rotate(data, angle=angle, fill_value=fill_value, interp_type=interp_type,
                      keep_size=True)
 
-
 @augmentation(mag_range=(0, 0.9), randomly_negate=True, mag_to_param=_enhance_factor)
 def brightness(data, factor):
-    return _to_uint8(data * factor)
-
+    return fn.brightness(data, brightness=factor)
 
 @augmentation(mag_range=(0, 0.9), randomly_negate=True, mag_to_param=_enhance_factor)
 def color(data, factor):
-    grey = _grey(data)
-    return _to_uint8(grey + (data - grey) * factor)
-
+    # torchvision blends with the grey image: luminance stays, chroma scales by `factor`. In
+    # YIQ that is I and Q times `factor`, which is what DALI's saturation computes.
+    return fn.saturation(data, saturation=factor)
 
 @augmentation(mag_range=(0, 0.9), randomly_negate=True, mag_to_param=_enhance_factor)
 def contrast(data, factor):
     mean = fn.reductions.mean(_grey(data), axis_names="HWC", keep_dims=True)
     return _to_uint8(mean + (data - mean) * factor)
-
 
 def _sharpness_kernel(magnitude: float) -> np.ndarray:
     blur = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13
@@ -119,24 +111,20 @@ def _sharpness_kernel(magnitude: float) -> np.ndarray:
     centre[1, 1] = 1
     return (1 + magnitude) * centre - magnitude * blur
 
-
 @augmentation(mag_range=(0, 0.9), randomly_negate=True, mag_to_param=_sharpness_kernel,
               param_device="auto")
 def sharpness(data, kernel):
-    return fn.experimental.filter(data, kernel, border="clamp")
-
+    return fn.filter(data, kernel, border="clamp")
 
 @augmentation(mag_range=(0, 4), mag_to_param=_posterize_mask, param_device="auto")
 def posterize(data, mask):
     return data & mask
-
 
 @augmentation(mag_range=(255.0, 0.0), param_device="auto")
 def solarize(data, threshold):
     inverted = types.Constant(255, dtype=types.UINT8) - data
     keep = data < threshold
     return keep * data + (keep ^ True) * inverted
-
 
 @augmentation
 def auto_contrast(data, _):
@@ -147,11 +135,9 @@ def auto_contrast(data, _):
     scale = 255.0 / (spread * stretch + types.Constant(255, dtype=types.UINT8) * (stretch ^ True))
     return _to_uint8((data - lo * stretch) * scale)
 
-
 @augmentation
 def equalize(data, _):
-    return fn.experimental.equalize(data)
-
+    return fn.equalize(data)
 
 @dataclass(frozen=True)
 class OpSpec:
@@ -168,7 +154,6 @@ class OpSpec:
     @property
     def has_magnitude(self) -> bool:
         return self.augmentation.mag_range is not None
-
 
 OPS: tuple[OpSpec, ...] = tuple(
     OpSpec(i, name, aug)
@@ -193,7 +178,6 @@ OPS: tuple[OpSpec, ...] = tuple(
 )
 NUM_OPS = len(OPS)
 OP_IDS = {op.name: op.op_id for op in OPS}
-
 
 def replay_ops(size: int, num_bins: int) -> list[Augmentation]:
     """The table's augmentations for a pipeline whose images are `size` x `size` pixels."""

@@ -67,8 +67,9 @@ class Recipe:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     cutmix_switch_prob: float = 0.5
-    # Fill colour (uint8 RGB) for pixels that geometric ops uncover (torchvision's default: 0).
-    fill: tuple[int, int, int] = (0, 0, 0)
+    # Grey level (uint8) of pixels that geometric ops uncover (torchvision's default: 0). One
+    # value for all channels: DALI's warp and rotate take a scalar fill.
+    fill: int = 0
     # Colour erased boxes are filled with: ImageNet's mean, which normalises to zero, as
     # torchvision's RandomErasing(value=0) after Normalize does.
     erase_fill: tuple[int, int, int] = (124, 116, 104)
@@ -144,14 +145,13 @@ class Recipe:
                 (self.mixup_alpha, self.cutmix_alpha),
                 "at least one positive when mix_prob > 0",
             )
-        for name in ("fill", "erase_fill"):
-            value = getattr(self, name)
-            check(
-                len(value) == 3 and all(0 <= int(c) <= 255 for c in value),
-                name,
-                value,
-                "three uint8 values",
-            )
+        check(0 <= self.fill <= 255, "fill", self.fill, "0..255")
+        check(
+            len(self.erase_fill) == 3 and all(0 <= int(c) <= 255 for c in self.erase_fill),
+            "erase_fill",
+            self.erase_fill,
+            "three uint8 values",
+        )
 
 
 _RA_RE = dict(ra_num_ops=2, ra_magnitude=9, erase_prob=0.25)

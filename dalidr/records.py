@@ -362,12 +362,18 @@ def _past_end(box: np.ndarray) -> np.ndarray:
     return (box[:, 0] + box[:, 2] > COORD_SCALE + 1) | (box[:, 1] + box[:, 3] > COORD_SCALE + 1)
 
 
-def validate_records(records: np.ndarray, recipe: Recipe, num_samples: int, where: str = "") -> None:
-    """Raise RecordError naming the first record that cannot be replayed."""
+def validate_records(
+    records: np.ndarray,
+    recipe: Recipe,
+    num_samples: int,
+    names: Sequence[str] | None = None,
+) -> None:
+    """Raise RecordError naming the first record (and its file, given `names`) that cannot be
+    replayed."""
     records = np.asarray(records).reshape(-1)
     if records.dtype != record_dtype(recipe):
         raise RecordError(
-            f"records{where} have dtype {records.dtype}, recipe {recipe.variant.value!r} needs "
+            f"records have dtype {records.dtype}, recipe {recipe.variant.value!r} needs "
             f"{record_dtype(recipe)}"
         )
     problems: list[tuple[np.ndarray, str]] = []
@@ -394,4 +400,5 @@ def validate_records(records: np.ndarray, recipe: Recipe, num_samples: int, wher
     for bad, what in problems:
         if bad.any():
             index = int(np.flatnonzero(bad)[0])
-            raise RecordError(f"record {index}{where}: {what} ({records[index]})")
+            culprit = f" ({names[index]})" if names is not None else ""
+            raise RecordError(f"record {index}{culprit}: {what}: {records[index]}")
