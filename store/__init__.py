@@ -1,3 +1,33 @@
-"""The reinforcement store: a chunked Zarr v3 store of parameter records and teacher top-k."""
+"""The reinforcement store: a chunked Zarr v3 store of parameter records and teacher top-k.
 
-__all__: list[str] = []
+Entry points: `create_store` + `StoreWriter` (teacher pass), `StoreReader` + `EpochPrefetcher`
+(training), `inspect_store` / `subset_store` (tools, also `dalidr inspect` / `dalidr subset`).
+The layout and its trade-offs are described in `store.layout`.
+"""
+
+from __future__ import annotations
+
+from store.config import SCHEMA_VERSION, Compression, StoreConfig
+from store.encoding import topk_kl
+from store.manifest import Manifest, scan_manifest
+from store.plan import EpochPlan, PlanSpec, UnevenShards, plan_epoch
+from store.reader import EpochData, StoreReader, TopKTargets
+from store.writer import StoreWriter, create_store
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Compression",
+    "StoreConfig",
+    "Manifest",
+    "scan_manifest",
+    "create_store",
+    "StoreWriter",
+    "StoreReader",
+    "EpochData",
+    "TopKTargets",
+    "EpochPlan",
+    "PlanSpec",
+    "UnevenShards",
+    "plan_epoch",
+    "topk_kl",
+]

@@ -1,0 +1,140 @@
+"""What a reinforcement store holds and how it is cut: one frozen config, saved as attributes.
+
+`StoreConfig` is written once, into the root group's attributes, by `create_store`; every writer
+and reader rebuilds it from there, so the layout (block size, slot group, quantisation, codecs)
+cannot drift between processes. The schema version guards the meaning of the arrays: a reader
+refuses any other version rather than guessing (paper Sec. 2.2 stores the same information as
+one pickled file per image; here it is one Zarr v3 group, see `store.layout`).
+
+Trade-offs fixed here:
+
+- `block_size` is the unit of writing, committing and sharding. Larger blocks compress a little
+  better and mean fewer files (ImageNet at 2048: 626 blocks, about 4 400 files in all); smaller
+  blocks lose less work when a teacher process dies and spread better over many writers.
+- `slot_group` is how many slots one compressed chunk holds. An epoch reads one slot per sample,
+  but whole chunks, so the read amplification is about `slot_group`; more slots per chunk let
+  the compressor find the classes a sample repeats across its views. 5 keeps reads under 8x.
+- `prob_levels` quantises sqrt(probability) uniformly. Uniform steps in sqrt(p) make every
+  entry's share of KL(p || q) equal (about 2 * step^2 / 12), which is the allocation that
+  minimises KL for a given number of levels: 127 levels give ~1e-4 nats for k = 10.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from dalidr.errors import OptionError, StoreError
+from dalidr.recipe import Recipe
+
+__all__ = ["SCHEMA_VERSION", "ATTRS_KEY", "Compression", "StoreConfig"]
+
+# Version 1: the layout described in store.layout. Bump on any change to array meaning.
+SCHEMA_VERSION = 1
+# The root group's attribute that holds the config (other attributes are left to users).
+ATTRS_KEY = "dalidr_store"
+
+MAX_CLASSES = 65535  # class indices are stored as uint16
+
+
+class Compression(enum.Enum):
+    """Compressor of the teacher top-k arrays (records always use zstd, which wins on them)."""
+
+    # zstd level 19: about 23 bytes per record, decodes at ~1 GB/s. The default.
+    ZSTD = "zstd"
+    # LZMA preset 9e: about 2 bytes per record smaller, decodes ~40x slower (~20 MB/s/core).
+    LZMA = "lzma"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Everything that fixes a store's contents and layout; saved in the store's attributes."""
+
+    # The reinforcement recipe the records were drawn with (record dtype follows from it).
+    recipe: Recipe
+    # Free-text description of the teacher (ensemble members, checkpoints, resolution).
+    teacher: str
+    # Seed the records were drawn with (`dalidr.records.draw_records`); also seeds epoch plans.
+    seed: int
+    # Stored views per sample (the paper: 400 for ImageNet+, 100 Small, 50 Mini).
+    slots: int = 400
+    # Teacher probabilities kept per view (the paper: 10; Small: 5).
+    k: int = 10
+    # Size of the teacher's label space; class indices must be below it.
+    num_classes: int = 1000
+    # Samples per block: the unit a writer commits and the extent of one shard file.
+    block_size: int = 2048
+    # Slots per compressed chunk: bounds read amplification (see the module docstring).
+    slot_group: int = 5
+    # Quantisation levels of sqrt(probability), 15..255 (uint8).
+    prob_levels: int = 127
+    # Compressor of the top-k arrays.
+    compression: Compression = Compression.ZSTD
+    # Schema version this config was written with.
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, option: str, value: object, valid: str) -> None:
+            if not ok:
+                raise OptionError(f"store option {option!r} is {value!r}; valid: {valid}")
+
+        check(isinstance(self.recipe, Recipe), "recipe", type(self.recipe).__name__, "a Recipe")
+        check(0 <= self.seed < 2**63, "seed", self.seed, "0 <= seed < 2**63")
+        check(1 <= self.slots <= 65535, "slots", self.slots, "1..65535")
+        check(1 <= self.num_classes <= MAX_CLASSES, "num_classes", self.num_classes,
+              f"1..{MAX_CLASSES}")
+        check(1 <= self.k <= min(self.num_classes, 255), "k", self.k,
+              f"1..{min(self.num_classes, 255)}")
+        check(1 <= self.block_size <= 1 << 20, "block_size", self.block_size, "1..1048576")
+        check(1 <= self.slot_group <= self.slots, "slot_group", self.slot_group,
+              f"1..slots ({self.slots})")
+        check(15 <= self.prob_levels <= 255, "prob_levels", self.prob_levels, "15..255")
+        check(isinstance(self.compression, Compression), "compression", self.compression,
+              [c.value for c in Compression])
+
+    @property
+    def num_groups(self) -> int:
+        """Slot groups per sample; the last one is short when slot_group does not divide slots."""
+        return -(-self.slots // self.slot_group)
+
+    def group_slots(self, group: int) -> range:
+        """The slots of one slot group."""
+        start = group * self.slot_group
+        return range(start, min(start + self.slot_group, self.slots))
+
+    def to_attrs(self) -> dict[str, Any]:
+        """A JSON-able dict; key order is fixed so every creator writes identical metadata."""
+        return {
+            "schema_version": self.schema_version,
+            "recipe": self.recipe.to_dict(),
+            "teacher": self.teacher,
+            "seed": self.seed,
+            "slots": self.slots,
+            "k": self.k,
+            "num_classes": self.num_classes,
+            "block_size": self.block_size,
+            "slot_group": self.slot_group,
+            "prob_levels": self.prob_levels,
+            "compression": self.compression.value,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: Any, where: str) -> StoreConfig:
+        """The config saved by `to_attrs`; StoreError naming `where` if it is not one."""
+        if not isinstance(attrs, dict) or "schema_version" not in attrs:
+            raise StoreError(f"{where} is not a dalidr reinforcement store (no {ATTRS_KEY!r} "
+                             "attributes with a schema_version)")
+        version = attrs["schema_version"]
+        if version != SCHEMA_VERSION:
+            hint = ("written by a newer dalidr; upgrade dalidr" if isinstance(version, int)
+                    and version > SCHEMA_VERSION else "of an older schema; re-create it")
+            raise StoreError(f"{where} has store schema version {version!r}, this dalidr reads "
+                             f"version {SCHEMA_VERSION}: the store is {hint}")
+        try:
+            data = dict(attrs)
+            data["recipe"] = Recipe.from_dict(dict(data["recipe"]))
+            data["compression"] = Compression(data["compression"])
+            return cls(**data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{where} has malformed store attributes: {exc}") from exc

@@ -1,0 +1,155 @@
+"""Writing a reinforcement store: create once, then fill sample blocks from any process.
+
+The teacher pass (paper Sec. 2.2) labels every slot of a block of samples and hands the block to
+`StoreWriter.write_block`, which writes the block's shard of every data array and only then its
+commit entry (a digest of the block). A block is therefore visible to readers only when complete:
+a writer killed at any point leaves at most uncommitted shards, which readers ignore.
+
+No locks. `create_store` writes all metadata up front, so writers never touch a shared object:
+each block's shards and its commit chunk are its own files. Any number of processes, on one
+machine or many, can fill disjoint blocks (`pending(worker, num_workers)` deals them round
+robin). Restarting skips committed blocks; a block rewritten after a crash gets exactly the bytes
+an uninterrupted run would have written, because its inputs are deterministic in (seed, sample,
+slot) and the codecs are too, so the final store is byte-identical whatever the interruptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from dalidr.errors import StoreError
+from dalidr.records import record_dtype, validate_records
+from store.config import StoreConfig
+from store.encoding import encode_records, quantise_probs, sort_topk
+from store.layout import (
+    CLASSES,
+    COMMIT,
+    PROB_GAPS,
+    StoreLayout,
+    block_digest,
+    create_layout,
+    open_layout,
+)
+from store.manifest import Manifest
+
+__all__ = ["StoreWriter", "create_store", "BlockProducer"]
+
+# Given a block's samples, returns its records [n, slots], classes [n, slots, k] and
+# probabilities [n, slots, k] (the teacher's top-k, in any order).
+BlockProducer = Callable[[range], "tuple[np.ndarray, np.ndarray, np.ndarray]"]
+
+
+def create_store(url: str, manifest: Manifest, config: StoreConfig,
+                 overwrite: bool = False) -> StoreWriter:
+    """Create an empty store for `manifest` (run once, before any writer starts)."""
+    create_layout(url, manifest, config, overwrite=overwrite)
+    return StoreWriter(url)
+
+
+class StoreWriter:
+    """Fills the blocks of an existing store; safe to run in many processes at once."""
+
+    def __init__(self, url: str) -> None:
+        self.layout: StoreLayout = open_layout(url, read_only=False)
+
+    @property
+    def config(self) -> StoreConfig:
+        return self.layout.config
+
+    @property
+    def num_blocks(self) -> int:
+        return self.layout.num_blocks
+
+    def block_range(self, block: int) -> range:
+        return self.layout.block_range(block)
+
+    def committed(self) -> np.ndarray:
+        """Per block, whether it is complete."""
+        return self.layout.commits() != 0
+
+    def pending(self, worker: int = 0, num_workers: int = 1) -> list[int]:
+        """Uncommitted blocks of `worker` (of `num_workers`), dealt round robin."""
+        if not 0 <= worker < num_workers:
+            raise StoreError(f"writer {worker} is not in 0..{num_workers - 1}")
+        done = self.committed()
+        return [b for b in range(worker, self.num_blocks, num_workers) if not done[b]]
+
+    def fill(self, produce: BlockProducer, worker: int = 0, num_workers: int = 1) -> list[int]:
+        """Produce and write every pending block of `worker`; returns the blocks written."""
+        written = []
+        for block in self.pending(worker, num_workers):
+            self.write_block(block, *produce(self.block_range(block)))
+            written.append(block)
+        return written
+
+    def encode_block(self, block: int, records: np.ndarray, classes: np.ndarray,
+                     probs: np.ndarray) -> dict[str, np.ndarray]:
+        """Validate one block and return the arrays `write_block` stores, by array name."""
+        cfg, samples = self.config, self.block_range(block)
+        where = f"block {block} (samples {samples.start}..{samples.stop - 1}) of {self.layout.url}"
+        shape = (len(samples), cfg.slots)
+        records = np.asarray(records)
+        if records.shape != shape or records.dtype != record_dtype(cfg.recipe):
+            raise StoreError(f"{where}: records are {records.dtype}{list(records.shape)}, the "
+                             f"store needs {record_dtype(cfg.recipe)}{list(shape)}")
+        names = _RecordNames(f"{where}, sample", samples.start, cfg.slots)
+        validate_records(records, cfg.recipe, self.layout.num_samples, names=names)
+        classes, probs = np.asarray(classes), np.asarray(probs, dtype=np.float64)
+        for name, values in (("classes", classes), ("probs", probs)):
+            if values.shape != shape + (cfg.k,):
+                raise StoreError(f"{where}: {name} have shape {list(values.shape)}, expected "
+                                 f"{list(shape + (cfg.k,))}")
+        _check_topk(classes, probs, cfg.num_classes, where, cfg.slots)
+        classes, probs = sort_topk(classes, probs)
+        index = np.arange(samples.start, samples.stop)
+        arrays = {f"records/{name}": column for name, column in
+                  encode_records(records, cfg.recipe, index, self.layout.image_hw).items()}
+        arrays[CLASSES] = classes.astype("<u2")
+        arrays[PROB_GAPS] = quantise_probs(probs, cfg.prob_levels)
+        return arrays
+
+    def write_block(self, block: int, records: np.ndarray, classes: np.ndarray,
+                    probs: np.ndarray) -> None:
+        """Write one complete block: every data shard first, its commit entry last."""
+        arrays = self.encode_block(block, records, classes, probs)
+        samples = self.block_range(block)
+        for name in self.layout.data_names:
+            self.layout.array(name)[samples.start:samples.stop] = arrays[name]
+        self.layout.array(COMMIT)[block] = np.uint64(block_digest(arrays))
+
+
+class _RecordNames(Sequence[str]):
+    """Lazy culprit names for validate_records: flat record index -> sample and slot."""
+
+    def __init__(self, prefix: str, start: int, slots: int) -> None:
+        self.prefix, self.start, self.slots = prefix, start, slots
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+        sample, slot = divmod(int(index), self.slots)
+        return f"{self.prefix} {self.start + sample}, slot {slot}"
+
+
+def _check_topk(classes: np.ndarray, probs: np.ndarray, num_classes: int, where: str,
+                slots: int) -> None:
+    def fail(mask: np.ndarray, what: str) -> None:
+        flat = int(np.flatnonzero(mask.reshape(-1))[0])
+        sample, slot = divmod(flat, slots)
+        raise StoreError(f"{where}: sample {sample} of the block, slot {slot}: {what}")
+
+    if not np.issubdtype(classes.dtype, np.integer):
+        raise StoreError(f"{where}: classes have dtype {classes.dtype}, need integers")
+    bad = ((classes < 0) | (classes >= num_classes)).any(-1)
+    if bad.any():
+        fail(bad, f"a class index is outside 0..{num_classes - 1}")
+    bad = ~np.isfinite(probs).all(-1) | (probs < 0).any(-1) | (probs > 1 + 1e-6).any(-1)
+    if bad.any():
+        fail(bad, "a probability is not in [0, 1]")
+    ordered = np.sort(classes, axis=-1)
+    bad = (ordered[..., 1:] == ordered[..., :-1]).any(-1)
+    if bad.any():
+        fail(bad, "a class appears twice in one top-k")
