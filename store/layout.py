@@ -54,12 +54,15 @@ __all__ = [
     "CLASSES",
     "PROB_GAPS",
     "COMMIT",
+    "CORRUPT_CHUNK_ERRORS",
 ]
 
 CLASSES = "topk/classes"
 PROB_GAPS = "topk/prob_gaps"
 COMMIT = "commit"
 _BIT_SHUFFLED = {"flip", "p_flip"}
+# What zarr and its codecs raise on corrupt bytes (checksum mismatch, truncated stream).
+CORRUPT_CHUNK_ERRORS = (ValueError, RuntimeError, IndexError, TypeError, OSError, EOFError)
 
 
 def _blosc(shuffle: BloscShuffle) -> BloscCodec:

@@ -23,14 +23,12 @@ from dalidr.errors import DatasetError, StoreError
 from dalidr.records import record_dtype
 from store.config import StoreConfig
 from store.encoding import decode_records, dequantise_probs
-from store.layout import CLASSES, PROB_GAPS, StoreLayout, open_layout
+from store.layout import CLASSES, CORRUPT_CHUNK_ERRORS, PROB_GAPS, StoreLayout, open_layout
 from store.manifest import Manifest
 from store.plan import EpochPlan, PlanSpec, UnevenShards, plan_epoch
 
 __all__ = ["TopKTargets", "EpochData", "StoreReader"]
 
-# Errors zarr and its codecs raise on corrupt bytes (checksum mismatch, truncated stream).
-_CORRUPT = (ValueError, RuntimeError, IndexError, TypeError, OSError, EOFError)
 _BATCH_BLOCKS = 32  # blocks decoded at once when reading an epoch: bounds memory
 
 
@@ -135,13 +133,13 @@ class StoreReader:
         array = self.layout.array(name)
         try:
             return array.get_orthogonal_selection((samples, slice(slots.start, slots.stop)))
-        except _CORRUPT as exc:
+        except CORRUPT_CHUNK_ERRORS as exc:
             blocks = np.unique(samples // self.config.block_size)
             for b in blocks:  # find the culprit chunk for the message
                 r = self.layout.block_range(int(b))
                 try:
                     array[r.start:r.stop, slots.start:slots.stop]
-                except _CORRUPT as inner:
+                except CORRUPT_CHUNK_ERRORS as inner:
                     raise StoreError(f"{self.url}: array {name!r}, chunk (block {b}, slot group "
                                      f"{group}) is corrupt: {inner}") from inner
             raise StoreError(f"{self.url}: array {name!r} cannot be read: {exc}") from exc
@@ -198,7 +196,7 @@ class StoreReader:
         def whole(name: str) -> np.ndarray:
             try:
                 return self.layout.array(name)[r.start:r.stop]
-            except _CORRUPT as exc:
+            except CORRUPT_CHUNK_ERRORS as exc:
                 raise StoreError(f"{self.url}: array {name!r}, shard of block {block} is "
                                  f"corrupt: {exc}") from exc
 

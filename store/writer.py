@@ -113,8 +113,18 @@ class StoreWriter:
     def write_block(self, block: int, records: np.ndarray, classes: np.ndarray,
                     probs: np.ndarray) -> None:
         """Write one complete block: every data shard first, its commit entry last."""
-        arrays = self.encode_block(block, records, classes, probs)
+        self.write_encoded(block, self.encode_block(block, records, classes, probs))
+
+    def write_encoded(self, block: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write arrays made by `encode_block` (or copied from another store), commit last."""
         samples = self.block_range(block)
+        for name in self.layout.data_names:
+            array = self.layout.array(name)
+            expected = (len(samples),) + array.shape[1:]
+            if name not in arrays or arrays[name].shape != expected:
+                got = arrays[name].shape if name in arrays else "nothing"
+                raise StoreError(f"{self.layout.url}: block {block} of array {name!r} must be "
+                                 f"{list(expected)}, got {got}")
         for name in self.layout.data_names:
             self.layout.array(name)[samples.start:samples.stop] = arrays[name]
         self.layout.array(COMMIT)[block] = np.uint64(block_digest(arrays))

@@ -1,0 +1,81 @@
+"""The store's command-line tools, `dalidr inspect` and `dalidr subset`, as argparse parsers.
+
+`dalidr.cli` calls `register(subparsers)` to add both subcommands; each sets `run`, a function of
+the parsed arguments returning the exit status (0: fine, 1: the integrity check found problems).
+`python -m store.cli ...` runs them without the rest of dalidr's CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from dalidr.errors import DalidrError
+from store.inspect import format_report, inspect_store
+from store.subset import subset_store
+
+__all__ = ["register", "add_inspect_parser", "add_subset_parser", "main"]
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    report = inspect_store(args.store, verify=not args.no_verify)
+    print(format_report(report))
+    return 1 if report.problems else 0
+
+
+def _subset(args: argparse.Namespace) -> int:
+    writer = subset_store(args.store, args.out, slots=args.slots, topk=args.topk)
+    done = int(writer.committed().sum())
+    print(f"{args.out}: {done}/{writer.num_blocks} blocks, {writer.config.slots} slots, "
+          f"top-{writer.config.k}")
+    return 0
+
+
+def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "inspect", help="summarise a reinforcement store and check every chunk",
+        description="Print a store's samples, slots, k, recipe and teacher, its completeness, "
+                    "bytes per record, and an integrity check that reads every chunk.")
+    parser.add_argument("store", help="store path or fsspec URL (file://, memory://, s3://, ...)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the integrity check (reads every chunk)")
+    parser.set_defaults(run=_inspect)
+    return parser
+
+
+def add_subset_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "subset", help="keep the first S slots and top K classes (ImageNet+-Small: 100, 5)",
+        description="Write a smaller store: the first S views of every sample and the top K "
+                    "teacher classes (the paper's Small variant: --slots 100 --topk 5; ml-dr's "
+                    "Mini: --slots 50). Re-running resumes an interrupted copy.")
+    parser.add_argument("store", help="source store path or URL")
+    parser.add_argument("--slots", type=int, required=True, help="views kept per sample")
+    parser.add_argument("--topk", type=int, required=True, help="teacher classes kept per view")
+    parser.add_argument("out", help="output store path or URL")
+    parser.set_defaults(run=_subset)
+    return parser
+
+
+def register(subparsers: Any) -> None:
+    """Add `inspect` and `subset` to an argparse subparsers object."""
+    add_inspect_parser(subparsers)
+    add_subset_parser(subparsers)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    description = __doc__.splitlines()[0]
+    parser = argparse.ArgumentParser(prog="python -m store.cli", description=description)
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except DalidrError as exc:
+        print(f"{args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
