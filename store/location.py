@@ -53,6 +53,13 @@ class StoreLocation:
             return int(self.fs.size(path))
         return int(sum(self.fs.du(path, total=False).values()))
 
+    def remove_partials(self, key: str) -> None:
+        """Delete what a writer killed while writing `key` left behind (LocalStore's
+        `<key>.<uuid>.partial` temporary files), so a rewritten block leaves no trace."""
+        if isinstance(self.store, LocalStore):
+            for stale in self.fs.glob(self.key_path(key) + ".*.partial"):
+                self.fs.rm(stale)
+
     def file_count(self) -> int:
         return len(self.fs.find(self.root)) if self.fs.exists(self.root) else 0
 

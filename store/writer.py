@@ -125,6 +125,8 @@ class StoreWriter:
                 got = arrays[name].shape if name in arrays else "nothing"
                 raise StoreError(f"{self.layout.url}: block {block} of array {name!r} must be "
                                  f"{list(expected)}, got {got}")
+        for name in self.layout.data_names + [COMMIT]:
+            self.layout.location.remove_partials(self.layout.shard_key(name, block))
         for name in self.layout.data_names:
             self.layout.array(name)[samples.start:samples.stop] = arrays[name]
         self.layout.array(COMMIT)[block] = np.uint64(block_digest(arrays))
