@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -100,8 +100,9 @@ def _views(args: argparse.Namespace) -> int:
     jpegs = [np.fromfile(p, dtype=np.uint8) for p in files]
     image_hw = np.array([Image.open(p).size[::-1] for p in files])
     recipe = load_recipe(args.recipe)
-    path, _ = render_views(jpegs, image_hw, recipe, args.slots, args.seed, Path(args.out),
-                           recipe.variant.value)
+    path, _ = render_views(
+        jpegs, image_hw, recipe, args.slots, args.seed, Path(args.out), recipe.variant.value
+    )
     print(path)
     return 0
 
@@ -120,8 +121,9 @@ def _parser() -> argparse.ArgumentParser:
 
     views = sub.add_parser("views", help="replayed views of an ImageFolder tree, as a PNG")
     views.add_argument("--data", required=True, help="ImageFolder root of JPEGs")
-    views.add_argument("--recipe", default="rrc+ra/re",
-                       help=f"preset ({', '.join(PRESETS)}) or YAML/JSON file")
+    views.add_argument(
+        "--recipe", default="rrc+ra/re", help=f"preset ({', '.join(PRESETS)}) or YAML/JSON file"
+    )
     views.add_argument("--images", type=int, default=8)
     views.add_argument("--slots", type=int, default=8)
     views.add_argument("--seed", type=int, default=0)

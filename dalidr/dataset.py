@@ -39,7 +39,9 @@ def list_dataset(root: str | Path, file_list: str | Path | None = None) -> Datas
         return _from_file_list(root, Path(file_list))
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DatasetError(f"dataset root {root} has no class folders (expected root/<class>/*.jpg)")
+        raise DatasetError(
+            f"dataset root {root} has no class folders (expected root/<class>/*.jpg)"
+        )
     paths: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
@@ -65,7 +67,9 @@ def _from_file_list(root: Path, file_list: Path) -> DatasetListing:
             continue
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
-            raise DatasetError(f"{file_list}:{number}: expected '<relative path> <label>', got {line!r}")
+            raise DatasetError(
+                f"{file_list}:{number}: expected '<relative path> <label>', got {line!r}"
+            )
         if not (root / parts[0]).is_file():
             raise DatasetError(f"{file_list}:{number}: {root / parts[0]} does not exist")
         paths.append(parts[0])
@@ -73,4 +77,6 @@ def _from_file_list(root: Path, file_list: Path) -> DatasetListing:
     if not paths:
         raise DatasetError(f"file list {file_list} lists no images")
     num_classes = max(labels) + 1
-    return DatasetListing(root, tuple(paths), tuple(labels), tuple(str(c) for c in range(num_classes)))
+    return DatasetListing(
+        root, tuple(paths), tuple(labels), tuple(str(c) for c in range(num_classes))
+    )

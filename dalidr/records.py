@@ -33,7 +33,7 @@ Bytes per record (n = `ra_num_ops`, 2 in the presets):
 from __future__ import annotations
 
 import enum
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -169,10 +169,16 @@ def _draw_crop(d: _Draws, recipe: Recipe, hw: np.ndarray) -> np.ndarray:
     height, width = height[:, 0], width[:, 0]
     # Fallback: the central crop clamped to the ratio range.
     in_ratio = width / height
-    fb_w = np.where(in_ratio < recipe.crop_ratio[0], width, np.where(
-        in_ratio > recipe.crop_ratio[1], np.rint(height * recipe.crop_ratio[1]), width))
-    fb_h = np.where(in_ratio < recipe.crop_ratio[0], np.rint(width / recipe.crop_ratio[0]), np.where(
-        in_ratio > recipe.crop_ratio[1], height, height))
+    fb_w = np.where(
+        in_ratio < recipe.crop_ratio[0],
+        width,
+        np.where(in_ratio > recipe.crop_ratio[1], np.rint(height * recipe.crop_ratio[1]), width),
+    )
+    fb_h = np.where(
+        in_ratio < recipe.crop_ratio[0],
+        np.rint(width / recipe.crop_ratio[0]),
+        np.where(in_ratio > recipe.crop_ratio[1], height, height),
+    )
     h, w = np.where(found, h, fb_h), np.where(found, w, fb_w)
     pos = d.take(2)
     y = np.where(found, _randint(pos[:, 0], height - h + 1), (height - h) // 2)
@@ -342,8 +348,13 @@ def _draw_block(
         partners = _fill_mix(
             out, _Draws(_keys(seed, samples, slots, 1), mix_draws), recipe, samples, len(image_hw)
         )
-        _fill_view(out, "p_", _Draws(_keys(seed, samples, slots, 2), view_draws), recipe,
-                   image_hw[partners])
+        _fill_view(
+            out,
+            "p_",
+            _Draws(_keys(seed, samples, slots, 2), view_draws),
+            recipe,
+            image_hw[partners],
+        )
 
 
 def identity_records(recipe: Recipe, count: int) -> np.ndarray:
@@ -394,7 +405,9 @@ def validate_records(
             problems.append((_past_end(erase), f"{prefix}erase box extends past the image"))
     if recipe.has_mix:
         problems.append((records["mix"] > max(MixMode), "mix mode is unknown"))
-        problems.append((records["partner"] >= num_samples, f"partner is not in 0..{num_samples - 1}"))
+        problems.append(
+            (records["partner"] >= num_samples, f"partner is not in 0..{num_samples - 1}")
+        )
         box = records["box"].astype(np.int64)
         problems.append((_past_end(box), "cutmix box extends past the image"))
     for bad, what in problems:

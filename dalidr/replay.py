@@ -9,7 +9,7 @@ Per view, in the order of the paper's code (apple/ml-dr, torchvision transforms)
 1. crop: the stored fractions become source pixels (`round(fraction * side)`), and only that
    region is decoded (`decoders.image_slice`, ROI decoding where the decoder supports it);
 2. resize to the output side (linear, antialiased, as torchvision's RandomResizedCrop);
-3. horizontal flip;
+3. horizontal flip, folded into the resize as a mirrored region of interest;
 4. RandAugment: each stored (op id, signed magnitude bin) goes through `auto_aug.select`, which
    splits the batch among the ops of `dalidr.ops` with DALI conditionals;
 5. RandomErasing: the stored box, filled with `recipe.erase_fill`;
@@ -22,8 +22,8 @@ larger teacher size. No per-sample Python runs on this path: records are fed as 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from nvidia.dali import fn, math, pipeline_def, types
@@ -104,8 +104,17 @@ def _view(
         output_type=types.RGB,
         device="mixed" if device == "gpu" else "cpu",
     )
-    images = fn.resize(images, size=[side, side], antialias=True, interp_type=types.INTERP_LINEAR)
-    images = fn.flip(images, horizontal=fn.cast(inputs[prefix + "flip"], dtype=types.INT32))
+    # The flip rides on the resize: a relative ROI running right to left mirrors the output.
+    flip = fn.cast(inputs[prefix + "flip"], dtype=types.FLOAT)
+    images = fn.resize(
+        images,
+        size=[side, side],
+        antialias=True,
+        interp_type=types.INTERP_LINEAR,
+        roi_start=fn.stack(types.Constant(0.0), flip),
+        roi_end=fn.stack(types.Constant(1.0), 1.0 - flip),
+        roi_relative=True,
+    )
     if recipe.has_ra_re:
         ops = replay_ops(side, recipe.ra_num_bins)
         op_ids, mags = inputs[prefix + "ops"], inputs[prefix + "mags"]
@@ -202,12 +211,10 @@ def replay_pipeline(
         jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, no_copy=True)
         partner_jpegs = None
         if spec.recipe.has_mix:
-            partner_jpegs = fn.external_source(name="partner_jpegs", dtype=types.UINT8,
-                                               no_copy=True)
-        inputs = {
-            field: fn.external_source(name=field, no_copy=False)
-            for field in spec.fields
-        }
+            partner_jpegs = fn.external_source(
+                name="partner_jpegs", dtype=types.UINT8, no_copy=True
+            )
+        inputs = {field: fn.external_source(name=field, no_copy=False) for field in spec.fields}
         return replay_graph(jpegs, partner_jpegs, inputs, spec, device)
 
     pipe = _pipeline(
@@ -251,7 +258,9 @@ class Replayer:
     ) -> None:
         self.spec = spec
         self.batch_size = batch_size
-        self.pipeline = replay_pipeline(spec, batch_size, num_threads, device_id, prefetch_queue_depth=1)
+        self.pipeline = replay_pipeline(
+            spec, batch_size, num_threads, device_id, prefetch_queue_depth=1
+        )
 
     def __call__(
         self,

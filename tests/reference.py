@@ -48,13 +48,17 @@ def apply_op(image: torch.Tensor, op_id: int, signed_bin: int, recipe: Recipe) -
     """One RandAugment op on a uint8 [3, H, W] image, exactly as torchvision applies it."""
     magnitude = op_magnitude(op_id, signed_bin, recipe.ra_num_bins, image.shape[-1])
     return _RA._apply_image_or_video_transform(
-        image, OPS[op_id].name, magnitude, InterpolationMode.NEAREST,
+        image,
+        OPS[op_id].name,
+        magnitude,
+        InterpolationMode.NEAREST,
         {torch.Tensor: [float(recipe.fill)] * 3},
     )
 
 
-def reference_view(jpeg: np.ndarray, record: np.void, recipe: Recipe, side: int,
-                   prefix: str = "") -> torch.Tensor:
+def reference_view(
+    jpeg: np.ndarray, record: np.void, recipe: Recipe, side: int, prefix: str = ""
+) -> torch.Tensor:
     """Steps 1-5 of dalidr.replay for one view, with torchvision."""
     image = decode(jpeg)
     height, width = image.shape[-2:]
@@ -66,7 +70,7 @@ def reference_view(jpeg: np.ndarray, record: np.void, recipe: Recipe, side: int,
     if record[prefix + "flip"]:
         image = F.horizontal_flip(image)
     if recipe.has_ra_re:
-        for op_id, mag in zip(record[prefix + "ops"], record[prefix + "mags"]):
+        for op_id, mag in zip(record[prefix + "ops"], record[prefix + "mags"], strict=True):
             image = apply_op(image, int(op_id), int(mag), recipe)
         y, x, eh, ew = to_pixels(record[prefix + "erase"], side)
         if eh > 0 and ew > 0:
@@ -75,8 +79,9 @@ def reference_view(jpeg: np.ndarray, record: np.void, recipe: Recipe, side: int,
     return image
 
 
-def reference_replay(jpeg: np.ndarray, partner_jpeg: np.ndarray | None, record: np.void,
-                     recipe: Recipe, side: int) -> np.ndarray:
+def reference_replay(
+    jpeg: np.ndarray, partner_jpeg: np.ndarray | None, record: np.void, recipe: Recipe, side: int
+) -> np.ndarray:
     """The whole view as uint8 [H, W, 3]."""
     image = reference_view(jpeg, record, recipe, side)
     if recipe.has_mix and int(record["mix"]) != MixMode.NONE:
@@ -88,6 +93,6 @@ def reference_replay(jpeg: np.ndarray, partner_jpeg: np.ndarray | None, record: 
         else:
             y, x, bh, bw = to_pixels(record["box"], side)
             mixed = own.clone()
-            mixed[:, y:y + bh, x:x + bw] = partner[:, y:y + bh, x:x + bw]
+            mixed[:, y : y + bh, x : x + bw] = partner[:, y : y + bh, x : x + bw]
         image = mixed.round().clamp(0, 255).to(torch.uint8)
     return image.permute(1, 2, 0).numpy()

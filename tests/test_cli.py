@@ -10,7 +10,9 @@ from dalidr.sample_data import make_corpus
 
 
 def test_demo_writes_a_grid_per_recipe(tmp_path, capsys) -> None:
-    assert main(["demo", "--out", str(tmp_path), "--images", "2", "--slots", "3", "--size", "64"]) == 0
+    assert (
+        main(["demo", "--out", str(tmp_path), "--images", "2", "--slots", "3", "--size", "64"]) == 0
+    )
     pngs = sorted(tmp_path.glob("views-*.png"))
     assert len(pngs) == 4
     picture = np.asarray(Image.open(pngs[0]))
@@ -21,8 +23,24 @@ def test_demo_writes_a_grid_per_recipe(tmp_path, capsys) -> None:
 def test_views_of_an_image_folder(tmp_path) -> None:
     make_corpus(tmp_path / "data", 4)
     out = tmp_path / "v.png"
-    assert main(["views", "--data", str(tmp_path / "data"), "--images", "2", "--slots", "2",
-                 "--recipe", "m*+r*", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "views",
+                "--data",
+                str(tmp_path / "data"),
+                "--images",
+                "2",
+                "--slots",
+                "2",
+                "--recipe",
+                "m*+r*",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert out.is_file()
 
 

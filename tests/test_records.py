@@ -13,8 +13,9 @@ from dalidr.records import COORD_SCALE, MixMode, draw_records, record_dtype, val
 HW = np.random.default_rng(0).integers(120, 900, size=(500, 2))
 
 
-@pytest.mark.parametrize(("name", "nbytes"), [("rrc", 9), ("rrc+ra/re", 21), ("rrc+mix", 33),
-                                              ("m*+r*", 57)])
+@pytest.mark.parametrize(
+    ("name", "nbytes"), [("rrc", 9), ("rrc+ra/re", 21), ("rrc+mix", 33), ("m*+r*", 57)]
+)
 def test_bytes_per_record(name, nbytes) -> None:
     assert record_dtype(recipe(name)).itemsize == nbytes
 

@@ -67,9 +67,9 @@ def test_erase_fills_exactly_the_stored_box(corpus) -> None:
     records["erase"][1] = [round(v / SIDE * COORD_SCALE) for v in box]
     out = Replayer(ReplaySpec(r), batch_size=2, num_threads=1)(corpus.jpegs[:1] * 2, records)
     y, x, h, w = box
-    assert (out[1][y:y + h, x:x + w] == np.array(r.erase_fill, np.uint8)).all()
+    assert (out[1][y : y + h, x : x + w] == np.array(r.erase_fill, np.uint8)).all()
     inside = np.zeros((SIDE, SIDE), bool)
-    inside[y:y + h, x:x + w] = True
+    inside[y : y + h, x : x + w] = True
     np.testing.assert_array_equal(out[1][~inside], out[0][~inside])
 
 
@@ -106,7 +106,7 @@ def test_same_records_give_identical_bytes(corpus) -> None:
 def test_distinct_slots_give_distinct_views(corpus) -> None:
     _, _, _, slot0 = _replay("rrc+ra/re", corpus, slot=0)
     _, _, _, slot1 = _replay("rrc+ra/re", corpus, slot=1)
-    for a, b in zip(slot0, slot1):
+    for a, b in zip(slot0, slot1, strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).mean() > 5
 
 
@@ -114,8 +114,9 @@ def test_teacher_size_replays_the_same_view(corpus) -> None:
     _, _, _, student = _replay("rrc+ra/re", corpus, size=SIDE)
     _, _, _, teacher = _replay("rrc+ra/re", corpus, size=2 * SIDE)
     assert teacher.shape[1:3] == (2 * SIDE, 2 * SIDE)
-    small = np.stack([np.asarray(Image.fromarray(t).resize((SIDE, SIDE), Image.BILINEAR))
-                      for t in teacher])
+    small = np.stack(
+        [np.asarray(Image.fromarray(t).resize((SIDE, SIDE), Image.BILINEAR)) for t in teacher]
+    )
     assert np.abs(small.astype(int) - student.astype(int)).mean() < 12
 
 
@@ -126,9 +127,9 @@ def test_float_output_is_normalised_chw(corpus) -> None:
     spec = ReplaySpec(r, output=Output.FLOAT_CHW)
     out = Replayer(spec, batch_size=2, num_threads=1)(corpus.jpegs[:2], records)
     assert out.shape == (2, 3, SIDE, SIDE) and out.dtype == np.float32
-    expected = (uint8.transpose(0, 3, 1, 2) / 255.0 - np.array(spec.mean)[:, None, None]) / np.array(
-        spec.std
-    )[:, None, None]
+    expected = (
+        uint8.transpose(0, 3, 1, 2) / 255.0 - np.array(spec.mean)[:, None, None]
+    ) / np.array(spec.std)[:, None, None]
     np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
@@ -138,7 +139,8 @@ def test_float_output_is_normalised_chw(corpus) -> None:
 def _jpeg_of(mode: str) -> np.ndarray:
     buffer = io.BytesIO()
     Image.new(mode, (80, 60), 90 if mode == "L" else (10, 90, 200, 30)[: len(mode)]).save(
-        buffer, format="JPEG")
+        buffer, format="JPEG"
+    )
     return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
 
 
@@ -166,7 +168,8 @@ def test_non_jpeg_names_the_file() -> None:
     r = recipe("rrc", output_size=32)
     with pytest.raises(ImageError, match=r"sample 0 \(x.png\): not a JPEG"):
         Replayer(ReplaySpec(r), batch_size=1, num_threads=1)(
-            [np.frombuffer(buffer.getvalue(), np.uint8)], identity_records(r, 1), names=["x.png"])
+            [np.frombuffer(buffer.getvalue(), np.uint8)], identity_records(r, 1), names=["x.png"]
+        )
 
 
 def test_record_out_of_range_names_the_sample(corpus) -> None:
@@ -175,7 +178,8 @@ def test_record_out_of_range_names_the_sample(corpus) -> None:
     records["crop"][1] = (40000, 0, 40000, COORD_SCALE)
     with pytest.raises(RecordError, match=r"record 1 \(b.jpg\): crop extends past the image"):
         Replayer(ReplaySpec(r), batch_size=2, num_threads=1)(
-            corpus.jpegs[:2], records, names=["a.jpg", "b.jpg"])
+            corpus.jpegs[:2], records, names=["a.jpg", "b.jpg"]
+        )
 
 
 def test_unknown_op_id_names_the_sample(corpus) -> None:
@@ -184,7 +188,8 @@ def test_unknown_op_id_names_the_sample(corpus) -> None:
     records["ops"][0, 1] = 14
     with pytest.raises(RecordError, match=r"record 0 \(a.jpg\): ops has an unknown op id"):
         Replayer(ReplaySpec(r), batch_size=2, num_threads=1)(
-            corpus.jpegs[:2], records, names=["a.jpg", "b.jpg"])
+            corpus.jpegs[:2], records, names=["a.jpg", "b.jpg"]
+        )
 
 
 def test_partner_out_of_range_names_the_sample(corpus) -> None:
@@ -193,7 +198,8 @@ def test_partner_out_of_range_names_the_sample(corpus) -> None:
     records["partner"][1] = 99
     with pytest.raises(RecordError, match=r"record 1 \(b.jpg\): partner is not in 0..1"):
         Replayer(ReplaySpec(r), batch_size=2, num_threads=1)(
-            corpus.jpegs[:2], records, names=["a.jpg", "b.jpg"], num_samples=2)
+            corpus.jpegs[:2], records, names=["a.jpg", "b.jpg"], num_samples=2
+        )
 
 
 @pytest.mark.gpu
