@@ -105,24 +105,59 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 
 class _Draws:
-    """Uniform [0, 1) numbers for a block of records: column d is draw d of every record."""
+    """Uniform [0, 1) numbers for a block of records, hashed only where they are needed.
 
-    def __init__(self, keys: np.ndarray, count: int) -> None:
-        counters = keys[:, None] + _GOLDEN * np.arange(1, count + 1, dtype=np.uint64)[None, :]
-        bits = _mix64(counters) >> np.uint64(11)
-        self._u = bits.astype(np.float64) * (1.0 / (1 << 53))
+    Draw indices are reserved in a fixed order, so draw d of a record is the same number
+    whether it is hashed for every record or only for the records still needing it (the
+    rejection loops below), and whatever else is drawn in the same block.
+    """
+
+    def __init__(self, keys: np.ndarray) -> None:
+        self._keys = keys
         self._next = 0
+
+    def reserve(self, count: int) -> int:
+        """Reserve `count` draw indices; returns the first."""
+        start = self._next
+        self._next += count
+        return start
+
+    def column(self, index: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """Draw `index` of every record, or of the records `rows`."""
+        keys = self._keys if rows is None else self._keys[rows]
+        offset = np.uint64(((index + 1) * int(_GOLDEN)) & 0xFFFFFFFFFFFFFFFF)
+        return (_mix64(keys + offset) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+    def one(self) -> np.ndarray:
+        return self.column(self.reserve(1))
 
     def take(self, count: int) -> np.ndarray:
         """The next `count` draws, as a [records, count] matrix."""
-        out = self._u[:, self._next : self._next + count]
-        self._next += count
-        if out.shape[1] != count:
-            raise RuntimeError("draw budget exceeded; _draws_per_record is out of date")
-        return out
+        start = self.reserve(count)
+        return np.stack([self.column(start + i) for i in range(count)], axis=1)
 
-    def one(self) -> np.ndarray:
-        return self.take(1)[:, 0]
+
+def _attempts(
+    d: _Draws, attempts: int, count: int, propose
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """torchvision's rejection loops: `propose(rows, u1, u2)` -> (h, w, ok) for pending rows.
+
+    Returns (h, w, found) of the first accepted attempt per record.
+    """
+    start = d.reserve(2 * attempts)
+    h, w = np.zeros(count), np.zeros(count)
+    found = np.zeros(count, dtype=bool)
+    pending = np.arange(count)
+    for attempt in range(attempts):
+        if not pending.size:
+            break
+        u1 = d.column(start + 2 * attempt, pending)
+        u2 = d.column(start + 2 * attempt + 1, pending)
+        ph, pw, ok = propose(pending, u1, u2)
+        accepted = pending[ok]
+        h[accepted], w[accepted], found[accepted] = ph[ok], pw[ok], True
+        pending = pending[~ok]
+    return h, w, found
 
 
 def _keys(seed: int, samples: np.ndarray, slots: np.ndarray, stream: int) -> np.ndarray:
@@ -141,11 +176,6 @@ def _normal(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def _first_true(ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: index of the first True and whether there is one."""
-    return ok.argmax(axis=1), ok.any(axis=1)
-
-
 # ----------------------------------------------------------------------------- view parameters
 
 
@@ -155,30 +185,23 @@ def _quantise(value: np.ndarray, extent: np.ndarray | int) -> np.ndarray:
 
 def _draw_crop(d: _Draws, recipe: Recipe, hw: np.ndarray) -> np.ndarray:
     """torchvision RandomResizedCrop.get_params in source pixels -> quantised (y, x, h, w)."""
-    height, width = hw[:, 0:1].astype(np.float64), hw[:, 1:2].astype(np.float64)
-    area = height * width
+    height, width = hw[:, 0].astype(np.float64), hw[:, 1].astype(np.float64)
+    lo_s, hi_s = recipe.crop_scale
     lo_r, hi_r = np.log(recipe.crop_ratio[0]), np.log(recipe.crop_ratio[1])
-    target = area * (recipe.crop_scale[0] + d.take(_CROP_ATTEMPTS) * np.diff(recipe.crop_scale))
-    aspect = np.exp(lo_r + d.take(_CROP_ATTEMPTS) * (hi_r - lo_r))
-    w = np.rint(np.sqrt(target * aspect))
-    h = np.rint(np.sqrt(target / aspect))
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first, found = _first_true(ok)
-    rows = np.arange(len(hw))
-    h, w = h[rows, first], w[rows, first]
-    height, width = height[:, 0], width[:, 0]
-    # Fallback: the central crop clamped to the ratio range.
+
+    def propose(rows: np.ndarray, u_area: np.ndarray, u_ratio: np.ndarray):
+        target = height[rows] * width[rows] * (lo_s + u_area * (hi_s - lo_s))
+        aspect = np.exp(lo_r + u_ratio * (hi_r - lo_r))
+        w = np.rint(np.sqrt(target * aspect))
+        h = np.rint(np.sqrt(target / aspect))
+        return h, w, (w > 0) & (w <= width[rows]) & (h > 0) & (h <= height[rows])
+
+    h, w, found = _attempts(d, _CROP_ATTEMPTS, len(hw), propose)
+    # Fallback: the whole image clamped to the ratio range, centred.
     in_ratio = width / height
-    fb_w = np.where(
-        in_ratio < recipe.crop_ratio[0],
-        width,
-        np.where(in_ratio > recipe.crop_ratio[1], np.rint(height * recipe.crop_ratio[1]), width),
-    )
-    fb_h = np.where(
-        in_ratio < recipe.crop_ratio[0],
-        np.rint(width / recipe.crop_ratio[0]),
-        np.where(in_ratio > recipe.crop_ratio[1], height, height),
-    )
+    narrow, wide = in_ratio < recipe.crop_ratio[0], in_ratio > recipe.crop_ratio[1]
+    fb_w = np.where(wide, np.rint(height * recipe.crop_ratio[1]), width)
+    fb_h = np.where(narrow, np.rint(width / recipe.crop_ratio[0]), height)
     h, w = np.where(found, h, fb_h), np.where(found, w, fb_w)
     pos = d.take(2)
     y = np.where(found, _randint(pos[:, 0], height - h + 1), (height - h) // 2)
@@ -210,15 +233,17 @@ def _draw_erase(d: _Draws, recipe: Recipe, count: int) -> np.ndarray:
     """torchvision RandomErasing.get_params on the output -> quantised (y, x, h, w); 0: none."""
     size = float(recipe.output_size)
     apply = d.one() < recipe.erase_prob
-    lo_r, hi_r = np.log(recipe.erase_ratio[0]), np.log(recipe.erase_ratio[1])
     lo_s, hi_s = recipe.erase_scale
-    target = size * size * (lo_s + d.take(_ERASE_ATTEMPTS) * (hi_s - lo_s))
-    aspect = np.exp(lo_r + d.take(_ERASE_ATTEMPTS) * (hi_r - lo_r))
-    h = np.rint(np.sqrt(target * aspect))
-    w = np.rint(np.sqrt(target / aspect))
-    first, found = _first_true((h < size) & (w < size))
-    rows = np.arange(count)
-    h, w = h[rows, first], w[rows, first]
+    lo_r, hi_r = np.log(recipe.erase_ratio[0]), np.log(recipe.erase_ratio[1])
+
+    def propose(rows: np.ndarray, u_area: np.ndarray, u_ratio: np.ndarray):
+        target = size * size * (lo_s + u_area * (hi_s - lo_s))
+        aspect = np.exp(lo_r + u_ratio * (hi_r - lo_r))
+        h = np.rint(np.sqrt(target * aspect))
+        w = np.rint(np.sqrt(target / aspect))
+        return h, w, (h < size) & (w < size)
+
+    h, w, found = _attempts(d, _ERASE_ATTEMPTS, count, propose)
     pos = d.take(2)
     y = _randint(pos[:, 0], size - h + 1)
     x = _randint(pos[:, 1], size - w + 1)
@@ -252,7 +277,7 @@ def _gamma(d: _Draws, shape: float, count: int) -> np.ndarray:
 
 def _beta(d: _Draws, alpha: float, count: int) -> np.ndarray:
     if alpha <= 0:
-        d.take(2 * (3 * _GAMMA_ATTEMPTS + 1))
+        d.reserve(2 * (3 * _GAMMA_ATTEMPTS + 1))
         return np.ones(count)
     x, y = _gamma(d, alpha, count), _gamma(d, alpha, count)
     return x / np.maximum(x + y, 1e-300)
@@ -340,21 +365,12 @@ def _draw_block(
     slots: np.ndarray,
     image_hw: np.ndarray,
 ) -> None:
-    view_draws = 2 * _CROP_ATTEMPTS + 3 + 5 * max(recipe.ra_num_ops, 1) + 2 * _ERASE_ATTEMPTS + 3
-    d = _Draws(_keys(seed, samples, slots, stream=0), view_draws)
-    _fill_view(out, "", d, recipe, image_hw[samples])
+    _fill_view(out, "", _Draws(_keys(seed, samples, slots, 0)), recipe, image_hw[samples])
     if recipe.has_mix:
-        mix_draws = 2 + 4 * (3 * _GAMMA_ATTEMPTS + 1) + 1 + 2
-        partners = _fill_mix(
-            out, _Draws(_keys(seed, samples, slots, 1), mix_draws), recipe, samples, len(image_hw)
-        )
-        _fill_view(
-            out,
-            "p_",
-            _Draws(_keys(seed, samples, slots, 2), view_draws),
-            recipe,
-            image_hw[partners],
-        )
+        mix = _Draws(_keys(seed, samples, slots, 1))
+        partners = _fill_mix(out, mix, recipe, samples, len(image_hw))
+        view = _Draws(_keys(seed, samples, slots, 2))
+        _fill_view(out, "p_", view, recipe, image_hw[partners])
 
 
 def identity_records(recipe: Recipe, count: int) -> np.ndarray:
