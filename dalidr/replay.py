@@ -88,22 +88,43 @@ def _pixels(fraction: DataNode, extent: DataNode | float) -> DataNode:
 
 
 def _view(
-    jpegs: DataNode, inputs: dict[str, DataNode], prefix: str, spec: ReplaySpec, device: str
+    jpegs: DataNode,
+    inputs: dict[str, DataNode],
+    prefix: str,
+    spec: ReplaySpec,
+    device: str,
+    decoded: DataNode | None = None,
 ) -> DataNode:
-    """Steps 1-5 of the module docstring for one view of every sample."""
+    """Steps 1-5 of the module docstring for one view of every sample.
+
+    With `decoded` (the whole images, already decoded, one per view), the crop is cut from them
+    rather than decoded from `jpegs`; the pixels are the same, and a caller replaying many
+    views of one image decodes it once.
+    """
     recipe, side = spec.recipe, spec.side
     crop = inputs[prefix + "crop"]
     source_hw = fn.peek_image_shape(jpegs, dtype=types.FLOAT)[0:2]
-    images = fn.decoders.image_slice(
-        jpegs,
-        _pixels(crop[0:2], source_hw),
-        _pixels(crop[2:4], source_hw),
-        axis_names="HW",
-        normalized_anchor=False,
-        normalized_shape=False,
-        output_type=types.RGB,
-        device="mixed" if device == "gpu" else "cpu",
-    )
+    anchor, extent = _pixels(crop[0:2], source_hw), _pixels(crop[2:4], source_hw)
+    if decoded is None:
+        images = fn.decoders.image_slice(
+            jpegs,
+            anchor,
+            extent,
+            axis_names="HW",
+            normalized_anchor=False,
+            normalized_shape=False,
+            output_type=types.RGB,
+            device="mixed" if device == "gpu" else "cpu",
+        )
+    else:
+        images = fn.slice(
+            decoded,
+            anchor,
+            extent,
+            axis_names="HW",
+            normalized_anchor=False,
+            normalized_shape=False,
+        )
     # The flip rides on the resize: a relative ROI running right to left mirrors the output.
     flip = fn.cast(inputs[prefix + "flip"], dtype=types.FLOAT)
     images = fn.resize(
@@ -169,13 +190,17 @@ def replay_graph(
     inputs: dict[str, DataNode],
     spec: ReplaySpec,
     device: str,
+    decoded: DataNode | None = None,
 ) -> DataNode:
     """The replay graph, for pipelines that add their own inputs and outputs around it.
 
-    `inputs` maps every field of `record_dtype(spec.recipe)` to a batch DataNode on the CPU.
-    Must be called inside a pipeline built with `enable_conditionals=True`.
+    `jpegs` holds each view's encoded image; `inputs` maps every field of
+    `record_dtype(spec.recipe)` (but the partner index) to a batch DataNode on the CPU.
+    `decoded`, if given, holds each view's whole image already decoded (RGB, HWC), so that
+    many views of one image need one decode. Call it inside a pipeline built with
+    `enable_conditionals=True`.
     """
-    images = _view(jpegs, inputs, "", spec, device)
+    images = _view(jpegs, inputs, "", spec, device, decoded)
     if spec.recipe.has_mix:
         if partner_jpegs is None:
             raise OptionError("recipe has mixing but no partner JPEG input was given")

@@ -212,3 +212,41 @@ def test_gpu_replay_matches_cpu(corpus) -> None:
     diff = np.abs(cpu.astype(int) - gpu.astype(int))
     # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by a few levels.
     assert diff.mean() < 3.0
+
+
+def test_views_cut_from_decoded_images_match_roi_decoding(corpus) -> None:
+    """The teacher pass decodes an image once for all its slots; the pixels must not change."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dalidr.replay import replay_graph
+
+    r = recipe("rrc+ra/re", output_size=SIDE)
+    spec = ReplaySpec(r)
+    records = draw_records(r, 5, [0, 1], np.arange(3), corpus.image_hw).reshape(-1)
+    jpegs = [corpus.jpegs[i // 3] for i in range(6)]
+
+    @pipeline_def(
+        enable_conditionals=True,
+        batch_size=6,
+        num_threads=1,
+        device_id=None,
+        prefetch_queue_depth=1,
+    )
+    def decode_once():
+        unique = fn.external_source(name="unique", dtype=types.UINT8)
+        views = fn.external_source(name="jpegs", dtype=types.UINT8)
+        decoded = fn.permute_batch(
+            fn.decoders.image(unique, output_type=types.RGB), indices=[0, 0, 0, 1, 1, 1]
+        )
+        inputs = {f: fn.external_source(name=f) for f in spec.fields}
+        return replay_graph(views, None, inputs, spec, "cpu", decoded=decoded)
+
+    pipe = decode_once()
+    pipe.build()
+    pipe.feed_input("unique", [corpus.jpegs[0], corpus.jpegs[1]] + [corpus.jpegs[0]] * 4)
+    pipe.feed_input("jpegs", jpegs)
+    for field in spec.fields:
+        pipe.feed_input(field, np.ascontiguousarray(records[field]))
+    (once,) = pipe.run()
+    per_view = Replayer(spec, batch_size=6, num_threads=1)(jpegs, records)
+    np.testing.assert_array_equal(np.asarray(once.as_array()), per_view)
