@@ -2,12 +2,15 @@
 
 - `dalidr demo`: the embedded default job (real JPEGs, every recipe, replayed views to a PNG).
 - `dalidr views`: replayed views of a user's ImageFolder tree, as a PNG grid.
-- `dalidr inspect` / `dalidr subset`: reinforcement stores (see `store/`), when installed.
+- `dalidr inspect` / `dalidr subset`: reinforcement stores (`store/cli.py`).
+- `dalidr reinforce`, `dalidr train`, `dalidr eval`: registered by their own modules.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +24,14 @@ from dalidr.recipe import PRESETS, Recipe, load_recipe
 from dalidr.records import MixMode, draw_records, record_dtype
 
 __all__ = ["main", "render_views"]
+
+# Modules that add subcommands with `register(subparsers)`, each owning its job's options.
+_SUBCOMMAND_MODULES = (
+    "store.cli",  # inspect, subset
+    "dalidr.reinforce",  # reinforce (the teacher pass)
+    "dalidr.train",  # train
+    "dalidr.evaluate",  # eval
+)
 
 
 def _captions(records: np.ndarray, recipe: Recipe) -> list[str]:
@@ -130,12 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     views.add_argument("--out", default="runs/views.png")
     views.set_defaults(run=_views)
 
-    try:
-        from store import cli as store_cli
-    except ImportError:
-        store_cli = None
-    if store_cli is not None and hasattr(store_cli, "register"):
-        store_cli.register(sub)
+    for module_name in _SUBCOMMAND_MODULES:
+        if importlib.util.find_spec(module_name) is not None:
+            importlib.import_module(module_name).register(sub)
     return parser
 
 
