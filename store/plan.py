@@ -113,8 +113,8 @@ def _keys(seed: int, stream: int, *indices: np.ndarray | int) -> np.ndarray:
 
 def _shuffled(seed: int, stream: int, count: int, *context: int) -> np.ndarray:
     """A random permutation of range(count) keyed by (seed, stream, context)."""
-    return np.argsort(_keys(seed, stream, *context, np.arange(count, dtype=np.uint64)),
-                      kind="stable")
+    # 64-bit keys are distinct (ties have probability ~count^2 / 2^64), so any sort agrees.
+    return np.argsort(_keys(seed, stream, *context, np.arange(count, dtype=np.uint64)))
 
 
 def _epoch_group(spec: PlanSpec, epoch: int) -> tuple[int, int, int]:
@@ -135,9 +135,8 @@ def _sample_slots(spec: PlanSpec, epoch: int, samples: np.ndarray) -> tuple[np.n
     cycle = epoch // spec.slots
     keys = _keys(spec.seed, _STREAM_SLOTS, cycle, group, samples[:, None],
                  np.arange(size, dtype=np.uint64)[None, :])
-    # Position `position` of each sample's permutation: the key with exactly `position` smaller.
-    ranks = (keys[:, :, None] > keys[:, None, :]).sum(axis=2)
-    offset = (ranks == position).argmax(axis=1)
+    # Each sample's permutation of the group's slots is the argsort of its keys.
+    offset = np.argsort(keys, axis=1)[:, position]
     return (group * spec.slot_group + offset).astype(np.int32), group
 
 

@@ -127,16 +127,17 @@ class StoreReader:
                                      f"{key!r} is missing although the block is committed")
             self._present.add(b)
 
-    def _read(self, name: str, samples: np.ndarray, group: int) -> np.ndarray:
-        """[len(samples), group size, ...] of array `name`; samples sorted, one slot group."""
+    def _read(self, name: str, blocks: range, group: int) -> np.ndarray:
+        """[samples of `blocks`, slots of `group`, ...] of array `name` (whole chunks)."""
         slots = self.config.group_slots(group)
+        lo = self.layout.block_range(blocks.start).start
+        hi = self.layout.block_range(blocks.stop - 1).stop
         array = self.layout.array(name)
         try:
-            return array.get_orthogonal_selection((samples, slice(slots.start, slots.stop)))
+            return array[lo:hi, slots.start:slots.stop]
         except CORRUPT_CHUNK_ERRORS as exc:
-            blocks = np.unique(samples // self.config.block_size)
             for b in blocks:  # find the culprit chunk for the message
-                r = self.layout.block_range(int(b))
+                r = self.layout.block_range(b)
                 try:
                     array[r.start:r.stop, slots.start:slots.stop]
                 except CORRUPT_CHUNK_ERRORS as inner:
@@ -145,7 +146,10 @@ class StoreReader:
             raise StoreError(f"{self.url}: array {name!r} cannot be read: {exc}") from exc
 
     def read_views(self, samples: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, TopKTargets]:
-        """Records and targets of the views (samples[i], slots[i]), in the given order."""
+        """Records and targets of the views (samples[i], slots[i]), in the given order.
+
+        Reads whole (block, slot group) chunks, runs of consecutive blocks at a time: cheapest
+        when the views share a slot group and cover whole blocks, as an epoch plan's do."""
         samples = np.asarray(samples, dtype=np.int64).reshape(-1)
         slots = np.asarray(slots, dtype=np.int64).reshape(-1)
         cfg = self.config
@@ -156,35 +160,33 @@ class StoreReader:
         if slots.size and (slots.min() < 0 or slots.max() >= cfg.slots):
             raise StoreError(f"{self.url}: a requested slot is outside 0..{cfg.slots - 1}")
         self._require(samples // cfg.block_size)
-        records = np.empty(samples.size, dtype=record_dtype(cfg.recipe))
-        classes = np.empty((samples.size, cfg.k), dtype=np.int32)
-        probs = np.empty((samples.size, cfg.k), dtype=np.float32)
+        out = (np.empty(samples.size, dtype=record_dtype(cfg.recipe)),
+               np.empty((samples.size, cfg.k), dtype=np.int32),
+               np.empty((samples.size, cfg.k), dtype=np.float32))
         groups = slots // cfg.slot_group
-        batch = _BATCH_BLOCKS * cfg.block_size
         for group in np.unique(groups):
             where = np.flatnonzero(groups == group)
             where = where[np.argsort(samples[where], kind="stable")]
-            for start in range(0, where.size, batch):
-                # Batches of whole blocks: consecutive sorted samples of about `batch` size.
-                part = where[start:start + batch]
-                self._read_batch(part, samples, slots, int(group), records, classes, probs)
-        return records, TopKTargets(classes, probs)
+            blocks = samples[where] // cfg.block_size
+            for run in _runs(np.unique(blocks), _BATCH_BLOCKS):
+                part = where[np.searchsorted(blocks, run.start):np.searchsorted(blocks, run.stop)]
+                self._read_run(run, int(group), part, samples, slots, out)
+        return out[0], TopKTargets(out[1], out[2])
 
-    def _read_batch(self, part: np.ndarray, samples: np.ndarray, slots: np.ndarray, group: int,
-                    records: np.ndarray, classes: np.ndarray, probs: np.ndarray) -> None:
+    def _read_run(self, run: range, group: int, part: np.ndarray, samples: np.ndarray,
+                  slots: np.ndarray, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """Fill out[...][part] from one run of consecutive blocks."""
         cfg = self.config
-        wanted = samples[part]
-        unique, inverse = np.unique(wanted, return_inverse=True)
+        rows = samples[part] - run.start * cfg.block_size
         column = slots[part] - group * cfg.slot_group
-        rows = np.arange(part.size)
 
         def pick(name: str) -> np.ndarray:
-            return self._read(name, unique, group)[inverse, column]
+            return self._read(name, run, group)[rows, column]
 
         columns = {spec.name: pick(f"records/{spec.name}") for spec in self.layout.columns}
-        records[part] = decode_records(columns, cfg.recipe, wanted, self.layout.image_hw)
-        classes[part] = pick(CLASSES)[rows]
-        probs[part] = dequantise_probs(pick(PROB_GAPS), cfg.prob_levels)
+        out[0][part] = decode_records(columns, cfg.recipe, samples[part], self.layout.image_hw)
+        out[1][part] = pick(CLASSES)
+        out[2][part] = dequantise_probs(pick(PROB_GAPS), cfg.prob_levels)
 
     def read_block(self, block: int) -> tuple[np.ndarray, TopKTargets]:
         """All views of one committed block: records [n, slots], targets [n, slots, k]."""
@@ -226,3 +228,13 @@ class StoreReader:
     def epoch(self, epoch: int, rank: int = 0, world: int = 1) -> EpochData:
         """Plan and read one epoch (see EpochPrefetcher to do it in the background)."""
         return self.read_epoch(self.plan(epoch, rank, world))
+
+
+def _runs(blocks: np.ndarray, longest: int) -> list[range]:
+    """Sorted block indices as runs of consecutive blocks, each at most `longest` long."""
+    runs: list[range] = []
+    for chunk in np.split(blocks, np.flatnonzero(np.diff(blocks) != 1) + 1):
+        for start in range(0, len(chunk), longest):
+            piece = chunk[start:start + longest]
+            runs.append(range(int(piece[0]), int(piece[-1]) + 1))
+    return [] if not blocks.size else runs
