@@ -1,0 +1,581 @@
+"""Drop-in DALI loaders for PyTorch training loops: the reinforced store, and plain images.
+
+`ReinforcedLoader` is what a training loop iterates instead of a `DataLoader` (paper Sec. 2.2:
+training on a reinforced dataset costs what training on the original costs). Per epoch it takes
+the store's epoch plan for this rank (`StoreReader.plan` / `read_epoch`, one epoch ahead in a
+background thread with `store.prefetch.EpochPrefetcher`), reads the planned samples' JPEG bytes
+with a thread pool a few batches ahead, and replays each stored view through
+`dalidr.replay.replay_graph`, the one augmentation implementation, so the student sees exactly
+the pixels the teacher labelled. Each step yields `(images, targets)`: images `[B, 3, H, W]`
+normalised (channels_last on request), targets dense `[B, C]` soft labels (`Densify`) or sparse
+`SparseTargets(indices, probs)` for the fused loss (`dalidr.losses`).
+
+With probability 1 - p a sample is served from the original data instead: a fresh random
+resized crop and flip (drawn with `draw_records` from (seed, sample, epoch), replayed by the same
+graph with every other augmentation off) and a one-hot label (the paper's `p` option; p = 1 is
+pure reinforced data). All draws are pure functions of (seed, epoch, sample), so a resumed epoch
+reproduces its batches exactly.
+
+`PlainLoader` is the ERM baseline built from the same machinery (same file reading, same
+feeding, same conversion to torch): DALI's standard `decoders.image_random_crop` + resize +
+flip + normalise and one-hot labels, or resize + centre crop for evaluation. Comparing train
+wall-clock between the two therefore compares only what differs: replaying stored parameters.
+
+Driving DALI. The thin iterator over the pipeline (rather than `DALIGenericIterator`, whose
+external-source epochs cannot seek to a mid-epoch step) feeds batches by name and keeps
+`prefetch_depth` iterations in flight, continuing into the next epoch so the pipeline never
+drains at an epoch boundary; a jump (resume, `set_epoch` to another epoch) discards what is in
+flight. Outputs become torch tensors with the DALI PyTorch plugin's `feed_ndarray`, on the CPU
+(DALI CPU mode, `device_id=None`) or on the GPU (`mixed` decode) from the same code.
+
+Distributed data parallel: the rank and world size come from `torch.distributed` when it is
+initialised; the store's plan gives disjoint shards that cover the dataset (padded to equal
+length, as `DistributedSampler` does).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.data_node import DataNode
+from nvidia.dali.pipeline import Pipeline
+from nvidia.dali.plugin.pytorch import feed_ndarray
+
+from dalidr.dataset import DatasetListing, list_dataset
+from dalidr.errors import DatasetError, ImageError, OptionError, StoreError
+from dalidr.recipe import Recipe
+from dalidr.records import draw_records, identity_records
+from dalidr.replay import IMAGENET_MEAN, IMAGENET_STD, Output, ReplaySpec, check_jpeg, replay_graph
+from kernels.kl_loss import Densify, densify_topk
+from store.manifest import Manifest, scan_manifest
+from store.plan import PlanSpec, UnevenShards, plan_epoch
+from store.prefetch import EpochPrefetcher
+from store.reader import StoreReader
+
+__all__ = [
+    "Targets",
+    "LastBatch",
+    "Augment",
+    "LoaderConfig",
+    "SparseTargets",
+    "ReinforcedLoader",
+    "PlainLoader",
+    "distributed_rank_world",
+]
+
+_STREAM_ORIGINAL = 0x5EED_0001  # seeds the p-coin and the original samples' crops
+_EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre-crop size
+
+
+class Targets(enum.Enum):
+    """What a loader yields as targets."""
+
+    DENSE = "dense"  # [B, C] float32 soft labels
+    SPARSE = "sparse"  # SparseTargets(indices [B, k] int64, probs [B, k] float32)
+
+
+class LastBatch(enum.Enum):
+    """What happens to the last batch of an epoch when it is short."""
+
+    DROP = "drop"  # every batch is full (training)
+    PARTIAL = "partial"  # the short batch is served (evaluation)
+
+
+class Augment(enum.Enum):
+    """The plain loader's image transform."""
+
+    TRAIN = "train"  # random resized crop (0.08-1 area, 3/4-4/3 ratio), flip, normalise
+    EVAL = "eval"  # resize the shorter side to size / 0.875, centre crop, normalise
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Options shared by both loaders."""
+
+    # Samples per batch, per rank.
+    batch_size: int = 256
+    # Probability that a sample is served from the store (the paper's p); otherwise it is the
+    # original image with a random resized crop and flip and a one-hot label.
+    p: float = 1.0
+    # How a stored top-k becomes a dense target (dense targets only).
+    densify: Densify = Densify.SMOOTH
+    # Dense [B, C] targets or sparse (indices, probs).
+    targets: Targets = Targets.DENSE
+    # Images in torch.channels_last memory format (NHWC strides, [B, 3, H, W] shape).
+    channels_last: bool = False
+    # Short last batch of an epoch: dropped or served.
+    last_batch: LastBatch = LastBatch.DROP
+    # None: DALI CPU mode and CPU tensors; an int: that CUDA device (decode and ops on it).
+    device_id: int | None = None
+    # DALI worker threads, file-reading threads, and batches of files read ahead.
+    num_threads: int = 2
+    read_threads: int = 4
+    read_ahead: int = 4
+    # DALI iterations kept in flight.
+    prefetch_depth: int = 2
+    # Seeds the p-coin, the original samples' crops, the ERM plan and DALI's own draws.
+    seed: int = 0
+    # Normalisation, in [0, 1] units.
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, option: str, value: object, valid: str) -> None:
+            if not ok:
+                raise OptionError(f"loader option {option!r} is {value!r}; valid: {valid}")
+
+        check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        check(0.0 <= self.p <= 1.0, "p", self.p, "a probability in [0, 1]")
+        for name, enum_type in (("densify", Densify), ("targets", Targets),
+                                ("last_batch", LastBatch)):
+            value = getattr(self, name)
+            if not isinstance(value, enum_type):
+                raise OptionError.choice(name, value, [v.value for v in enum_type])
+        check(self.device_id is None or self.device_id >= 0, "device_id", self.device_id,
+              "None (CPU) or a CUDA device index")
+        for name in ("num_threads", "read_threads", "read_ahead", "prefetch_depth"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu") if self.device_id is None else torch.device("cuda",
+                                                                               self.device_id)
+
+
+class SparseTargets(NamedTuple):
+    """Top-k targets of a batch, for `dalidr.losses` (no [B, C] tensor is built)."""
+
+    indices: torch.Tensor  # [B, k] int64 class indices
+    probs: torch.Tensor  # [B, k] float32, as stored (one-hot rows: 1 then zeros)
+
+
+def distributed_rank_world(rank: int | None = None, world: int | None = None) -> tuple[int, int]:
+    """(rank, world size): the given ones, else torch.distributed's, else (0, 1)."""
+    dist = torch.distributed
+    initialised = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    if world is None:
+        world = dist.get_world_size() if initialised else 1
+    if world < 1 or not 0 <= rank < world:
+        raise OptionError(f"rank {rank} of world size {world}: need 0 <= rank < world")
+    return rank, world
+
+
+@dataclass(frozen=True, eq=False)
+class _Epoch:
+    """One rank's epoch, everything but the JPEG bytes, in training order."""
+
+    samples: np.ndarray  # [n] int64
+    records: np.ndarray | None  # [n] records, or None (plain loader)
+    classes: np.ndarray  # [n, k] int64
+    probs: np.ndarray  # [n, k] float32
+
+
+@dataclass(eq=False)
+class _Batch:
+    epoch: int
+    step: int
+    samples: np.ndarray
+    fields: dict[str, np.ndarray]
+    classes: np.ndarray
+    probs: np.ndarray
+    jpegs: list[Future[list[np.ndarray]]]
+    partner_jpegs: list[Future[list[np.ndarray]]] | None
+
+
+def _read_files(paths: list[Path]) -> list[np.ndarray]:
+    out = []
+    for path in paths:
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError as exc:
+            raise DatasetError(f"dataset file {path} cannot be read: {exc}") from exc
+        check_jpeg(data, str(path))
+        out.append(data)
+    return out
+
+
+def _one_hot_topk(labels: np.ndarray, k: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One-hot labels in top-k form: the label with probability 1, then k - 1 other classes
+    with probability 0 (distinct indices, so dense and sparse targets agree)."""
+    classes = (labels[:, None] + np.arange(k)[None, :]) % num_classes
+    probs = np.zeros((len(labels), k), dtype=np.float32)
+    probs[:, 0] = 1.0
+    return classes.astype(np.int64), probs
+
+
+class _DaliLoader:
+    """The machinery both loaders share: epochs, reading ahead, feeding, in-flight batches."""
+
+    has_partner = False
+
+    def __init__(self, listing: DatasetListing, config: LoaderConfig, num_classes: int,
+                 rank: int | None, world: int | None) -> None:
+        if not isinstance(config, LoaderConfig):
+            raise OptionError(f"config must be a LoaderConfig, not {type(config).__name__}")
+        self.listing, self.config, self.num_classes = listing, config, num_classes
+        self.rank, self.world = distributed_rank_world(rank, world)
+        self.files = [listing.root / path for path in listing.paths]
+        self.labels = np.asarray(listing.labels, dtype=np.int64)
+        self.epoch, self.step = 0, 0
+        self._pool = ThreadPoolExecutor(config.read_threads, thread_name_prefix="dalidr-read")
+        self._pipe: Pipeline | None = None
+        self._scheduled = False
+        self._stream: Iterator[_Batch] | None = None
+        self._reading: deque[_Batch] = deque()
+        self._in_flight: deque[_Batch] = deque()
+        self._epochs: dict[int, _Epoch] = {}
+
+    # ----------------------------------------------------------- what subclasses provide
+
+    def _epoch_data(self, epoch: int) -> _Epoch:
+        raise NotImplementedError
+
+    def _epoch_length(self) -> int:
+        raise NotImplementedError
+
+    def _images(self, jpegs: DataNode, partner_jpegs: DataNode | None,
+                inputs: dict[str, DataNode], device: str) -> DataNode:
+        """The uint8 HWC images of a batch (before normalisation)."""
+        raise NotImplementedError
+
+    def _fields(self) -> tuple[str, ...]:
+        return ()
+
+    def _crop(self) -> int | None:
+        """Centre crop applied by the normalisation, or None."""
+        return None
+
+    # ----------------------------------------------------------- the public iterator API
+
+    def __len__(self) -> int:
+        n, b = self._epoch_length(), self.config.batch_size
+        return n // b if self.config.last_batch is LastBatch.DROP else -(-n // b)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Iterate `epoch` next, from its first batch."""
+        if epoch < 0:
+            raise OptionError(f"epoch is {epoch}; must be >= 0")
+        self.epoch, self.step = int(epoch), 0
+
+    def state_dict(self) -> dict[str, int]:
+        """Where iteration stands: the epoch and the step (batch) it serves next."""
+        return {"epoch": self.epoch, "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at a saved (epoch, step): the batches that follow are the ones that would
+        have followed."""
+        epoch, step = int(state["epoch"]), int(state["step"])
+        if epoch < 0 or not 0 <= step <= len(self):
+            raise OptionError(f"loader state epoch {epoch}, step {step}: need epoch >= 0 and "
+                              f"0 <= step <= {len(self)}")
+        self.epoch, self.step = epoch, step
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
+        """The batches of `self.epoch` from `self.step` on; afterwards the next epoch is set."""
+        epoch, total = self.epoch, len(self)
+        self._seek(epoch, self.step)
+        while self.step < total:
+            images = self._next_images()
+            batch = self._in_flight.popleft()
+            self._top_up()
+            targets = self._targets(batch)
+            self.step += 1
+            yield images, targets
+        self.epoch, self.step = epoch + 1, 0
+
+    def close(self) -> None:
+        """Stop the reading threads (the loader cannot be iterated afterwards)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> _DaliLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------- epochs and batches
+
+    def _epoch(self, epoch: int) -> _Epoch:
+        if epoch not in self._epochs:
+            while len(self._epochs) >= 3:  # the oldest cached epoch goes
+                del self._epochs[next(iter(self._epochs))]
+            self._epochs[epoch] = self._epoch_data(epoch)
+        return self._epochs[epoch]
+
+    def _batches(self, epoch: int, step: int) -> Iterator[_Batch]:
+        """Every batch from (epoch, step) on, across epochs, with its files being read."""
+        size, per_epoch = self.config.batch_size, len(self)
+        for e in itertools.count(epoch):
+            for s in range(step if e == epoch else 0, per_epoch):
+                data = self._epoch(e)
+                part = slice(s * size, min((s + 1) * size, len(data.samples)))
+                samples = data.samples[part]
+                fields: dict[str, np.ndarray] = {}
+                partners = None
+                if data.records is not None:
+                    records = data.records[part]
+                    fields = {f: np.ascontiguousarray(records[f]) for f in self._fields()}
+                    if self.has_partner:
+                        partners = records["partner"].astype(np.int64)
+                yield _Batch(e, s, samples, fields, data.classes[part], data.probs[part],
+                             self._read(samples),
+                             self._read(partners) if partners is not None else None)
+
+    def _read(self, samples: np.ndarray) -> list[Future[list[np.ndarray]]]:
+        chunks = np.array_split(samples, min(self.config.read_threads, len(samples)))
+        return [self._pool.submit(_read_files, [self.files[int(i)] for i in chunk])
+                for chunk in chunks]
+
+    def _next_read(self) -> _Batch:
+        assert self._stream is not None
+        while len(self._reading) < self.config.read_ahead:
+            self._reading.append(next(self._stream))
+        return self._reading.popleft()
+
+    # ----------------------------------------------------------- the DALI pipeline
+
+    def _build(self) -> Pipeline:
+        cfg = self.config
+        device = "cpu" if cfg.device_id is None else "gpu"
+        channels_last, crop = cfg.channels_last, self._crop()
+
+        @pipeline_def(enable_conditionals=True)
+        def _pipeline() -> DataNode:
+            jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, no_copy=True)
+            partner_jpegs = None
+            if self.has_partner:
+                partner_jpegs = fn.external_source(name="partner_jpegs", dtype=types.UINT8,
+                                                   no_copy=True)
+            inputs = {f: fn.external_source(name=f, no_copy=False) for f in self._fields()}
+            images = self._images(jpegs, partner_jpegs, inputs, device)
+            extra = {"crop": (crop, crop)} if crop else {}
+            return fn.crop_mirror_normalize(
+                images, dtype=types.FLOAT, output_layout="HWC" if channels_last else "CHW",
+                mean=[255.0 * m for m in cfg.mean], std=[255.0 * s for s in cfg.std], **extra)
+
+        pipe = _pipeline(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
+                         device_id=cfg.device_id, prefetch_queue_depth=cfg.prefetch_depth,
+                         seed=cfg.seed * 7919 + self.rank, exec_dynamic=True)
+        pipe.build()
+        return pipe
+
+    def _feed(self, batch: _Batch) -> None:
+        assert self._pipe is not None
+        jpegs = [data for future in batch.jpegs for data in future.result()]
+        self._pipe.feed_input("jpegs", jpegs)
+        if self.has_partner:
+            assert batch.partner_jpegs is not None
+            partners = [data for future in batch.partner_jpegs for data in future.result()]
+            self._pipe.feed_input("partner_jpegs", partners)
+        for name, values in batch.fields.items():
+            self._pipe.feed_input(name, values)
+        self._in_flight.append(batch)
+
+    def _top_up(self) -> None:
+        """Keep `prefetch_depth` iterations in flight (the first schedule_run runs them all)."""
+        if self._pipe is None:
+            self._pipe = self._build()
+        depth = self.config.prefetch_depth
+        if not self._scheduled:
+            while len(self._in_flight) < depth:
+                self._feed(self._next_read())
+            self._pipe.schedule_run()
+            self._scheduled = True
+            return
+        while len(self._in_flight) < depth:
+            self._feed(self._next_read())
+            self._pipe.schedule_run()
+
+    def _seek(self, epoch: int, step: int) -> None:
+        """Make (epoch, step) the next batch out of the pipeline, dropping what is not."""
+        head = self._in_flight[0] if self._in_flight else (
+            self._reading[0] if self._reading else None)
+        if head is not None and (head.epoch, head.step) == (epoch, step):
+            return
+        while self._in_flight:  # discard iterations already running
+            assert self._pipe is not None
+            self._pipe.outputs()
+            self._in_flight.popleft()
+        for batch in self._reading:
+            for future in batch.jpegs + (batch.partner_jpegs or []):
+                future.cancel()
+        self._reading.clear()
+        self._stream = self._batches(epoch, step)
+        self._top_up()
+
+    def _next_images(self) -> torch.Tensor:
+        assert self._pipe is not None
+        batch = self._in_flight[0]
+        try:
+            (images,) = self._pipe.outputs()
+        except RuntimeError as exc:
+            raise ImageError(f"DALI failed on epoch {batch.epoch}, step {batch.step} (samples "
+                             f"{batch.samples[:8].tolist()}...): {exc}") from exc
+        tensor = images.as_tensor()
+        out = torch.empty(tensor.shape(), dtype=torch.float32, device=self.config.device)
+        stream = torch.cuda.current_stream(out.device) if out.is_cuda else None
+        feed_ndarray(tensor, out, cuda_stream=stream)
+        return out.permute(0, 3, 1, 2) if self.config.channels_last else out
+
+    def _targets(self, batch: _Batch) -> Any:
+        cfg = self.config
+        classes = torch.from_numpy(batch.classes)
+        probs = torch.from_numpy(batch.probs)
+        if cfg.targets is Targets.DENSE:
+            dense = densify_topk(classes, probs, self.num_classes, cfg.densify)
+            return self._to_device(dense)
+        return SparseTargets(self._to_device(classes), self._to_device(probs))
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.config.device_id is None:
+            return tensor
+        return tensor.pin_memory().to(self.config.device, non_blocking=True)
+
+
+def _check_classes(num_classes: int | None, have: int, what: str) -> None:
+    if num_classes is not None and num_classes != have:
+        raise DatasetError(f"the model predicts {num_classes} classes but {what} has {have}")
+
+
+class ReinforcedLoader(_DaliLoader):
+    """(images, targets) batches of a reinforced store; see the module docstring.
+
+    `data` is the dataset root the store was made from (an ImageFolder tree, or a root with a
+    `file_list`); `num_classes`, if given, is the model's output size and must match the
+    store's. Pass the dataset's `manifest` if it is at hand, to skip hashing the files.
+    """
+
+    def __init__(self, store: str | StoreReader, data: str | Path, config: LoaderConfig,
+                 *, num_classes: int | None = None, rank: int | None = None,
+                 world: int | None = None, file_list: str | Path | None = None,
+                 manifest: Manifest | None = None) -> None:
+        reader = store if isinstance(store, StoreReader) else StoreReader(store)
+        listing = list_dataset(data, file_list)
+        if manifest is None:
+            manifest = scan_manifest(listing.root, listing.paths, listing.labels)
+        reader.check_dataset(manifest)
+        _check_classes(num_classes, reader.config.num_classes, f"store {reader.url}")
+        done = reader.committed()
+        if not done.all():
+            block = int(np.flatnonzero(~done)[0])
+            raise StoreError(f"store {reader.url} is incomplete: {int((~done).sum())} of "
+                             f"{len(done)} blocks are not committed (first: block {block}); "
+                             "finish the teacher pass first")
+        super().__init__(listing, config, reader.config.num_classes, rank, world)
+        self.reader = reader
+        self.recipe: Recipe = reader.config.recipe
+        self.has_partner = self.recipe.has_mix
+        self.image_hw = manifest.image_hw
+        self._length = len(reader.plan(0, self.rank, self.world))
+        self._prefetcher = EpochPrefetcher(reader, self.rank, self.world, start_epoch=0)
+        # The original samples' transform: the recipe's crop and flip, nothing else.
+        self._original = self.recipe.replace(ra_num_ops=0, erase_prob=0.0, mix_prob=0.0)
+
+    def _epoch_length(self) -> int:
+        return self._length
+
+    def _fields(self) -> tuple[str, ...]:
+        return ReplaySpec(self.recipe).fields
+
+    def _images(self, jpegs: DataNode, partner_jpegs: DataNode | None,
+                inputs: dict[str, DataNode], device: str) -> DataNode:
+        return replay_graph(jpegs, partner_jpegs, inputs,
+                            ReplaySpec(self.recipe, output=Output.UINT8_HWC), device)
+
+    def original_mask(self, epoch: int, samples: np.ndarray) -> np.ndarray:
+        """Which of `samples` are served from the original data in `epoch` (the 1 - p coin)."""
+        coins = np.random.default_rng([self.config.seed, _STREAM_ORIGINAL, epoch]).random(
+            self.reader.num_samples)
+        return coins[samples] >= self.config.p
+
+    def original_records(self, epoch: int, samples: np.ndarray) -> np.ndarray:
+        """Records of the original samples' views: a fresh crop and flip, nothing else."""
+        drawn = draw_records(self._original, self.config.seed + _STREAM_ORIGINAL, samples,
+                             np.array([epoch]), self.image_hw)[:, 0]
+        records = identity_records(self.recipe, len(samples))
+        records["crop"], records["flip"] = drawn["crop"], drawn["flip"]
+        if self.recipe.has_mix:
+            records["partner"] = samples
+        return records
+
+    def _epoch_data(self, epoch: int) -> _Epoch:
+        data = self._prefetcher.get(epoch)
+        samples = data.plan.samples
+        records = data.records.copy()
+        classes = data.targets.classes.astype(np.int64)
+        probs = data.targets.probs.astype(np.float32)
+        original = np.flatnonzero(self.original_mask(epoch, samples))
+        if original.size:
+            records[original] = self.original_records(epoch, samples[original])
+            classes[original], probs[original] = _one_hot_topk(
+                self.labels[samples[original]], self.reader.config.k, self.num_classes)
+        return _Epoch(samples, records, classes, probs)
+
+    def close(self) -> None:
+        self._prefetcher.close()
+        super().close()
+
+
+class PlainLoader(_DaliLoader):
+    """ERM batches: DALI's standard augmentation (or evaluation transform), one-hot labels.
+
+    `num_classes` defaults to the number of classes of the dataset listing."""
+
+    def __init__(self, data: str | Path, config: LoaderConfig, *, size: int = 224,
+                 augment: Augment = Augment.TRAIN, num_classes: int | None = None,
+                 rank: int | None = None, world: int | None = None,
+                 file_list: str | Path | None = None) -> None:
+        if not isinstance(augment, Augment):
+            raise OptionError.choice("augment", augment, [a.value for a in Augment])
+        if size < 16:
+            raise OptionError(f"loader option 'size' is {size}; valid: >= 16")
+        listing = list_dataset(data, file_list)
+        classes = max(len(listing.classes), int(max(listing.labels)) + 1)
+        _check_classes(num_classes, classes, f"dataset {listing.root}")
+        super().__init__(listing, config, classes, rank, world)
+        self.size, self.augment = size, augment
+        uneven = UnevenShards.PAD if config.last_batch is LastBatch.DROP else UnevenShards.DROP
+        self._spec = PlanSpec(len(listing), 1, 1, 64, config.seed, uneven)
+
+    def _epoch_length(self) -> int:
+        if self.augment is Augment.EVAL:
+            return len(range(self.rank, len(self.listing), self.world))
+        return len(plan_epoch(self._spec, 0, self.rank, self.world))
+
+    def _epoch_data(self, epoch: int) -> _Epoch:
+        if self.augment is Augment.EVAL:
+            samples = np.arange(self.rank, len(self.listing), self.world, dtype=np.int64)
+        else:
+            samples = plan_epoch(self._spec, epoch, self.rank, self.world).samples
+        classes, probs = _one_hot_topk(self.labels[samples], 1, self.num_classes)
+        return _Epoch(samples, None, classes, probs)
+
+    def _crop(self) -> int | None:
+        return self.size if self.augment is Augment.EVAL else None
+
+    def _images(self, jpegs: DataNode, partner_jpegs: DataNode | None,
+                inputs: dict[str, DataNode], device: str) -> DataNode:
+        decode = "mixed" if device == "gpu" else "cpu"
+        if self.augment is Augment.EVAL:
+            images = fn.decoders.image(jpegs, output_type=types.RGB, device=decode)
+            return fn.resize(images, resize_shorter=round(self.size / _EVAL_CROP),
+                             antialias=True, interp_type=types.INTERP_LINEAR)
+        images = fn.decoders.image_random_crop(
+            jpegs, output_type=types.RGB, device=decode, random_area=[0.08, 1.0],
+            random_aspect_ratio=[3.0 / 4.0, 4.0 / 3.0], num_attempts=10)
+        images = fn.resize(images, size=[self.size, self.size], antialias=True,
+                           interp_type=types.INTERP_LINEAR)
+        return fn.flip(images, horizontal=fn.random.coin_flip(probability=0.5))
+
