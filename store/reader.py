@@ -65,7 +65,7 @@ class StoreReader:
                  uneven: UnevenShards = UnevenShards.PAD) -> None:
         self.layout: StoreLayout = open_layout(url, read_only=True)
         self.uneven = uneven
-        self._present: set[int] = set()
+        self._present: set[int] = set()  # committed blocks whose shard objects were seen
         if dataset is not None:
             self.check_dataset(dataset)
 
@@ -112,6 +112,8 @@ class StoreReader:
     def _require(self, blocks: np.ndarray) -> None:
         """StoreError unless every block is committed and its shard objects exist."""
         blocks = np.unique(blocks)
+        if all(int(b) in self._present for b in blocks):
+            return  # committed blocks stay committed: no need to read the commit map again
         done = self.committed()
         missing = blocks[~done[blocks]]
         if missing.size:
