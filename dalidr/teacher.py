@@ -1,0 +1,236 @@
+"""The teacher: an ensemble of timm models whose mean softmax labels every stored view.
+
+Paper Sec. 2.1 picks an ensemble of strong ImageNet models as the teacher; MEAL V2 eq. 1
+defines its output as the plain mean of the members' softmax (no temperature), which is what
+`kernels.topk` reduces to the stored top-k. A member is written `NAME[@CHECKPOINT]`, members
+are separated by commas: `resnet50@r50.safetensors,convnext_tiny@cnx.pth`.
+
+Each member views the data at its own input size and normalisation, read from its timm
+pretrained config (`timm.data.resolve_data_config`): records are resolution-independent, so
+every member sees the same crop, rendered at its own size, as the paper does for teachers
+trained at higher resolution. Members that share (size, mean, std) share one rendered view.
+
+Checkpoints are data, never code: `.safetensors` files are read with safetensors, anything
+else with `torch.load(weights_only=True)`. A checkpoint must fit its architecture exactly
+(strict loading); a classifier of the wrong width is reported as a class-count mismatch.
+Trade-off: every bad-input check happens here, before a single image is decoded, at the price
+of building every model up front (cheap next to the pass itself).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dalidr.errors import OptionError
+
+__all__ = [
+    "MemberSpec",
+    "TeacherView",
+    "TeacherMember",
+    "Ensemble",
+    "parse_teacher",
+    "load_checkpoint",
+    "build_teacher",
+]
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One ensemble member as given on the command line."""
+
+    # timm model name (`timm.list_models()`), with an optional pretrained tag (`name.tag`).
+    name: str
+    # Local checkpoint (safetensors or a torch state dict); None: timm's initialisation.
+    checkpoint: Path | None = None
+
+
+@dataclass(frozen=True)
+class TeacherView:
+    """How a member wants its input: side in pixels, and mean/std in [0, 1] units."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True, eq=False)
+class TeacherMember:
+    """A built member: its spec, model (eval mode), view and checkpoint digest."""
+
+    spec: MemberSpec
+    model: nn.Module
+    view: TeacherView
+    # SHA-256 of the checkpoint file (None without one), recorded in the store's description.
+    checkpoint_sha256: str | None
+
+
+def parse_teacher(text: str) -> tuple[MemberSpec, ...]:
+    """`NAME[@CKPT][,NAME[@CKPT]...]` -> member specs; OptionError on an empty member."""
+    members = []
+    for part in text.split(","):
+        part = part.strip()
+        name, _, checkpoint = part.partition("@")
+        if not name.strip():
+            raise OptionError(f"teacher {text!r} has an empty member; expected "
+                              "NAME[@CHECKPOINT][,NAME[@CHECKPOINT]...]")
+        if "@" in part and not checkpoint.strip():
+            raise OptionError(f"teacher member {part!r} has '@' but no checkpoint path")
+        members.append(MemberSpec(name.strip(), Path(checkpoint.strip()) if checkpoint else None))
+    return tuple(members)
+
+
+def _check_name(name: str) -> None:
+    import timm
+
+    if timm.is_model(name):
+        return
+    base = name.split(".", 1)[0]
+    close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise OptionError(f"teacher member {name!r} is not a timm model (timm.list_models()){hint}")
+
+
+def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file or a torch file, without unpickling anything.
+
+    Torch files may wrap the weights as {"state_dict": ...}, {"model": ...} or
+    {"state_dict_ema": ...}; a DataParallel "module." prefix is removed."""
+    if not path.is_file():
+        raise OptionError(f"teacher checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise OptionError(f"teacher checkpoint {path} is not a safetensors file: {exc}") from exc
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for bad or pickled-code files
+            raise OptionError(f"teacher checkpoint {path} cannot be read as weights "
+                              f"(torch.load, weights_only=True): {exc}") from exc
+        for key in ("state_dict_ema", "state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise OptionError(f"teacher checkpoint {path} does not hold a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _classifier_width(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """Rows of the checkpoint's classifier weight, located through the timm config."""
+    names = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
+    for name in [names] if isinstance(names, str) else list(names or ()):
+        weight = state.get(f"{name}.weight")
+        if weight is not None and weight.dim() >= 1:
+            return int(weight.shape[0])
+    return None
+
+
+def _view_of(model: nn.Module, size: int | None) -> TeacherView:
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config({}, model=model)
+    side = int(size or max(config["input_size"][1:]))
+    mean = tuple(float(v) for v in config["mean"])
+    std = tuple(float(v) for v in config["std"])
+    return TeacherView(side, mean, std)  # type: ignore[arg-type]
+
+
+def _build_member(spec: MemberSpec, num_classes: int, pretrained: bool,
+                  size: int | None) -> TeacherMember:
+    import timm
+
+    _check_name(spec.name)
+    if spec.checkpoint is None:
+        kwargs = {} if pretrained else {"num_classes": num_classes}
+        model = timm.create_model(spec.name, pretrained=pretrained, **kwargs)
+        width = int(getattr(model, "num_classes", num_classes))
+        if width != num_classes:
+            raise OptionError(f"teacher member {spec.name!r} predicts {width} classes but the "
+                              f"dataset has {num_classes}")
+        sha = None
+    else:
+        state = load_checkpoint(spec.checkpoint)
+        model = timm.create_model(spec.name, pretrained=False, num_classes=num_classes)
+        width = _classifier_width(model, state)
+        if width is not None and width != num_classes:
+            raise OptionError(f"teacher member {spec.name}@{spec.checkpoint} predicts {width} "
+                              f"classes but the dataset has {num_classes}")
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            lines = str(exc).strip().splitlines()
+            detail = " ".join(line.strip() for line in lines[1:6])
+            raise OptionError(f"teacher checkpoint {spec.checkpoint} does not fit timm "
+                              f"architecture {spec.name!r}: {detail}") from exc
+        sha = _sha256(spec.checkpoint)
+    model.eval().requires_grad_(False)
+    return TeacherMember(spec, model, _view_of(model, size), sha)
+
+
+class Ensemble(nn.Module):
+    """Members and the distinct views they need; `forward` returns stacked logits [M, B, C]."""
+
+    def __init__(self, members: Sequence[TeacherMember], num_classes: int) -> None:
+        super().__init__()
+        self.members = tuple(members)
+        self.models = nn.ModuleList(m.model for m in members)
+        self.num_classes = num_classes
+        views: list[TeacherView] = []
+        for member in members:
+            if member.view not in views:
+                views.append(member.view)
+        # The distinct views, in first-use order, and which one each member reads.
+        self.views: tuple[TeacherView, ...] = tuple(views)
+        self.view_of_member: tuple[int, ...] = tuple(views.index(m.view) for m in members)
+
+    def forward(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits of every member (float32) from its view's normalised batch [B, 3, H, W]."""
+        return torch.stack([model(views[v]).float()
+                            for model, v in zip(self.models, self.view_of_member, strict=True)])
+
+    def describe(self) -> str:
+        """A stable one-line description stored with the store (names, checkpoints, views)."""
+        parts = []
+        for member in self.members:
+            text = member.spec.name
+            if member.spec.checkpoint is not None:
+                text += f"@{member.spec.checkpoint.name}#sha256:{member.checkpoint_sha256[:16]}"
+            view = member.view
+            text += (f" [{view.size}px mean={list(view.mean)} std={list(view.std)}]")
+            parts.append(text)
+        return f"mean softmax of {len(parts)}: " + ", ".join(parts)
+
+
+def build_teacher(text: str, num_classes: int, pretrained: bool = False,
+                  size: int | None = None) -> Ensemble:
+    """Parse, check and build the ensemble on the CPU (eval mode, no gradients).
+
+    `size` overrides every member's input side (the recipe's `teacher_size`); None uses each
+    member's timm config. Raises OptionError for an unknown name, an unreadable checkpoint, a
+    checkpoint that does not fit, or a member whose class count is not `num_classes`."""
+    specs = parse_teacher(text)
+    for spec in specs:
+        _check_name(spec.name)
+    return Ensemble([_build_member(s, num_classes, pretrained, size) for s in specs], num_classes)
