@@ -482,6 +482,7 @@ class ReinforcedLoader(_DaliLoader):
         self._prefetcher = EpochPrefetcher(reader, self.rank, self.world, start_epoch=0)
         # The original samples' transform: the recipe's crop and flip, nothing else.
         self._original = self.recipe.replace(ra_num_ops=0, erase_prob=0.0, mix_prob=0.0)
+        self._pipe = self._build()
 
     def _epoch_length(self) -> int:
         return self._length
@@ -548,6 +549,7 @@ class PlainLoader(_DaliLoader):
         self.size, self.augment = size, augment
         uneven = UnevenShards.PAD if config.last_batch is LastBatch.DROP else UnevenShards.DROP
         self._spec = PlanSpec(len(listing), 1, 1, 64, config.seed, uneven)
+        self._pipe = self._build()
 
     def _epoch_length(self) -> int:
         if self.augment is Augment.EVAL:

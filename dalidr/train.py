@@ -1,0 +1,448 @@
+"""`dalidr train`: one training script for ERM, online distillation and the reinforced store.
+
+Three modes share the model, optimiser, schedule, precision and logging, and differ only in
+where a batch's images and targets come from, so their wall-clock times compare fairly (paper
+Sec. 3: training on ImageNet+ costs what training on ImageNet costs):
+
+- `erm`: `PlainLoader` (DALI random resized crop + flip), one-hot labels;
+- `kd`: the same images, targets from the teacher ensemble run on every batch (`dalidr.teacher`,
+  `NAME[@CKPT],...`; the online-distillation baseline, as costly as a teacher forward per step);
+- `dr`: `ReinforcedLoader` over a store, targets the stored teacher top-k.
+All three minimise `dalidr.losses.kl_loss` (on one-hot targets, the cross-entropy), optionally
+plus MEAL V2's discriminator term.
+
+A timm student by name; SGD (Nesterov) or AdamW; cosine or step decay after a linear warmup,
+stepped per iteration; bf16 autocast and channels_last on the GPU; optional `torch.compile`.
+Checkpoints (`<out>/last.pt`, written atomically at each epoch end and every `--save-every`
+steps) hold weights, optimiser, schedule, discriminator and the loader's (epoch, step), saved
+with `torch.save` and read back with `torch.load(weights_only=True)`: nothing is unpickled.
+Resuming mid-epoch serves exactly the batches that remained (the loaders are deterministic in
+(seed, epoch, step); ERM's DALI draws are not, so an ERM resume re-draws its augmentations).
+
+Each epoch logs images/s and the data wait (time blocked waiting for the loader) and its share
+of the epoch; `--summary` writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dalidr.errors import OptionError
+from dalidr.loader import (
+    Augment,
+    LoaderConfig,
+    PlainLoader,
+    ReinforcedLoader,
+    Targets,
+)
+from dalidr.losses import (
+    Densify,
+    DiscriminatorConfig,
+    DiscriminatorRegulariser,
+    kl_loss,
+    teacher_log_probs,
+)
+
+__all__ = ["Mode", "OptimizerName", "Schedule", "TrainConfig", "train", "register",
+           "load_training_checkpoint", "CHECKPOINT_NAME"]
+
+CHECKPOINT_NAME = "last.pt"
+
+
+class Mode(enum.Enum):
+    ERM = "erm"  # plain images, one-hot labels
+    KD = "kd"  # plain images, online teacher ensemble
+    DR = "dr"  # the reinforced store
+
+
+class OptimizerName(enum.Enum):
+    SGD = "sgd"
+    ADAMW = "adamw"
+
+
+class Schedule(enum.Enum):
+    COSINE = "cosine"  # cosine from the peak to 0 after warmup
+    STEP = "step"  # x gamma every `step_epochs` epochs after warmup
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on (the CLI builds one)."""
+
+    mode: Mode
+    # Dataset root (ImageFolder tree, or a root for `file_list`).
+    data: str
+    # Output folder: checkpoint and logs.
+    out: str
+    # timm student architecture.
+    model: str = "resnet50"
+    file_list: str | None = None
+    # The reinforced store (mode dr) and the teacher ensemble `NAME[@CKPT],...` (mode kd).
+    store: str | None = None
+    teacher: str | None = None
+    # Class count; None: the store's (dr) or the dataset's.
+    num_classes: int | None = None
+    pretrained: bool = False
+    epochs: int = 1
+    batch_size: int = 256
+    # Image side for erm/kd (dr uses the store recipe's output size).
+    size: int = 224
+    optimizer: OptimizerName = OptimizerName.SGD
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    schedule: Schedule = Schedule.COSINE
+    warmup_epochs: float = 0.0
+    step_epochs: int = 30
+    gamma: float = 0.1
+    # The paper's p (dr): probability of a reinforced sample, else the original with one-hot.
+    p: float = 1.0
+    densify: Densify = Densify.SMOOTH
+    # dr targets: sparse top-k into the fused loss, or dense [B, C].
+    targets: Targets = Targets.SPARSE
+    discriminator: DiscriminatorConfig | None = None
+    # "cpu", "cuda" or "cuda:N"; None: cuda if available.
+    device: str | None = None
+    # bf16 autocast (GPU only), channels_last, torch.compile.
+    bf16: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    threads: int = 2
+    seed: int = 0
+    # Stop each epoch after this many steps (None: the whole epoch); for smoke runs.
+    max_steps: int | None = None
+    # Also checkpoint every this many steps (None: at epoch ends only).
+    save_every: int | None = None
+    resume: bool = False
+    summary: str | None = None
+    log_every: int = 50
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"device {config.device!r} requested but CUDA is not available")
+    return device
+
+
+def _loader(config: TrainConfig, device: torch.device, num_classes: int | None
+            ) -> ReinforcedLoader | PlainLoader:
+    device_id = None if device.type == "cpu" else (device.index or 0)
+    common = dict(batch_size=config.batch_size, densify=config.densify, device_id=device_id,
+                  channels_last=config.channels_last, num_threads=config.threads,
+                  seed=config.seed)
+    if config.mode is Mode.DR:
+        if not config.store:
+            raise OptionError("mode 'dr' needs --store")
+        loader_config = LoaderConfig(p=config.p, targets=config.targets, **common)
+        return ReinforcedLoader(config.store, config.data, loader_config,
+                                num_classes=num_classes, file_list=config.file_list)
+    loader_config = LoaderConfig(targets=Targets.SPARSE, **common)
+    return PlainLoader(config.data, loader_config, size=config.size, augment=Augment.TRAIN,
+                       num_classes=num_classes, file_list=config.file_list)
+
+
+def _lr_factor(config: TrainConfig, steps_per_epoch: int):  # type: ignore[no-untyped-def]
+    warmup = config.warmup_epochs * steps_per_epoch
+    total = max(config.epochs * steps_per_epoch, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule is Schedule.COSINE:
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return config.gamma ** int(step // max(config.step_epochs * steps_per_epoch, 1))
+
+    return factor
+
+
+def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for param in model.parameters():
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer is OptimizerName.SGD:
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+class _OnlineTeacher:
+    """Mode kd: the ensemble's mean softmax on the student's batch, as dense targets.
+
+    Each distinct member view gets the batch re-normalised with its mean/std and resized to its
+    side (bilinear, antialiased) from the student's pixels."""
+
+    def __init__(self, spec: str, num_classes: int, device: torch.device,
+                 student_mean: tuple[float, ...], student_std: tuple[float, ...]) -> None:
+        from dalidr.teacher import build_teacher
+
+        self.ensemble = build_teacher(spec, num_classes).to(device)
+        self.mean = torch.tensor(student_mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(student_std, device=device).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images * self.std + self.mean
+        views = []
+        for view in self.ensemble.views:
+            x = pixels
+            if x.shape[-1] != view.size:
+                x = nn.functional.interpolate(x, size=(view.size, view.size), mode="bilinear",
+                                              antialias=True, align_corners=False)
+            mean = torch.tensor(view.mean, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(view.std, device=x.device).view(1, 3, 1, 1)
+            views.append(((x - mean) / std).contiguous(memory_format=torch.channels_last))
+        return self.ensemble(views).softmax(dim=-1).mean(dim=0)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by `dalidr train` (weights only: nothing is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise OptionError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad or code-carrying files
+        raise OptionError(f"checkpoint {path} cannot be read with weights_only=True: "
+                          f"{exc}") from exc
+    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
+        raise OptionError(f"checkpoint {path} is not a dalidr training checkpoint")
+    return state
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) a training; returns the summary."""
+    device = _device(config)
+    torch.manual_seed(config.seed)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / CHECKPOINT_NAME
+    if config.mode is Mode.KD and not config.teacher:
+        raise OptionError("mode 'kd' needs --teacher NAME[@CKPT],...")
+    loader = _loader(config, device, config.num_classes)
+    num_classes = loader.num_classes
+    import timm
+
+    model = timm.create_model(config.model, pretrained=config.pretrained,
+                              num_classes=num_classes)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    optimizer = _optimizer(config, model)
+    steps_per_epoch = min(len(loader), config.max_steps or len(loader))
+    if steps_per_epoch == 0:
+        raise OptionError(f"batch size {config.batch_size} leaves no full batch in an epoch of "
+                          f"{loader._epoch_length()} samples on this rank")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, steps_per_epoch))
+    discriminator = None
+    if config.discriminator is not None:
+        discriminator = DiscriminatorRegulariser(num_classes, config.discriminator).to(device)
+    teacher = None
+    if config.mode is Mode.KD:
+        assert config.teacher is not None
+        teacher = _OnlineTeacher(config.teacher, num_classes, device, loader.config.mean,
+                                 loader.config.std)
+    epochs_done: list[dict[str, Any]] = []
+    if config.resume and checkpoint.is_file():
+        state = load_training_checkpoint(checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if discriminator is not None and "discriminator" in state:
+            discriminator.load_state(state["discriminator"])
+        loader.load_state_dict(state["loader"])
+        epochs_done = json.loads(state["meta"]["epochs_json"])
+    step_model = torch.compile(model) if config.compile else model
+    autocast = config.bf16 and device.type == "cuda"
+    meta = {"model": config.model, "num_classes": num_classes, "mode": config.mode.value,
+            "size": (loader.recipe.output_size if isinstance(loader, ReinforcedLoader)
+                     else config.size),
+            "mean": list(loader.config.mean), "std": list(loader.config.std)}
+
+    def save() -> None:
+        _save(checkpoint, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "loader": loader.state_dict(),
+            **({"discriminator": discriminator.state()} if discriminator is not None else {}),
+            "meta": {**meta, "epochs_json": json.dumps(epochs_done)},
+        })
+
+    model.train()
+    try:
+        while loader.epoch < config.epochs:
+            epoch = loader.epoch
+            start_step = loader.step
+            images_seen, wait, loss_sum, steps = 0, 0.0, 0.0, 0
+            started = time.perf_counter()
+            batches = iter(loader)
+            while loader.step < steps_per_epoch:
+                before = time.perf_counter()
+                try:
+                    images, targets = next(batches)
+                except StopIteration:
+                    break
+                wait += time.perf_counter() - before
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    logits = step_model(images)
+                if teacher is not None:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                        targets = teacher(images)
+                loss = kl_loss(logits.float(), targets, config.densify)
+                if discriminator is not None:
+                    loss = loss + discriminator.student_loss(logits)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                if discriminator is not None:
+                    discriminator.update(logits, teacher_log_probs(targets, num_classes,
+                                                                   config.densify))
+                loss_sum += float(loss.detach())
+                steps += 1
+                images_seen += len(images)
+                if config.log_every and steps % config.log_every == 0:
+                    print(f"epoch {epoch} step {loader.step}/{steps_per_epoch} "
+                          f"loss {loss_sum / steps:.4f}", flush=True)
+                if config.save_every and loader.step % config.save_every == 0:
+                    save()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - started
+            record = {"epoch": epoch, "start_step": start_step, "steps": steps,
+                      "images": images_seen, "seconds": elapsed,
+                      "images_per_s": images_seen / elapsed if elapsed else 0.0,
+                      "data_wait_s": wait, "data_wait_fraction": wait / elapsed if elapsed else 0,
+                      "loss": loss_sum / max(steps, 1), "lr": scheduler.get_last_lr()[0]}
+            epochs_done.append(record)
+            print(f"epoch {epoch}: {steps} steps, loss {record['loss']:.4f}, "
+                  f"{record['images_per_s']:.1f} images/s, data wait {wait:.2f} s "
+                  f"({100 * record['data_wait_fraction']:.1f}%)", flush=True)
+            loader.set_epoch(epoch + 1)
+            save()
+    finally:
+        loader.close()
+    summary = {"config": _jsonable(config), "device": str(device), "num_classes": num_classes,
+               "checkpoint": str(checkpoint), "epochs": epochs_done,
+               "final_loss": epochs_done[-1]["loss"] if epochs_done else None}
+    if config.summary:
+        Path(config.summary).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.summary).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _jsonable(config: TrainConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in vars(config).items():
+        if isinstance(value, enum.Enum):
+            value = value.value
+        elif isinstance(value, DiscriminatorConfig):
+            value = vars(value)
+        out[key] = value
+    return out
+
+
+def _choice(enum_type: type[enum.Enum]):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> enum.Enum:
+        try:
+            return enum_type(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not one of {[e.value for e in enum_type]}") from None
+
+    return parse
+
+
+def _run(args: argparse.Namespace) -> int:
+    disc = None
+    if args.discriminator:
+        disc = DiscriminatorConfig(hidden=args.disc_hidden, lr=args.disc_lr,
+                                   weight=args.disc_weight)
+    config = TrainConfig(
+        mode=args.mode, data=args.data, out=args.out, model=args.model, file_list=args.file_list,
+        store=args.store, teacher=args.teacher, num_classes=args.num_classes,
+        pretrained=args.pretrained, epochs=args.epochs, batch_size=args.batch_size,
+        size=args.size, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, step_epochs=args.step_epochs, gamma=args.gamma,
+        p=args.p, densify=args.densify, targets=args.targets, discriminator=disc,
+        device=args.device, bf16=not args.no_bf16, channels_last=not args.no_channels_last,
+        compile=args.compile, threads=args.threads, seed=args.seed, max_steps=args.max_steps,
+        save_every=args.save_every, resume=args.resume, summary=args.summary,
+        log_every=args.log_every)
+    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
+        raise OptionError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    train(config)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add `dalidr train`."""
+    parser = subparsers.add_parser("train", help="train a timm student (erm, kd or dr)",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", type=_choice(Mode), default=Mode.DR,
+                        help="erm | kd | dr (default: dr)")
+    parser.add_argument("--data", required=True, help="dataset root (ImageFolder tree)")
+    parser.add_argument("--file-list", default=None, help="'<path> <label>' lines under --data")
+    parser.add_argument("--store", default=None, help="reinforcement store (mode dr)")
+    parser.add_argument("--teacher", default=None, help="NAME[@CKPT],... ensemble (mode kd)")
+    parser.add_argument("--model", default="resnet50", help="timm student architecture")
+    parser.add_argument("--pretrained", action="store_true", help="start from timm weights")
+    parser.add_argument("--num-classes", type=int, default=None)
+    parser.add_argument("--out", default="runs/train", help="checkpoint folder")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--size", type=int, default=224, help="image side (erm, kd)")
+    parser.add_argument("--optimizer", type=_choice(OptimizerName), default=OptimizerName.SGD,
+                        help="sgd | adamw")
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=5e-5)
+    parser.add_argument("--schedule", type=_choice(Schedule), default=Schedule.COSINE,
+                        help="cosine | step")
+    parser.add_argument("--warmup-epochs", type=float, default=0.0)
+    parser.add_argument("--step-epochs", type=int, default=30, help="step schedule period")
+    parser.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
+    parser.add_argument("--p", type=float, default=1.0,
+                        help="probability of a reinforced sample (dr; else original, one-hot)")
+    parser.add_argument("--densify", type=_choice(Densify), default=Densify.SMOOTH,
+                        help="smooth | zeros: how a stored top-k becomes a distribution")
+    parser.add_argument("--targets", type=_choice(Targets), default=Targets.SPARSE,
+                        help="sparse (fused loss) | dense")
+    parser.add_argument("--discriminator", action="store_true",
+                        help="MEAL V2 discriminator regulariser")
+    parser.add_argument("--disc-lr", type=float, default=1e-4)
+    parser.add_argument("--disc-weight", type=float, default=1.0)
+    parser.add_argument("--disc-hidden", type=int, default=256)
+    parser.add_argument("--device", default=None, help="cpu | cuda[:N] (default: cuda if any)")
+    parser.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on the GPU")
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the student")
+    parser.add_argument("--threads", type=int, default=2, help="DALI threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-steps", type=int, default=None, help="steps per epoch cap")
+    parser.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"resume from <out>/{CHECKPOINT_NAME}")
+    parser.add_argument("--summary", default=None, help="write a JSON summary here")
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.set_defaults(run=_run)
