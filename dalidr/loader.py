@@ -229,6 +229,8 @@ class _DaliLoader:
         self.files = [listing.root / path for path in listing.paths]
         self.labels = np.asarray(listing.labels, dtype=np.int64)
         self.epoch, self.step = 0, 0
+        # Dataset indices of the batch last yielded (for checks and logging).
+        self.served_samples = np.zeros(0, dtype=np.int64)
         self._pool = ThreadPoolExecutor(config.read_threads, thread_name_prefix="dalidr-read")
         self._pipe: Pipeline | None = None
         self._scheduled = False
@@ -291,6 +293,7 @@ class _DaliLoader:
             batch = self._in_flight.popleft()
             self._top_up()
             targets = self._targets(batch)
+            self.served_samples = batch.samples
             self.step += 1
             yield images, targets
         self.epoch, self.step = epoch + 1, 0
