@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from store.config import SCHEMA_VERSION, Compression, StoreConfig
 from store.encoding import topk_kl
+from store.inspect import StoreReport, format_report, inspect_store
 from store.manifest import Manifest, scan_manifest
 from store.plan import EpochPlan, PlanSpec, UnevenShards, plan_epoch
+from store.prefetch import EpochPrefetcher
 from store.reader import EpochData, StoreReader, TopKTargets
-from store.writer import StoreWriter, create_store
+from store.subset import subset_store
+from store.synthetic import synthetic_teacher
+from store.writer import BlockProducer, StoreWriter, create_store
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -22,7 +26,9 @@ __all__ = [
     "scan_manifest",
     "create_store",
     "StoreWriter",
+    "BlockProducer",
     "StoreReader",
+    "EpochPrefetcher",
     "EpochData",
     "TopKTargets",
     "EpochPlan",
@@ -30,4 +36,9 @@ __all__ = [
     "UnevenShards",
     "plan_epoch",
     "topk_kl",
+    "inspect_store",
+    "format_report",
+    "StoreReport",
+    "subset_store",
+    "synthetic_teacher",
 ]
