@@ -252,35 +252,40 @@ def _draw_erase(d: _Draws, recipe: Recipe, count: int) -> np.ndarray:
     return out
 
 
-def _gamma(d: _Draws, shape: float, count: int) -> np.ndarray:
-    """Marsaglia-Tsang Gamma(shape, 1) with a fixed number of attempts (vectorised)."""
+def _gamma(d: _Draws, shape: float, rows: np.ndarray) -> np.ndarray:
+    """Marsaglia-Tsang Gamma(shape, 1) for the records `rows`, a fixed number of attempts."""
+    start = d.reserve(3 * _GAMMA_ATTEMPTS + 1)
     boost = shape < 1
     a = shape + 1 if boost else shape
     c1 = a - 1.0 / 3.0
     c2 = 1.0 / np.sqrt(9.0 * c1)
-    value = np.full(count, a - 1.0 / 3.0)  # the mode; used if every attempt is rejected
-    done = np.zeros(count, dtype=bool)
-    for _ in range(_GAMMA_ATTEMPTS):
-        u1, u2, u3 = d.one(), d.one(), d.one()
+    value = np.full(len(rows), c1)  # the mode; kept if every attempt is rejected
+    pending = np.arange(len(rows))
+    for attempt in range(_GAMMA_ATTEMPTS):
+        if not pending.size:
+            break
+        u1, u2, u3 = (d.column(start + 3 * attempt + i, rows[pending]) for i in range(3))
         z = _normal(u1, u2)
         v = (1 + c2 * z) ** 3
         with np.errstate(invalid="ignore", divide="ignore"):
             ok = (v > 0) & (np.log1p(-u3) < 0.5 * z * z + c1 - c1 * v + c1 * np.log(v))
-        take = ok & ~done
-        value = np.where(take, c1 * v, value)
-        done |= ok
-    u = d.one()
+        value[pending[ok]] = c1 * v[ok]
+        pending = pending[~ok]
     if boost:
+        u = d.column(start + 3 * _GAMMA_ATTEMPTS, rows)
         value = value * (1.0 - u) ** (1.0 / shape)
     return value
 
 
-def _beta(d: _Draws, alpha: float, count: int) -> np.ndarray:
+def _beta(d: _Draws, alpha: float, rows: np.ndarray, count: int) -> np.ndarray:
+    """Beta(alpha, alpha) for the records `rows` (of `count`); 1 elsewhere."""
+    out = np.ones(count)
     if alpha <= 0:
         d.reserve(2 * (3 * _GAMMA_ATTEMPTS + 1))
-        return np.ones(count)
-    x, y = _gamma(d, alpha, count), _gamma(d, alpha, count)
-    return x / np.maximum(x + y, 1e-300)
+        return out
+    x, y = _gamma(d, alpha, rows), _gamma(d, alpha, rows)
+    out[rows] = x / np.maximum(x + y, 1e-300)
+    return out
 
 
 def _fill_view(out: np.ndarray, prefix: str, d: _Draws, recipe: Recipe, hw: np.ndarray) -> None:
@@ -302,8 +307,8 @@ def _fill_mix(
         use_cutmix[:] = True
     if recipe.cutmix_alpha <= 0:
         use_cutmix[:] = False
-    lam_mixup = _beta(d, recipe.mixup_alpha, count)
-    lam_cutmix = _beta(d, recipe.cutmix_alpha, count)
+    lam_mixup = _beta(d, recipe.mixup_alpha, np.flatnonzero(mixed & ~use_cutmix), count)
+    lam_cutmix = _beta(d, recipe.cutmix_alpha, np.flatnonzero(mixed & use_cutmix), count)
     other = _randint(d.one(), max(num_samples - 1, 1))
     partner = np.where(num_samples > 1, other + (other >= samples), samples)
     # timm's rand_bbox on the output, then lambda corrected for the clipped box.
