@@ -535,7 +535,7 @@ class ReinforcedLoader(_DaliLoader):
 class PlainLoader(_DaliLoader):
     """ERM batches: DALI's standard augmentation (or evaluation transform), one-hot labels.
 
-    `num_classes` defaults to the number of classes of the dataset listing."""
+    `num_classes` (the model's; at least the dataset's) defaults to the dataset's class count."""
 
     def __init__(self, data: str | Path, config: LoaderConfig, *, size: int = 224,
                  augment: Augment = Augment.TRAIN, num_classes: int | None = None,
@@ -547,8 +547,10 @@ class PlainLoader(_DaliLoader):
             raise OptionError(f"loader option 'size' is {size}; valid: >= 16")
         listing = list_dataset(data, file_list)
         classes = max(len(listing.classes), int(max(listing.labels)) + 1)
-        _check_classes(num_classes, classes, f"dataset {listing.root}")
-        super().__init__(listing, config, classes, rank, world)
+        if num_classes is not None and num_classes < classes:
+            raise DatasetError(f"the model predicts {num_classes} classes but dataset "
+                               f"{listing.root} has labels up to {classes - 1}")
+        super().__init__(listing, config, num_classes or classes, rank, world)
         self.size, self.augment = size, augment
         uneven = UnevenShards.PAD if config.last_batch is LastBatch.DROP else UnevenShards.DROP
         self._spec = PlanSpec(len(listing), 1, 1, 64, config.seed, uneven)

@@ -249,5 +249,19 @@ def test_plain_loader_trains_and_evaluates_with_one_hot_labels(built) -> None:
             runs.append(torch.cat([x for x, _ in evaluation]))
     assert runs[0].shape == (24, 3, 40, 40)
     assert torch.equal(runs[0], runs[1])  # evaluation has no randomness
-    with pytest.raises(DatasetError, match="predicts 7 classes"):
-        PlainLoader(built.root, config, num_classes=7)
+    with pytest.raises(DatasetError, match="predicts 2 classes"):
+        PlainLoader(built.root, config, num_classes=2)
+
+
+@pytest.mark.gpu
+def test_gpu_loader_serves_cuda_tensors_with_the_same_targets(built) -> None:
+    cpu_config = dict(targets=Targets.SPARSE, channels_last=True)
+    with _loader(built, **cpu_config) as cpu:
+        want = [(x, t) for x, t in cpu]
+    with _loader(built, device_id=0, **cpu_config) as gpu:
+        got = [(x, t) for x, t in gpu]
+    for (x0, t0), (x1, t1) in zip(want, got, strict=True):
+        assert x1.is_cuda and x1.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(t0.indices, t1.indices.cpu()) and torch.equal(t0.probs, t1.probs.cpu())
+        # nvJPEG and libjpeg-turbo round differently; the views must still agree closely.
+        assert (x1.cpu() - x0).abs().mean() < 0.05
