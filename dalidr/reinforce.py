@@ -145,6 +145,13 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _num_classes(listing: DatasetListing, file_list: Path | None) -> int:
     return len(listing.classes) if file_list is None else max(listing.labels) + 1
 
@@ -159,7 +166,8 @@ def _scan(listing: DatasetListing, skip_bad: bool) -> Manifest:
             raise type(exc)(f"{exc} (rerun with --skip-bad to record it as skipped)") from exc
     parts = [_scan_one_or_bad(listing, i) for i in range(len(listing))]
     return Manifest(listing.paths, np.array(listing.labels),
-                    np.array([p.sizes[0] for p in parts]), np.concatenate([p.hashes for p in parts]),
+                    np.array([p.sizes[0] for p in parts]),
+                    np.concatenate([p.hashes for p in parts]),
                     np.concatenate([p.image_hw for p in parts]))
 
 
@@ -191,19 +199,44 @@ def _check_listing(manifest: Manifest, listing: DatasetListing, url: str) -> Non
                                f"manifest says {manifest.sizes[i]}: the dataset changed")
 
 
+def _interrupted_creation(url: str, config: StoreConfig) -> bool:
+    """Whether `url` holds a store of exactly `config` that cannot be opened and has no
+    committed block: a creation killed half-way, safe to redo."""
+    import zarr
+
+    from store.config import ATTRS_KEY
+    from store.location import locate
+
+    try:
+        group = zarr.open_group(locate(url, read_only=True).store, mode="r")
+        attrs = dict(group.attrs.get(ATTRS_KEY) or {})
+        found = StoreConfig.from_attrs({k: v for k, v in attrs.items()
+                                        if k not in ("num_samples", "fingerprint")}, url)
+        try:
+            committed = bool(np.asarray(group["commit"][...]).any())
+        except KeyError:
+            committed = False
+    except (ValueError, KeyError, OSError, StoreError):
+        return False
+    return found == config and not committed
+
+
 def _open_writer(url: str, config: StoreConfig, listing: DatasetListing, skip_bad: bool,
                  rank: int, timeout: float) -> StoreWriter:
     from store.location import locate
 
-    exists = locate(url, read_only=False).exists("zarr.json")
-    if rank == 0 and not exists:
-        create_store(url, _scan(listing, skip_bad), config)
-        create_skip_marks(url)
+    if rank == 0:
+        exists = locate(url, read_only=False).exists("zarr.json")
+        if exists and not _openable(url) and _interrupted_creation(url, config):
+            exists = False
+        if not exists:
+            create_store(url, _scan(listing, skip_bad), config, overwrite=True)
+            create_skip_marks(url)
     deadline = time.monotonic() + timeout
     while True:
         try:
             writer = StoreWriter(url)
-            if has_skip_marks(url) or rank == 0:
+            if rank == 0 or has_skip_marks(url):
                 break
         except (StoreError, ValueError, KeyError, OSError):
             if rank == 0:
@@ -215,10 +248,21 @@ def _open_writer(url: str, config: StoreConfig, listing: DatasetListing, skip_ba
         raise StoreError(f"{url} holds a store made with other options ({writer.config}); "
                          f"this run asks for {config}: rerun the original command or use "
                          "another --out")
-    if rank == 0 and not has_skip_marks(url) and not writer.committed().any():
+    if rank == 0 and not has_skip_marks(url):
+        if writer.committed().any():
+            raise StoreError(f"{url} has committed blocks but no skip marks: it was not made "
+                             "by `dalidr reinforce`")
         create_skip_marks(url)  # a creation cut short before the marks were added
     _check_listing(writer.layout.manifest, listing, url)
     return writer
+
+
+def _openable(url: str) -> bool:
+    try:
+        StoreWriter(url)
+        return True
+    except (StoreError, ValueError, KeyError, OSError):
+        return False
 
 
 # --- the data path ------------------------------------------------------------------------
@@ -467,8 +511,18 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
     bar = _progress(config.progress and rank == 0, total, writer)
     written: list[int] = []
     views = 0
+    # On CPU, oneDNN's convolutions round differently with the thread count (torchrun gives
+    # each process one thread), so the pass uses ATen's own CPU kernels, whose results do not
+    # depend on it (as fast here), and deterministic algorithms: a block's bytes are then the
+    # same whatever the world size.
+    # Torch threads and DALI threads share the cores: oversubscribed OpenMP threads spin and
+    # slow the forward down a hundredfold, so torch gets the cores DALI does not.
     deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(device.type == "cpu" or deterministic, warn_only=True)
+    onednn, threads = torch.backends.mkldnn.enabled, torch.get_num_threads()
+    if device.type == "cpu":
+        torch.backends.mkldnn.enabled = False  # type: ignore[misc]
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.set_num_threads(max(1, min(threads, _usable_cores() - config.num_threads)))
     try:
         while True:
             todo = [b for b in blocks if b not in written]
@@ -482,6 +536,8 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
                 known_bad |= bad.samples  # restart from the first unwritten block
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        torch.backends.mkldnn.enabled = onednn  # type: ignore[misc]
+        torch.set_num_threads(threads)
         bar.close()
     return ReinforceReport(rank, world, tuple(written), views, time.perf_counter() - start,
                            int(writer.committed().sum()), writer.num_blocks,

@@ -10,11 +10,11 @@ that the store's readers and tools ignore:
 
 Its chunks follow the store's blocks and are written whole before the block's commit entry, so
 the marks are as crash-safe and byte-reproducible as the block itself. The top-k of a skipped
-view is stored as classes 0..k-1 with probability 0 (a real teacher never gives a view zero
-mass), which is a second, schema-level sign; loaders must use `skipped_views` (or
-`skipped_samples`) to leave such views out. Trade-off: a separate array keeps `store/` untouched
-at the cost of readers having to ask for it; a schema field would make the store readers
-enforce it (proposed to the store's owner).
+view is stored as classes 0..k-1 with probability 0 (quantised to the lowest level, which a
+real teacher's top-1 practically never is), a second, schema-level sign; loaders must use
+`skipped_views` (or `skipped_samples`) to leave such views out. Trade-off: a separate array
+keeps `store/` untouched at the cost of readers having to ask for it; a schema field would make
+the store readers enforce it (proposed to the store's owner).
 """
 
 from __future__ import annotations

@@ -111,7 +111,8 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         try:
             state = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise OptionError(f"teacher checkpoint {path} is not a safetensors file: {exc}") from exc
+            raise OptionError(f"teacher checkpoint {path} is not a safetensors file: "
+                              f"{exc}") from exc
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

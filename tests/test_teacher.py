@@ -1,0 +1,108 @@
+"""The teacher ensemble: parsing, per-member views from timm configs, checkpoints, bad input.
+
+Real timm models (the tiny `test_*` architectures and resnet10t) with random weights saved to
+local checkpoints; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from dalidr.errors import OptionError
+from dalidr.teacher import MemberSpec, build_teacher, load_checkpoint, parse_teacher
+from kernels.topk import ensemble_topk
+
+
+def _save(tmp_path: Path, name: str, classes: int, kind: str = "safetensors") -> Path:
+    torch.manual_seed(len(name) + classes)
+    model = timm.create_model(name, pretrained=False, num_classes=classes)
+    if kind == "safetensors":
+        path = tmp_path / f"{name}-{classes}.safetensors"
+        save_file(model.state_dict(), str(path))
+    else:
+        path = tmp_path / f"{name}-{classes}.pth"
+        torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+                    "epoch": 3}, path)
+    return path
+
+
+def test_parse_teacher() -> None:
+    assert parse_teacher("resnet50") == (MemberSpec("resnet50"),)
+    assert parse_teacher(" a@x/y.pth , b ,c@z.safetensors") == (
+        MemberSpec("a", Path("x/y.pth")), MemberSpec("b"), MemberSpec("c", Path("z.safetensors")))
+    for bad, match in (("a,,b", "empty member"), ("", "empty member"), ("a@", "no checkpoint")):
+        with pytest.raises(OptionError, match=match):
+            parse_teacher(bad)
+
+
+def test_members_get_their_own_size_and_normalisation(tmp_path: Path) -> None:
+    r10 = _save(tmp_path, "resnet10t", 3, kind="torch")
+    tr = _save(tmp_path, "test_resnet", 3)
+    ensemble = build_teacher(f"resnet10t@{r10},test_resnet@{tr},test_efficientnet", 3)
+    sizes = [m.view.size for m in ensemble.members]
+    assert sizes == [176, 160, 160]  # from each model's timm pretrained config
+    assert ensemble.members[0].view.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert ensemble.members[1].view.mean == pytest.approx((0.5, 0.5, 0.5))
+    assert ensemble.members[2].view.std == pytest.approx((0.229, 0.224, 0.225))
+    # Three members, three distinct (size, mean, std) views.
+    assert len(ensemble.views) == 3 and ensemble.view_of_member == (0, 1, 2)
+    # The checkpoint's weights were loaded (DataParallel prefix and wrapper removed).
+    state = load_checkpoint(r10)
+    got = ensemble.members[0].model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in state.items())
+    text = ensemble.describe()
+    assert "resnet10t@resnet10t-3.pth#sha256:" in text and "[176px" in text
+    assert text == build_teacher(f"resnet10t@{r10},test_resnet@{tr},test_efficientnet",
+                                 3).describe()  # stable: it goes into the store's metadata
+    # A size override (the recipe's teacher_size) puts everyone at one size; views merge
+    # where the normalisation agrees too.
+    small = build_teacher(f"test_resnet@{tr},test_resnet@{tr}", 3, size=48)
+    assert [v.size for v in small.views] == [48] and small.view_of_member == (0, 0)
+
+
+def test_forward_and_top_k_are_the_mean_softmax(tmp_path: Path) -> None:
+    ensemble = build_teacher("test_resnet,test_efficientnet", 3, size=32)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.inference_mode():
+        logits = ensemble([x] * len(ensemble.views))
+        separate = [m.model(x).softmax(-1) for m in ensemble.members]
+    assert logits.shape == (2, 5, 3) and logits.dtype == torch.float32
+    classes, probs = ensemble_topk(logits, 2)
+    mean = (separate[0] + separate[1]) / 2
+    torch.testing.assert_close(probs, mean.gather(1, classes), rtol=1e-5, atol=1e-6)
+    assert (probs[:, 0] >= probs[:, 1]).all()
+
+
+def test_unknown_timm_name_is_refused_with_suggestions() -> None:
+    with pytest.raises(OptionError, match=r"'resnet5O' is not a timm model.*resnet50"):
+        build_teacher("resnet5O", 3)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path: Path) -> None:
+    path = _save(tmp_path, "test_resnet", 3)
+    with pytest.raises(OptionError, match=r"does not fit timm architecture 'test_efficientnet'"):
+        build_teacher(f"test_efficientnet@{path}", 3)
+
+
+def test_checkpoint_with_other_classes_is_refused(tmp_path: Path) -> None:
+    path = _save(tmp_path, "test_resnet", 5)
+    with pytest.raises(OptionError, match=r"predicts 5 classes but the dataset has 3"):
+        build_teacher(f"test_resnet@{path}", 3)
+
+
+def test_checkpoints_are_never_unpickled(tmp_path: Path) -> None:
+    path = tmp_path / "pickled.pth"
+    torch.save({"weights": torch.zeros(1), "where": Path("/somewhere")}, path)
+    with pytest.raises(OptionError, match="weights_only=True"):
+        load_checkpoint(path)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(OptionError, match="not a safetensors file"):
+        load_checkpoint(junk)
+    with pytest.raises(OptionError, match="does not exist"):
+        build_teacher(f"test_resnet@{tmp_path / 'missing.pth'}", 3)
