@@ -14,7 +14,9 @@ Setup (outside the timed region): a corpus of real JPEGs (`make_corpus`), a stor
 records of `draw_records` and top-k of `store.synthetic.synthetic_teacher` (the teacher's outputs
 do not change the loader's cost), or `--store`/`--data` for an existing one. The loaders are
 timed in interleaved rounds with the order alternating, after `--warmup` untimed steps per round;
-the share of the CPUs other processes took meanwhile is recorded per run.
+the share of the CPUs other processes took meanwhile is recorded per run. Each loader's step time
+is its fastest round (the least contended on a shared machine; the median is stored beside it),
+and the data-wait fraction is that round's.
 
 Run from the repository root: `python bench/train_overhead.py` (CPU defaults: resnet10t at
 64 px); on a GPU: `python bench/train_overhead.py --device cuda --model resnet50 --size 224
@@ -166,15 +168,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     plain.close()
     results: dict[str, Any] = {}
     for name, entries in runs.items():
+        steps = [float(e["step_s"]) for e in entries]  # type: ignore[arg-type]
+        best = min(range(len(entries)), key=lambda i: steps[i])
         results[name] = {
-            "step_s": statistics.median(e["step_s"] for e in entries),  # type: ignore[misc]
-            "images_per_s": args.batch / statistics.median(
-                e["step_s"] for e in entries),  # type: ignore[misc]
-            "data_wait_fraction": statistics.median(
-                e["data_wait_fraction"] for e in entries),  # type: ignore[misc]
+            "step_s": steps[best],
+            "step_s_median": statistics.median(steps),
+            "images_per_s": args.batch / steps[best],
+            "data_wait_fraction": entries[best]["data_wait_fraction"],
+            "data_wait_fraction_median": statistics.median(
+                float(e["data_wait_fraction"]) for e in entries),  # type: ignore[arg-type]
             "runs": entries,
         }
+    # On a shared machine the fastest round is the least contended one: the headline ratio
+    # compares best rounds; the ratio of medians is kept beside it.
     ratio = results["reinforced"]["step_s"] / results["plain_dali"]["step_s"]
+    ratio_median = (results["reinforced"]["step_s_median"]
+                    / results["plain_dali"]["step_s_median"])
     report = {
         "benchmark": "train_overhead",
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
@@ -182,7 +191,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "batch": args.batch, "iters": args.iters, "warmup": args.warmup, "rounds": args.rounds,
         "threads": args.threads, "images": len(reinforced.listing), "classes": args.classes,
         "recipe": reinforced.recipe.to_dict(), "results": results,
-        "step_time_ratio_reinforced_over_plain": ratio, "gpu_target_ratio": 1.02,
+        "step_time_ratio_reinforced_over_plain": ratio,
+        "step_time_ratio_of_medians": ratio_median, "gpu_target_ratio": 1.02,
         "machine": machine,
     }
     out = Path(args.out or f"bench/results/train-overhead-{'cpu' if device_id is None else 'gpu'}"
@@ -193,7 +203,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for name, entry in results.items():
         print(f"{name:<24}{1000 * entry['step_s']:>11.1f}{entry['images_per_s']:>10.1f}"
               f"{100 * entry['data_wait_fraction']:>10.1f}%")
-    print(f"reinforced / plain step time: {ratio:.3f}x  ({args.model}, {report['size']} px, "
+    print(f"reinforced / plain step time: {ratio:.3f}x best rounds, {ratio_median:.3f}x "
+          f"medians  ({args.model}, {report['size']} px, "
           f"batch {args.batch}, {device})  -> {out}")
     return report
 
