@@ -136,7 +136,10 @@ class StoreLayout:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ZarrUserWarning)
-                    self._arrays[name] = self.group[name]  # type: ignore[assignment]
+                    # zarr skips chunks equal to the fill value, but a committed block must
+                    # own every shard (a zero column is data, and the reader checks for it).
+                    array = self.group[name].with_config({"write_empty_chunks": True})
+                    self._arrays[name] = array  # type: ignore[assignment]
             except KeyError as exc:
                 raise StoreError(f"{self.url}: array {name!r} is missing") from exc
         return self._arrays[name]

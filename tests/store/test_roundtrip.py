@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dalidr.recipe import PRESETS
+from dalidr.recipe import PRESETS, recipe
 from dalidr.records import draw_records
 from store.config import Compression
 from store.encoding import topk_kl
 from store.prefetch import EpochPrefetcher
 from store.reader import StoreReader
 from store.synthetic import synthetic_teacher
-from tests.store.helpers import make_config, make_manifest, producer, write_store
+from tests.store.helpers import NUM_SAMPLES, make_config, make_manifest, producer, write_store
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +96,14 @@ def test_fsspec_urls(tmp_path, scheme: str) -> None:
     assert got_records.tobytes() == records.tobytes()
     assert np.array_equal(got.classes, classes)
     assert reader.epoch(3).records.shape == (12,)
+
+
+def test_all_zero_columns_are_stored_and_read(tmp_path) -> None:
+    """zarr skips chunks equal to the fill value; a committed block must still be complete."""
+    config = make_config(recipe=recipe("rrc+ra/re", erase_prob=0.0))
+    manifest = make_manifest()
+    write_store(str(tmp_path / "s"), manifest, config)
+    reader = StoreReader(str(tmp_path / "s"))
+    records, _ = reader.read_block(0)
+    assert (records["erase"] == 0).all()
+    assert reader.epoch(0).records.shape == (NUM_SAMPLES,)
