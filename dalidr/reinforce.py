@@ -52,8 +52,8 @@ from store.config import StoreConfig
 from store.manifest import Manifest, scan_manifest
 from store.writer import StoreWriter, create_store
 
-__all__ = ["CompileMode", "ReinforceConfig", "ReinforceReport", "rank_and_world", "reinforce",
-           "register"]
+__all__ = ["CompileMode", "Labeller", "ReinforceConfig", "ReinforceReport", "forward_settings",
+           "rank_and_world", "reinforce", "register"]
 
 
 class CompileMode(enum.Enum):
@@ -115,6 +115,10 @@ class ReinforceReport:
     committed: int
     num_blocks: int
     skipped_samples: tuple[int, ...] = field(default=())
+    # Views labelled after the first batch, and the seconds they took (steady state: without
+    # the start-up, i.e. graph building, torch.compile and the first batch's latency).
+    steady_views: int = 0
+    steady_seconds: float = 0.0
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -426,8 +430,9 @@ def _decodes(data: np.ndarray) -> bool:
 
 # --- the teacher side ---------------------------------------------------------------------
 
-class _Labeller:
-    """Views (DALI outputs) in, top-k out: normalise, forward, fused top-k."""
+class Labeller:
+    """Views in, top-k out: normalise (GPU), forward (bf16 autocast, channels_last and
+    torch.compile on GPU), fused top-k. `__call__` takes DALI outputs, `label` torch views."""
 
     def __init__(self, ensemble: Ensemble, device: torch.device, k: int, batch_size: int,
                  compile_mode: CompileMode) -> None:
@@ -457,7 +462,11 @@ class _Labeller:
         return (hwc.permute(0, 3, 1, 2).float() - mean) / std  # channels_last
 
     def __call__(self, outputs: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
-        views = [self._tensor(out, v) for v, out in enumerate(outputs)]
+        classes, probs = self.label([self._tensor(out, v) for v, out in enumerate(outputs)])
+        return classes.cpu().numpy(), probs.cpu().numpy()
+
+    def label(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k classes and probabilities of normalised views, one [B, 3, H, W] per view."""
         count = views[0].shape[0]
         if self.pad and count < self.batch_size:
             views = [torch.cat([x, x[-1:].expand(self.batch_size - count, *x.shape[1:])])
@@ -470,7 +479,33 @@ class _Labeller:
             classes, probs = ensemble_topk(logits, self.k)
         except torch.OutOfMemoryError as exc:
             raise _oom(self.batch_size) from exc
-        return classes.cpu().numpy(), probs.cpu().numpy()
+        return classes, probs
+
+
+@contextlib.contextmanager
+def forward_settings(device: torch.device, dali_threads: int) -> Iterator[None]:
+    """The torch settings of the teacher forward, restored afterwards.
+
+    On CPU, oneDNN's convolutions round differently with the thread count (torchrun gives each
+    process one thread), so the pass uses ATen's own CPU kernels, whose results do not depend
+    on it (about as fast here), with deterministic algorithms: a block's bytes are then the
+    same whatever the world size. Torch and DALI threads share the cores: oversubscribed
+    OpenMP threads spin and slow the forward a hundredfold, so torch gets the cores DALI does
+    not. On GPU nothing changes."""
+    if device.type != "cpu":
+        yield
+        return
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    onednn, threads = torch.backends.mkldnn.enabled, torch.get_num_threads()
+    torch.backends.mkldnn.enabled = False  # type: ignore[misc]
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(max(1, min(threads, _usable_cores() - dali_threads)))
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.mkldnn.enabled = onednn  # type: ignore[misc]
+        torch.set_num_threads(threads)
 
 
 def _oom(batch_size: int) -> OptionError:
@@ -504,44 +539,41 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
     writer = _open_writer(config.out, store_config, listing, config.skip_bad, rank,
                           config.wait_timeout)
     blocks = writer.pending(rank, world)
-    labeller = _Labeller(ensemble, device, config.k, config.batch_size, config.compile)
+    labeller = Labeller(ensemble, device, config.k, config.batch_size, config.compile)
     paths = [listing.root / p for p in listing.paths]
     known_bad: set[int] = set()
     total = sum(len(writer.block_range(b)) for b in blocks) * config.slots
     bar = _progress(config.progress and rank == 0, total, writer)
     written: list[int] = []
     views = 0
-    # On CPU, oneDNN's convolutions round differently with the thread count (torchrun gives
-    # each process one thread), so the pass uses ATen's own CPU kernels, whose results do not
-    # depend on it (as fast here), and deterministic algorithms: a block's bytes are then the
-    # same whatever the world size.
-    # Torch threads and DALI threads share the cores: oversubscribed OpenMP threads spin and
-    # slow the forward down a hundredfold, so torch gets the cores DALI does not.
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    onednn, threads = torch.backends.mkldnn.enabled, torch.get_num_threads()
-    if device.type == "cpu":
-        torch.backends.mkldnn.enabled = False  # type: ignore[misc]
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.set_num_threads(max(1, min(threads, _usable_cores() - config.num_threads)))
-    try:
-        while True:
-            todo = [b for b in blocks if b not in written]
-            if not todo:
-                break
-            source = _Source(writer, todo, paths, config.batch_size, known_bad, config.skip_bad)
-            try:
-                views += _run_blocks(source, ensemble, labeller, config, device, writer,
-                                     written, bar)
-            except _BadBatch as bad:
-                known_bad |= bad.samples  # restart from the first unwritten block
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        torch.backends.mkldnn.enabled = onednn  # type: ignore[misc]
-        torch.set_num_threads(threads)
-        bar.close()
+    clock = _Clock()
+    with forward_settings(device, config.num_threads):
+        try:
+            while True:
+                todo = [b for b in blocks if b not in written]
+                if not todo:
+                    break
+                source = _Source(writer, todo, paths, config.batch_size, known_bad,
+                                 config.skip_bad)
+                try:
+                    views += _run_blocks(source, ensemble, labeller, config, device, writer,
+                                         written, bar, clock)
+                except _BadBatch as bad:
+                    known_bad |= bad.samples  # restart from the first unwritten block
+        finally:
+            bar.close()
+    steady = time.perf_counter() - clock.first if clock.first is not None else 0.0
     return ReinforceReport(rank, world, tuple(written), views, time.perf_counter() - start,
                            int(writer.committed().sum()), writer.num_blocks,
-                           tuple(sorted(known_bad)))
+                           tuple(sorted(known_bad)), views - clock.first_views, steady)
+
+
+@dataclass
+class _Clock:
+    """When the first batch was done, and how many views it had."""
+
+    first: float | None = None
+    first_views: int = 0
 
 
 class _BadBatch(Exception):
@@ -550,9 +582,9 @@ class _BadBatch(Exception):
         self.samples = samples
 
 
-def _run_blocks(source: _Source, ensemble: Ensemble, labeller: _Labeller,
+def _run_blocks(source: _Source, ensemble: Ensemble, labeller: Labeller,
                 config: ReinforceConfig, device: torch.device, writer: StoreWriter,
-                written: list[int], bar: Any) -> int:
+                written: list[int], bar: Any, clock: _Clock) -> int:
     device_id = device.index if device.type == "cuda" else None
     if device_id is None and device.type == "cuda":
         device_id = torch.cuda.current_device()
@@ -574,6 +606,8 @@ def _run_blocks(source: _Source, ensemble: Ensemble, labeller: _Labeller,
             state.probs.reshape(-1, config.k)[batch.positions] = probs
             state.remaining -= len(batch.positions)
             views += len(batch.positions)
+            if clock.first is None:
+                clock.first, clock.first_views = time.perf_counter(), len(batch.positions)
             bar.update(len(batch.positions))
             _flush(source, writer, written, bar)
         _flush(source, writer, written, bar)
