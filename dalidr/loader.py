@@ -56,6 +56,7 @@ from dalidr.errors import DatasetError, ImageError, OptionError, StoreError
 from dalidr.recipe import Recipe
 from dalidr.records import draw_records, identity_records
 from dalidr.replay import IMAGENET_MEAN, IMAGENET_STD, Output, ReplaySpec, check_jpeg, replay_graph
+from dalidr.skips import skipped_samples
 from kernels.kl_loss import Densify, densify_topk
 from store.manifest import Manifest, scan_manifest
 from store.plan import PlanSpec, UnevenShards, plan_epoch
@@ -481,7 +482,11 @@ class ReinforcedLoader(_DaliLoader):
         self.recipe: Recipe = reader.config.recipe
         self.has_partner = self.recipe.has_mix
         self.image_hw = manifest.image_hw
-        self._length = len(reader.plan(0, self.rank, self.world))
+        # Samples the teacher pass marked skipped (`reinforce --skip-bad`) are never served. A
+        # rank's epoch is cut to its planned length less their count, so every rank still
+        # runs the same number of steps whichever of them the skipped samples fall in.
+        self._skipped = skipped_samples(reader.url)
+        self._length = len(reader.plan(0, self.rank, self.world)) - len(self._skipped)
         self._prefetcher = EpochPrefetcher(reader, self.rank, self.world, start_epoch=0)
         # The original samples' transform: the recipe's crop and flip, nothing else.
         self._original = self.recipe.replace(ra_num_ops=0, erase_prob=0.0, mix_prob=0.0)
@@ -516,10 +521,13 @@ class ReinforcedLoader(_DaliLoader):
 
     def _epoch_data(self, epoch: int) -> _Epoch:
         data = self._prefetcher.get(epoch)
-        samples = data.plan.samples
-        records = data.records.copy()
-        classes = data.targets.classes.astype(np.int64)
-        probs = data.targets.probs.astype(np.float32)
+        keep = slice(None)
+        if self._skipped.size:
+            keep = np.flatnonzero(~np.isin(data.plan.samples, self._skipped))[: self._length]
+        samples = data.plan.samples[keep]
+        records = data.records[keep].copy()
+        classes = data.targets.classes[keep].astype(np.int64)
+        probs = data.targets.probs[keep].astype(np.float32)
         original = np.flatnonzero(self.original_mask(epoch, samples))
         if original.size:
             records[original] = self.original_records(epoch, samples[original])

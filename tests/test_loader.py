@@ -42,10 +42,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltStore:
 
 @pytest.fixture(scope="module")
 def built_mix(tmp_path_factory: pytest.TempPathFactory) -> BuiltStore:
-    # One block: zarr leaves out a block's shard whose values are all zero (e.g. no view of a
-    # small block erased), which the store's reader then reports as missing (a store issue).
+    # Small blocks: some hold no erased view, so all-zero shards must be stored and read.
     return build_store(tmp_path_factory.mktemp("mixed"), images=10, preset="m*+r*",
-                       block_size=10)
+                       block_size=4)
 
 
 def _loader(built: BuiltStore, **changes: object) -> ReinforcedLoader:
@@ -265,3 +264,28 @@ def test_gpu_loader_serves_cuda_tensors_with_the_same_targets(built) -> None:
         assert torch.equal(t0.indices, t1.indices.cpu()) and torch.equal(t0.probs, t1.probs.cpu())
         # nvJPEG and libjpeg-turbo round differently; the views must still agree closely.
         assert (x1.cpu() - x0).abs().mean() < 0.05
+
+
+def test_skipped_samples_are_never_served(tmp_path) -> None:
+    """Views `reinforce --skip-bad` marked skipped stay out; ranks keep equal lengths."""
+    from dalidr.skips import create_skip_marks, write_skip_marks
+    from store.layout import open_layout
+
+    store = build_store(tmp_path, images=12, block_size=8)
+    create_skip_marks(store.url)
+    marks = np.zeros((8, 3), dtype=bool)
+    marks[3, :] = True  # an unreadable image: every view
+    marks[5, 1] = True  # a view whose mixing partner was unreadable
+    write_skip_marks(open_layout(store.url, read_only=False), 0, marks)
+    config = LoaderConfig(batch_size=2, last_batch=LastBatch.PARTIAL)
+    lengths = []
+    for rank in range(2):
+        loader = ReinforcedLoader(store.url, store.root, config, manifest=store.manifest,
+                                  rank=rank, world=2)
+        with loader:
+            for epoch in range(2):
+                loader.set_epoch(epoch)
+                served = [int(s) for _ in loader for s in loader.served_samples]
+                assert 3 not in served and 5 not in served, (rank, epoch, served)
+                lengths.append(len(served))
+    assert lengths == [4] * 4  # 12 samples over 2 ranks is 6 each, less the 2 skipped samples
