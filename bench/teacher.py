@@ -169,7 +169,7 @@ def measure_forward(config: ReinforceConfig, device: torch.device, iters: int,
         views.append(x.contiguous(memory_format=torch.channels_last) if device.type == "cuda"
                      else x)
     runs = []
-    with forward_settings(device, config.num_threads):
+    with forward_settings(device):
         for _ in range(3):  # warm-up (and compilation)
             labeller.label(views)
         _sync(device)
@@ -181,11 +181,11 @@ def measure_forward(config: ReinforceConfig, device: torch.device, iters: int,
             _sync(device)
             runs.append(iters * config.batch_size / (time.perf_counter() - start))
     return {"runs": runs, "views_per_s": statistics.median(runs),
-            "torch_threads_during_pass": _threads_in_pass(device, config.num_threads)}
+            "torch_threads_during_pass": _threads_in_pass(device)}
 
 
-def _threads_in_pass(device: torch.device, dali_threads: int) -> int:
-    with forward_settings(device, dali_threads):
+def _threads_in_pass(device: torch.device) -> int:
+    with forward_settings(device):
         return torch.get_num_threads()
 
 
