@@ -1,6 +1,7 @@
 """The `dalidr` command line: one subcommand per job.
 
-- `dalidr demo`: the embedded default job (real JPEGs, every recipe, replayed views to a PNG).
+- `dalidr demo`: the embedded default job, end to end on Fashion-MNIST (`dalidr/demo.py`).
+- `dalidr gallery`: every recipe replayed on bundled real JPEGs, one PNG grid each.
 - `dalidr views`: replayed views of a user's ImageFolder tree, as a PNG grid.
 - `dalidr inspect` / `dalidr subset`: reinforcement stores (`store/cli.py`).
 - `dalidr reinforce`, `dalidr train`, `dalidr eval`: registered by their own modules.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dalidr.demo import DemoConfig, run_demo
 from dalidr.errors import DalidrError
 from dalidr.ops import OPS
 from dalidr.recipe import PRESETS, Recipe, load_recipe
@@ -80,7 +82,7 @@ def render_views(
     return save_grid(by_sample, out, titles, by_caption), rate
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _gallery(args: argparse.Namespace) -> int:
     from dalidr.sample_data import make_corpus
 
     out = Path(args.out)
@@ -89,7 +91,7 @@ def _demo(args: argparse.Namespace) -> int:
     from PIL import Image
 
     image_hw = np.array([Image.open(p).size[::-1] for p in paths])
-    print(f"dalidr demo: {len(paths)} real JPEGs under {out / 'corpus'}")
+    print(f"dalidr gallery: {len(paths)} real JPEGs under {out / 'corpus'}")
     print(f"{'recipe':<12}{'bytes/record':>14}{'views':>8}{'images/s':>11}  picture")
     for name, preset in PRESETS.items():
         recipe = preset.replace(output_size=args.size)
@@ -97,6 +99,21 @@ def _demo(args: argparse.Namespace) -> int:
         path, rate = render_views(jpegs, image_hw, recipe, args.slots, args.seed, png, name)
         nbytes = record_dtype(recipe).itemsize
         print(f"{name:<12}{nbytes:>14}{len(paths) * args.slots:>8}{rate:>11.1f}  {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    config = DemoConfig(
+        out=Path(args.out),
+        train_per_class=args.train_per_class,
+        test_per_class=args.test_per_class,
+        teacher_epochs=args.teacher_epochs,
+        student_epochs=args.student_epochs,
+        slots=args.slots,
+        seed=args.seed,
+        allow_apt=not args.no_apt,
+    )
+    run_demo(config)
     return 0
 
 
@@ -122,13 +139,31 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dalidr", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="replay every recipe on bundled real JPEGs, save PNGs")
-    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    demo.add_argument("--images", type=int, default=6, help="images per grid (default: 6)")
-    demo.add_argument("--slots", type=int, default=6, help="views per image (default: 6)")
-    demo.add_argument("--size", type=int, default=160, help="output side in pixels")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser(
+        "demo", help="the whole system end to end on Fashion-MNIST (CPU, minutes)"
+    )
+    defaults = DemoConfig()
+    demo.add_argument("--out", default=str(defaults.out), help="output folder")
+    demo.add_argument("--train-per-class", type=int, default=defaults.train_per_class)
+    demo.add_argument("--test-per-class", type=int, default=defaults.test_per_class)
+    demo.add_argument("--teacher-epochs", type=int, default=defaults.teacher_epochs)
+    demo.add_argument("--student-epochs", type=int, default=defaults.student_epochs)
+    demo.add_argument("--slots", type=int, default=defaults.slots)
+    demo.add_argument("--seed", type=int, default=defaults.seed)
+    demo.add_argument(
+        "--no-apt",
+        action="store_true",
+        help="never apt-get install dataset-fashion-mnist (use sklearn digits)",
+    )
     demo.set_defaults(run=_demo)
+
+    gallery = sub.add_parser("gallery", help="every recipe replayed on bundled real JPEGs, PNGs")
+    gallery.add_argument("--out", default="runs/gallery", help="output folder")
+    gallery.add_argument("--images", type=int, default=6, help="images per grid (default: 6)")
+    gallery.add_argument("--slots", type=int, default=6, help="views per image (default: 6)")
+    gallery.add_argument("--size", type=int, default=160, help="output side in pixels")
+    gallery.add_argument("--seed", type=int, default=0)
+    gallery.set_defaults(run=_gallery)
 
     views = sub.add_parser("views", help="replayed views of an ImageFolder tree, as a PNG")
     views.add_argument("--data", required=True, help="ImageFolder root of JPEGs")
