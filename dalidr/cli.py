@@ -1,6 +1,6 @@
 """The `dalidr` command line: one subcommand per job.
 
-- `dalidr demo`: the embedded default job, end to end on Fashion-MNIST (`dalidr/demo.py`).
+- `dalidr demo`: the embedded default job, end to end on Fashion-MNIST (`dalidr/experiment.py`).
 - `dalidr gallery`: every recipe replayed on bundled real JPEGs, one PNG grid each.
 - `dalidr views`: replayed views of a user's ImageFolder tree, as a PNG grid.
 - `dalidr inspect` / `dalidr subset`: reinforcement stores (`store/cli.py`).
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dalidr.demo import DemoConfig, run_demo
 from dalidr.errors import DalidrError
+from dalidr.experiment import DemoConfig, run_demo
 from dalidr.ops import OPS
 from dalidr.recipe import PRESETS, Recipe, load_recipe
 from dalidr.records import MixMode, draw_records, record_dtype

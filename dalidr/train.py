@@ -91,6 +91,8 @@ class TrainConfig:
     # The reinforced store (mode dr) and the teacher ensemble `NAME[@CKPT],...` (mode kd).
     store: str | None = None
     teacher: str | None = None
+    # Side of every member's view in mode kd; None: each member's own input size.
+    teacher_size: int | None = None
     # Class count; None: the store's (dr) or the dataset's.
     num_classes: int | None = None
     pretrained: bool = False
@@ -187,11 +189,11 @@ class _OnlineTeacher:
     Each distinct member view gets the batch re-normalised with its mean/std and resized to its
     side (bilinear, antialiased) from the student's pixels."""
 
-    def __init__(self, spec: str, num_classes: int, device: torch.device,
+    def __init__(self, spec: str, num_classes: int, device: torch.device, size: int | None,
                  student_mean: tuple[float, ...], student_std: tuple[float, ...]) -> None:
         from dalidr.teacher import build_teacher
 
-        self.ensemble = build_teacher(spec, num_classes).to(device)
+        self.ensemble = build_teacher(spec, num_classes, size=size).to(device)
         self.mean = torch.tensor(student_mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(student_std, device=device).view(1, 3, 1, 1)
 
@@ -260,8 +262,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     teacher = None
     if config.mode is Mode.KD:
         assert config.teacher is not None
-        teacher = _OnlineTeacher(config.teacher, num_classes, device, loader.config.mean,
-                                 loader.config.std)
+        teacher = _OnlineTeacher(config.teacher, num_classes, device, config.teacher_size,
+                                 loader.config.mean, loader.config.std)
     epochs_done: list[dict[str, Any]] = []
     if config.resume and checkpoint.is_file():
         state = load_training_checkpoint(checkpoint)
@@ -379,7 +381,8 @@ def _run(args: argparse.Namespace) -> int:
                                    weight=args.disc_weight)
     config = TrainConfig(
         mode=args.mode, data=args.data, out=args.out, model=args.model, file_list=args.file_list,
-        store=args.store, teacher=args.teacher, num_classes=args.num_classes,
+        store=args.store, teacher=args.teacher, teacher_size=args.teacher_size,
+        num_classes=args.num_classes,
         pretrained=args.pretrained, epochs=args.epochs, batch_size=args.batch_size,
         size=args.size, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule,
@@ -405,6 +408,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--file-list", default=None, help="'<path> <label>' lines under --data")
     parser.add_argument("--store", default=None, help="reinforcement store (mode dr)")
     parser.add_argument("--teacher", default=None, help="NAME[@CKPT],... ensemble (mode kd)")
+    parser.add_argument("--teacher-size", type=int, default=None,
+                        help="side of every member's view (mode kd; default: each member's own)")
     parser.add_argument("--model", default="resnet50", help="timm student architecture")
     parser.add_argument("--pretrained", action="store_true", help="start from timm weights")
     parser.add_argument("--num-classes", type=int, default=None)

@@ -1,13 +1,16 @@
-"""`dalidr demo`: the whole system on real data, end to end, on a 2-core CPU in minutes.
+"""Experiments end to end: teachers, the teacher pass, students in several modes, evaluation.
 
-The paper's claim (Dataset Reinforcement, Fig. 1, Tables 1 and 4) in miniature: a student
-trained on the reinforced data against one trained on the original data, at the same epochs.
+`dalidr demo` (the embedded default job, `DemoConfig()`: a 2-core CPU in minutes) and
+`bench/reproduce.py` (the paper's claim on the full Fashion-MNIST) are two configurations of
+`run_experiment`. The paper's claim (Dataset Reinforcement, Fig. 1, Tables 1 and 4): students
+trained on the reinforced data against students trained on the original data and with online
+distillation, at the same epochs.
 On Fashion-MNIST (Debian's `dataset-fashion-mnist`, converted to an ImageFolder of JPEGs, the
 format users bring; scikit-learn's digits where apt is not allowed) the steps are:
 1. train a small teacher ensemble (`dalidr train --mode erm`, one run per member), or reuse it;
 2. reinforce (`dalidr reinforce`: the ensemble labels every stored view);
-3. train one student with `erm` and one with `dr`, same architecture, epochs and batch;
-4. evaluate (`dalidr eval`: top-1, ECE, a reliability diagram each);
+3. train each student architecture in each mode (`erm`, `kd`, `dr`), same epochs and batch;
+4. evaluate (`dalidr eval`: top-1, ECE, a reliability diagram each) and the teacher ensemble;
 then print one table and save a PNG of replayed views with the teacher's top-3.
 
 Every step calls the same command-line entry points a user would, and every step is cached:
@@ -18,22 +21,23 @@ from its checkpoint, the teacher pass from the store's committed blocks).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from dalidr.errors import DalidrError, DatasetError
+from dalidr.teacher import Ensemble, build_teacher
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["ExperimentConfig", "DemoConfig", "run_experiment", "run_demo"]
 
 
 @dataclass(frozen=True)
-class DemoConfig:
-    """The embedded default job; every field has a command-line option."""
+class ExperimentConfig:
+    """One experiment; the defaults are the embedded demo (`dalidr demo`)."""
 
     # Output folder for data, checkpoints, the store, reports and pictures.
     out: Path = Path("runs/demo")
@@ -45,8 +49,9 @@ class DemoConfig:
     # Teacher ensemble members (timm names) and their training epochs.
     teachers: tuple[str, ...] = ("resnet10t", "resnet14t")
     teacher_epochs: int = 12
-    # Student architecture and epochs (the same for erm and dr).
-    student: str = "resnet10t"
+    # Student architectures, the modes each is trained in, and their epochs (the same for all).
+    students: tuple[str, ...] = ("resnet10t",)
+    modes: tuple[str, ...] = ("erm", "dr")
     student_epochs: int = 10
     # Reinforcement: recipe preset, views per image and teacher classes kept per view.
     recipe: str = "rrc+ra/re"
@@ -59,6 +64,9 @@ class DemoConfig:
     allow_apt: bool = True
 
 
+DemoConfig = ExperimentConfig
+
+
 def _cli(args: list[str]) -> None:
     from dalidr.cli import main
 
@@ -67,7 +75,7 @@ def _cli(args: list[str]) -> None:
         raise DalidrError(f"`dalidr {' '.join(str(a) for a in args)}` exited with {code}")
 
 
-def _export_data(config: DemoConfig) -> tuple[Path, Path, str]:
+def _export_data(config: ExperimentConfig) -> tuple[Path, Path, str]:
     from dalidr.fashion_mnist import (
         CLASSES,
         ensure_package,
@@ -93,14 +101,20 @@ def _done(path: Path) -> dict[str, Any] | None:
 
 
 def _train(
-    config: DemoConfig, name: str, model: str, mode: str, epochs: int, train: Path, extra: list[str]
+    config: ExperimentConfig,
+    name: str,
+    model: str,
+    mode: str,
+    epochs: int,
+    train: Path,
+    extra: list[str],
 ) -> dict[str, Any]:
     folder = config.out / name
     summary = folder / "summary.json"
     if (done := _done(summary)) is not None:
-        print(f"[demo] {name}: cached ({summary})")
+        print(f"[{config.out.name}] {name}: cached ({summary})")
         return done
-    print(f"[demo] {name}: training {model} ({mode}, {epochs} epochs)", flush=True)
+    print(f"[{config.out.name}] {name}: training {model} ({mode}, {epochs} epochs)", flush=True)
     resume = ["--resume"] if (folder / "last.pt").is_file() else []
     start = time.perf_counter()
     _cli(
@@ -144,7 +158,7 @@ def _train(
     return result
 
 
-def _evaluate(config: DemoConfig, name: str, test: Path) -> dict[str, Any]:
+def _evaluate(config: ExperimentConfig, name: str, test: Path) -> dict[str, Any]:
     out = config.out / name / "eval"
     if (done := _done(out / "eval.json")) is not None:
         return done
@@ -164,14 +178,14 @@ def _evaluate(config: DemoConfig, name: str, test: Path) -> dict[str, Any]:
     return json.loads((out / "eval.json").read_text())
 
 
-def _recipe_file(config: DemoConfig) -> Path:
+def _recipe_file(config: ExperimentConfig) -> Path:
     path = config.out / "recipe.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"base: {config.recipe}\noutput_size: {config.size}\n")
     return path
 
 
-def _teacher_views_png(config: DemoConfig, store: Path, train: Path, count: int = 6) -> Path:
+def _teacher_views_png(config: ExperimentConfig, store: Path, train: Path, count: int = 6) -> Path:
     """Replayed stored views of a few images, captioned with the teacher's top-3."""
     from dalidr.dataset import list_dataset
     from dalidr.grid import save_grid
@@ -216,24 +230,57 @@ def _teacher_views_png(config: DemoConfig, store: Path, train: Path, count: int 
     return save_grid(rows, config.out / "teacher-views.png", titles, captions)
 
 
-def run_demo(config: DemoConfig) -> dict[str, Any]:
-    """Run (or resume) every step; returns the table as a dict and prints it."""
-    start = time.perf_counter()
-    config.out.mkdir(parents=True, exist_ok=True)
-    train, test, source = _export_data(config)
-    print(f"[demo] data: {source}, {train} and {test}", flush=True)
+class _MeanSoftmax(torch.nn.Module):
+    """The ensemble as one classifier: log of the members' mean softmax (MEAL V2 eq. 1)."""
 
-    members = []
-    for i, arch in enumerate(config.teachers):
-        _train(config, f"teacher-{i}", arch, "erm", config.teacher_epochs, train, [])
-        members.append(f"{arch}@{config.out / f'teacher-{i}' / 'last.pt'}")
-    teacher = ",".join(members)
+    def __init__(self, ensemble: Ensemble) -> None:
+        super().__init__()
+        self.ensemble = ensemble
 
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.ensemble([images] * len(self.ensemble.views))
+        return logits.softmax(dim=-1).mean(dim=0).clamp_min(1e-12).log()
+
+
+def _evaluate_ensemble(config: ExperimentConfig, teacher: str, test: Path) -> dict[str, Any]:
+    path = config.out / "teacher-ensemble.json"
+    if (done := _done(path)) is not None:
+        return done
+    from dalidr.dataset import list_dataset
+    from dalidr.evaluate import evaluate
+    from dalidr.loader import Augment, LastBatch, LoaderConfig, PlainLoader, Targets
+
+    num_classes = len(list_dataset(test).classes)
+    ensemble = build_teacher(teacher, num_classes, size=config.size)
+    if len(ensemble.views) != 1:
+        raise DalidrError("the ensemble's members must share one view size and normalisation")
+    view = ensemble.views[0]
+    loader_config = LoaderConfig(
+        batch_size=100,
+        targets=Targets.SPARSE,
+        last_batch=LastBatch.PARTIAL,
+        mean=view.mean,
+        std=view.std,
+    )
+    loader = PlainLoader(
+        test, loader_config, size=config.size, augment=Augment.EVAL, num_classes=num_classes
+    )
+    try:
+        result = evaluate(_MeanSoftmax(ensemble), loader, torch.device("cpu"))
+    finally:
+        loader.close()
+    report = {"top1": result.top1, "ece": result.ece, "nll": result.nll}
+    path.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _reinforce(config: ExperimentConfig, teacher: str, train: Path) -> Path:
     store = config.out / "store"
     marker = config.out / "store.done.json"
     if _done(marker) is None:
         print(
-            f"[demo] reinforce: {len(config.teachers)} teachers, {config.slots} slots", flush=True
+            f"[{config.out.name}] reinforce: {len(config.teachers)} teachers, {config.slots} slots",
+            flush=True,
         )
         t0 = time.perf_counter()
         _cli(
@@ -267,75 +314,102 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     report = inspect_store(str(store), verify=True)
     if report.problems or not report.complete:
         raise DatasetError(
-            f"the demo store {store} failed its integrity check: "
+            f"the store {store} failed its integrity check: "
             f"{(report.problems or ['incomplete'])[:3]}"
         )
+    return store
 
-    students = {
-        "erm": _train(
-            config, "student-erm", config.student, "erm", config.student_epochs, train, []
-        ),
-        "dr": _train(
-            config,
-            "student-dr",
-            config.student,
-            "dr",
-            config.student_epochs,
-            train,
-            ["--store", store],
-        ),
+
+def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
+    """Run (or resume) every step; returns the results table as a dict."""
+    start = time.perf_counter()
+    config.out.mkdir(parents=True, exist_ok=True)
+    train, test, source = _export_data(config)
+    print(f"[{config.out.name}] data: {source}, {train} and {test}", flush=True)
+
+    members = []
+    for i, arch in enumerate(config.teachers):
+        _train(config, f"teacher-{i}", arch, "erm", config.teacher_epochs, train, [])
+        members.append(f"{arch}@{config.out / f'teacher-{i}' / 'last.pt'}")
+    teacher = ",".join(members)
+    store = _reinforce(config, teacher, train) if "dr" in config.modes else None
+    extra = {
+        "erm": [],
+        "kd": ["--teacher", teacher, "--teacher-size", config.size],
+        "dr": ["--store", store],
     }
-    rows = {}
-    for mode, summary in students.items():
-        result = _evaluate(config, f"student-{mode}", test)
-        epochs = summary["epochs"]
-        rows[mode] = {
-            "top1": 100 * result["top1"],
-            "ece": 100 * result["ece"],
-            "train_s": sum(e["seconds"] for e in epochs),
-            "images_per_s": float(np.median([e["images_per_s"] for e in epochs])),
-            "reliability_png": result["reliability_png"],
-        }
-    teacher_eval = [_evaluate(config, f"teacher-{i}", test) for i in range(len(config.teachers))]
-    png = _teacher_views_png(config, store, train)
-    table = {
+
+    rows: dict[str, dict[str, Any]] = {}
+    for arch in config.students:
+        for mode in config.modes:
+            name = f"student-{arch}-{mode}"
+            summary = _train(config, name, arch, mode, config.student_epochs, train, extra[mode])
+            result = _evaluate(config, name, test)
+            epochs = summary["epochs"]
+            rows[name] = {
+                "student": arch,
+                "mode": mode,
+                "top1": 100 * result["top1"],
+                "ece": 100 * result["ece"],
+                "nll": result["nll"],
+                "train_s": sum(e["seconds"] for e in epochs),
+                "images_per_s": float(np.median([e["images_per_s"] for e in epochs])),
+                "data_wait_fraction": float(np.median([e["data_wait_fraction"] for e in epochs])),
+                "reliability_png": result["reliability_png"],
+            }
+    members_eval = {
+        m: 100 * _evaluate(config, f"teacher-{i}", test)["top1"] for i, m in enumerate(members)
+    }
+    ensemble = _evaluate_ensemble(config, teacher, test)
+    table: dict[str, Any] = {
         "data": source,
         "train_images": sum(1 for _ in train.rglob("*.jpg")),
         "test_images": sum(1 for _ in test.rglob("*.jpg")),
-        "teachers": {m: 100 * t["top1"] for m, t in zip(members, teacher_eval, strict=True)},
-        "store_bytes_per_record": report.bytes_per_record,
+        "size": config.size,
+        "teacher_members_top1": members_eval,
+        "teacher_ensemble": {"top1": 100 * ensemble["top1"], "ece": 100 * ensemble["ece"]},
         "students": rows,
-        "teacher_views_png": str(png),
         "wall_s": time.perf_counter() - start,
     }
-    (config.out / "demo.json").write_text(json.dumps(table, indent=2))
-    _print_table(table, config)
+    if store is not None:
+        from store import inspect_store
+
+        table["store_bytes_per_record"] = inspect_store(str(store), verify=False).bytes_per_record
+        table["teacher_views_png"] = str(_teacher_views_png(config, store, train))
+    (config.out / "results.json").write_text(json.dumps(table, indent=2))
     return table
 
 
-def _print_table(table: dict[str, Any], config: DemoConfig) -> None:
+def run_demo(config: ExperimentConfig) -> dict[str, Any]:
+    """The embedded default job: run (or resume) it and print its table."""
+    table = run_experiment(config)
     print()
     print(
         f"dalidr demo on {table['data']}: {table['train_images']} training and "
-        f"{table['test_images']} test images, {config.size} px, {config.student} student"
+        f"{table['test_images']} test images, {config.size} px"
     )
-    for member, top1 in table["teachers"].items():
-        print(f"  teacher member {os.path.basename(member.split('@')[0])}: top-1 {top1:.2f}%")
-    print(
-        f"  store: {table['store_bytes_per_record']:.1f} bytes per record "
-        f"({config.recipe}, {config.slots} slots, top-{config.topk})"
-    )
-    print()
-    print(f"{'mode':<6}{'top-1 %':>9}{'ECE %':>8}{'train s':>9}{'loader img/s':>14}")
-    for mode, row in table["students"].items():
+    for member, top1 in table["teacher_members_top1"].items():
+        print(f"  teacher member {member.split('@')[0]}: top-1 {top1:.2f}%")
+    ensemble = table["teacher_ensemble"]
+    print(f"  teacher ensemble: top-1 {ensemble['top1']:.2f}%, ECE {ensemble['ece']:.2f}%")
+    if "store_bytes_per_record" in table:
         print(
-            f"{mode:<6}{row['top1']:>9.2f}{row['ece']:>8.2f}{row['train_s']:>9.1f}"
-            f"{row['images_per_s']:>14.1f}"
+            f"  store: {table['store_bytes_per_record']:.1f} bytes per record "
+            f"({config.recipe}, {config.slots} slots, top-{config.topk})"
         )
     print()
-    print(f"views with the teacher's top-3: {table['teacher_views_png']}")
+    print(f"{'student':<12}{'mode':<6}{'top-1 %':>9}{'ECE %':>8}{'train s':>9}{'loader img/s':>14}")
+    for row in table["students"].values():
+        print(
+            f"{row['student']:<12}{row['mode']:<6}{row['top1']:>9.2f}{row['ece']:>8.2f}"
+            f"{row['train_s']:>9.1f}{row['images_per_s']:>14.1f}"
+        )
+    print()
+    if "teacher_views_png" in table:
+        print(f"views with the teacher's top-3: {table['teacher_views_png']}")
     print(
         f"reliability diagrams: "
         f"{', '.join(r['reliability_png'] for r in table['students'].values())}"
     )
-    print(f"whole demo: {table['wall_s']:.0f} s (cached steps skipped)")
+    print(f"whole run: {table['wall_s']:.0f} s (cached steps skipped)")
+    return table
