@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dalidr.errors import RecordError
+from dalidr.hashing import GOLDEN, M1, mix64
 from dalidr.ops import NUM_OPS, OPS
 from dalidr.recipe import Recipe
 
@@ -51,9 +52,6 @@ __all__ = [
 ]
 
 COORD_SCALE = 65535
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 _CROP_ATTEMPTS = 10
 _ERASE_ATTEMPTS = 10
 _GAMMA_ATTEMPTS = 4
@@ -96,14 +94,6 @@ def record_dtype(recipe: Recipe) -> np.dtype:
 # ----------------------------------------------------------------------------- random numbers
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
-
-
 class _Draws:
     """Uniform [0, 1) numbers for a block of records, hashed only where they are needed.
 
@@ -125,8 +115,8 @@ class _Draws:
     def column(self, index: int, rows: np.ndarray | None = None) -> np.ndarray:
         """Draw `index` of every record, or of the records `rows`."""
         keys = self._keys if rows is None else self._keys[rows]
-        offset = np.uint64(((index + 1) * int(_GOLDEN)) & 0xFFFFFFFFFFFFFFFF)
-        return (_mix64(keys + offset) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        offset = np.uint64(((index + 1) * int(GOLDEN)) & 0xFFFFFFFFFFFFFFFF)
+        return (mix64(keys + offset) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
     def one(self) -> np.ndarray:
         return self.column(self.reserve(1))
@@ -162,9 +152,9 @@ def _attempts(
 
 def _keys(seed: int, samples: np.ndarray, slots: np.ndarray, stream: int) -> np.ndarray:
     with np.errstate(over="ignore"):
-        k = _mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(stream))
-        k = _mix64(k + samples.astype(np.uint64) * _GOLDEN)
-        return _mix64(k + slots.astype(np.uint64) * _M1)
+        k = mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * GOLDEN + np.uint64(stream))
+        k = mix64(k + samples.astype(np.uint64) * GOLDEN)
+        return mix64(k + slots.astype(np.uint64) * M1)
 
 
 def _randint(u: np.ndarray, high: np.ndarray | int) -> np.ndarray:

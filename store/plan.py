@@ -31,12 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from dalidr.errors import OptionError
+from dalidr.hashing import GOLDEN, mix64
 
 __all__ = ["UnevenShards", "PlanSpec", "EpochPlan", "plan_epoch"]
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 _STREAM_GROUPS, _STREAM_SLOTS, _STREAM_BLOCKS, _STREAM_ORDER = 101, 102, 103, 104
 
 
@@ -94,20 +92,12 @@ class EpochPlan:
         return len(self.samples)
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
-
-
 def _keys(seed: int, stream: int, *indices: np.ndarray | int) -> np.ndarray:
     """A 64-bit hash per element of the broadcast indices."""
     with np.errstate(over="ignore"):
-        key = _mix64(np.asarray(np.uint64(seed) * _GOLDEN + np.uint64(stream), dtype=np.uint64))
+        key = mix64(np.asarray(np.uint64(seed) * GOLDEN + np.uint64(stream), dtype=np.uint64))
         for index in indices:
-            key = _mix64(key + np.asarray(index).astype(np.uint64) * _GOLDEN)
+            key = mix64(key + np.asarray(index).astype(np.uint64) * GOLDEN)
         return key
 
 

@@ -7,11 +7,6 @@ every Triton kernel of the session into an interpreted one).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -23,21 +18,16 @@ from kernels.kl_loss import (
     kl_topk_reference,
     kl_topk_triton,
 )
-
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-kernel_test = pytest.mark.skipif(
-    not (INTERPRETED or torch.cuda.is_available()),
-    reason="runs on CUDA, or on CPU under TRITON_INTERPRET=1 (see test_kernel_under_interpreter)",
-)
+from tests.kernels import DEVICE, INTERPRETED, kernel_test, run_under_interpreter
 
 # (batch, classes, k): k = C, k = 1, C not a power of two, C above one tile (4096), batch 1.
 SHAPES = [(1, 2, 1), (5, 3, 3), (7, 37, 5), (4, 1000, 10), (3, 129, 17), (2, 5000, 7)]
 TOLERANCE = {torch.float32: (1e-5, 1e-6), torch.bfloat16: (1e-5, 1e-6)}
 
 
-def _case(batch: int, classes: int, k: int, dtype: torch.dtype, seed: int, mass: float = 0.8
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _case(
+    batch: int, classes: int, k: int, dtype: torch.dtype, seed: int, mass: float = 0.8
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(batch, classes, generator=g) * 4).to(dtype)
     indices = torch.stack([torch.randperm(classes, generator=g)[:k] for _ in range(batch)])
@@ -60,8 +50,7 @@ def test_sparse_reference_matches_dense_definition(shape, densify) -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7)
     # The gradient is (softmax - target) / B: a nonzero test, not a vacuous one.
-    torch.testing.assert_close(a.grad, (logits.softmax(1) - dense) / shape[0], rtol=1e-4,
-                               atol=1e-7)
+    torch.testing.assert_close(a.grad, (logits.softmax(1) - dense) / shape[0], rtol=1e-4, atol=1e-7)
 
 
 def test_densify_rules() -> None:
@@ -110,14 +99,8 @@ def test_kernel_loss_only_and_one_hot() -> None:
 @pytest.mark.skipif(INTERPRETED, reason="the subprocess itself")
 def test_kernel_under_interpreter() -> None:
     """Runs the kernel tests above on CPU tensors with TRITON_INTERPRET=1, in a subprocess."""
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
-         "test_kernel_matches or test_kernel_loss_only", str(Path(__file__).resolve())],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    run_under_interpreter(
+        __file__,
+        "test_kernel_matches or test_kernel_loss_only",
+        len(SHAPES) * len(TOLERANCE) * len(Densify) + 1,
     )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    summary = result.stdout.strip().splitlines()[-1]
-    expected = len(SHAPES) * len(TOLERANCE) * len(Densify) + 1
-    assert f"{expected} passed" in summary, result.stdout[-3000:]

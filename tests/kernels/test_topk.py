@@ -8,11 +8,6 @@ turn every Triton kernel of the session, torch.compile's included, into interpre
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -22,17 +17,18 @@ from kernels.topk import (
     ensemble_topk_kernel,
     ensemble_topk_reference,
 )
-
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-kernel_test = pytest.mark.skipif(
-    not (INTERPRETED or torch.cuda.is_available()),
-    reason="runs on CUDA, or on CPU under TRITON_INTERPRET=1 (see test_kernel_under_interpreter)",
-)
+from tests.kernels import DEVICE, INTERPRETED, kernel_test, run_under_interpreter
 
 # (members, views, classes, k): one member, one view, k = C, C not a power of two, C = 1, ...
-SHAPES = [(1, 1, 1, 1), (1, 5, 3, 3), (2, 7, 10, 5), (3, 33, 1000, 10), (4, 2, 37, 1),
-          (2, 3, 129, 17), (5, 1, 2049, 10)]
+SHAPES = [
+    (1, 1, 1, 1),
+    (1, 5, 3, 3),
+    (2, 7, 10, 5),
+    (3, 33, 1000, 10),
+    (4, 2, 37, 1),
+    (2, 3, 129, 17),
+    (5, 1, 2049, 10),
+]
 TOLERANCE = {torch.float32: 2e-6, torch.bfloat16: 2e-6, torch.float16: 2e-6}
 
 
@@ -45,8 +41,9 @@ def _logits(members: int, views: int, classes: int, dtype: torch.dtype, seed: in
 
 @kernel_test
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
-                         ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.float16], ids=lambda d: str(d).split(".")[-1]
+)
 def test_kernel_matches_reference(shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
     members, views, classes, k = shape
     logits = _logits(members, views, classes, dtype, seed=sum(shape))
@@ -54,8 +51,7 @@ def test_kernel_matches_reference(shape: tuple[int, int, int, int], dtype: torch
     want_classes, want_probs = ensemble_topk_reference(logits, k)
     assert got_classes.shape == got_probs.shape == (views, k)
     assert got_classes.dtype == torch.int64 and got_probs.dtype == torch.float32
-    torch.testing.assert_close(got_probs.cpu(), want_probs.cpu(), rtol=1e-5,
-                               atol=TOLERANCE[dtype])
+    torch.testing.assert_close(got_probs.cpu(), want_probs.cpu(), rtol=1e-5, atol=TOLERANCE[dtype])
     # Classes agree wherever the reference's probabilities are not (nearly) tied.
     full = torch.softmax(logits.float(), -1).mean(0).cpu()
     gathered = full.gather(1, got_classes.cpu())
@@ -121,15 +117,8 @@ def test_cpu_dispatch_uses_the_reference_and_wide_heads_too() -> None:
 @pytest.mark.skipif(INTERPRETED, reason="this is the interpreter run")
 def test_kernel_under_interpreter() -> None:
     """Runs the kernel tests above on CPU tensors with TRITON_INTERPRET=1, in a subprocess."""
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
-         "test_kernel_matches or test_kernel_breaks or test_kernel_reads",
-         str(Path(__file__).resolve())],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    run_under_interpreter(
+        __file__,
+        "test_kernel_matches or test_kernel_breaks or test_kernel_reads",
+        len(SHAPES) * 3 + 2,
     )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    summary = result.stdout.strip().splitlines()[-1]
-    expected = len(SHAPES) * 3 + 2
-    assert f"{expected} passed" in summary, result.stdout[-3000:]

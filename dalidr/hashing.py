@@ -1,0 +1,26 @@
+"""Counter-based random numbers: splitmix64's finaliser over (seed, stream, indices).
+
+Everything dalidr draws from (seed, sample, slot, epoch, ...) goes through this hash rather
+than a stateful generator, so a value depends only on its own coordinates: not on batching,
+chunking, the number of processes or what else was drawn before. The sampler
+(`dalidr.records`) and the epoch plans (`store.plan`) both use it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["GOLDEN", "M1", "M2", "mix64"]
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: the splitmix64 increment
+M1 = np.uint64(0xBF58476D1CE4E5B9)
+M2 = np.uint64(0x94D049BB133111EB)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise on uint64 (a bijection with good avalanche)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * M2
+    return x ^ (x >> np.uint64(31))
