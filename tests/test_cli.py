@@ -9,10 +9,9 @@ from dalidr.cli import main
 from dalidr.sample_data import make_corpus
 
 
-def test_demo_writes_a_grid_per_recipe(tmp_path, capsys) -> None:
-    assert (
-        main(["demo", "--out", str(tmp_path), "--images", "2", "--slots", "3", "--size", "64"]) == 0
-    )
+def test_gallery_writes_a_grid_per_recipe(tmp_path, capsys) -> None:
+    args = ["gallery", "--out", str(tmp_path), "--images", "2", "--slots", "3", "--size", "64"]
+    assert main(args) == 0
     pngs = sorted(tmp_path.glob("views-*.png"))
     assert len(pngs) == 4
     picture = np.asarray(Image.open(pngs[0]))
