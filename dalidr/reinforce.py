@@ -32,7 +32,6 @@ import contextlib
 import enum
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,9 +43,9 @@ import torch
 from dalidr.dataset import DatasetListing, list_dataset
 from dalidr.errors import DatasetError, ImageError, OptionError, StoreError
 from dalidr.recipe import PRESETS, Recipe, load_recipe
-from dalidr.records import draw_records
 from dalidr.skips import create_skip_marks, has_skip_marks, write_skip_marks
-from dalidr.teacher import Ensemble, TeacherView, build_teacher
+from dalidr.teacher import Ensemble, build_teacher
+from dalidr.teacher_views import ViewSource, decodes, view_pipeline
 from kernels.topk import ensemble_topk
 from store.config import StoreConfig
 from store.manifest import Manifest, scan_manifest
@@ -262,165 +261,6 @@ def _openable(url: str) -> bool:
         return False
 
 
-# --- the data path ------------------------------------------------------------------------
-
-def _tiny_jpeg() -> np.ndarray:
-    from PIL import Image
-
-    from dalidr.sample_data import encode_jpeg
-
-    return np.frombuffer(encode_jpeg(Image.new("RGB", (8, 8))), dtype=np.uint8)
-
-
-@dataclass
-class _Block:
-    """A block being labelled: its records, skip marks and the top-k filled in so far."""
-
-    index: int
-    records: np.ndarray  # [n, slots]
-    skipped: np.ndarray  # [n, slots] bool
-    classes: np.ndarray  # [n, slots, k]
-    probs: np.ndarray
-    remaining: int
-
-
-@dataclass(frozen=True)
-class _Batch:
-    block: int
-    positions: np.ndarray  # flat (sample-in-block * slots + slot) of each view
-    unique: np.ndarray  # block-local rows of the decoded images
-
-
-class _Source:
-    """DALI's source: walks the blocks, yields batches of views, remembers what it yielded."""
-
-    def __init__(self, writer: StoreWriter, blocks: list[int], paths: list[Path],
-                 batch_size: int, known_bad: set[int], skip_bad: bool) -> None:
-        self.writer, self.config = writer, writer.config
-        self.blocks, self.paths, self.batch_size = blocks, paths, batch_size
-        self.known_bad, self.skip_bad = known_bad, skip_bad
-        self.image_hw = writer.layout.image_hw
-        self.open: dict[int, _Block] = {}  # registered blocks, in order
-        self.in_flight: deque[_Batch] = deque()
-        self.tiny = _tiny_jpeg()
-        self.fields = list(_fields(self.config.recipe))
-        self._iter = self._batches()
-
-    def _read(self, sample: int) -> np.ndarray | None:
-        from dalidr.replay import check_jpeg
-
-        path = self.paths[sample]
-        if sample in self.known_bad:
-            return None
-        try:
-            data = np.fromfile(path, dtype=np.uint8)
-            check_jpeg(data, f"sample {sample} ({path})")
-            return data
-        except (OSError, ImageError) as exc:
-            if not self.skip_bad:
-                raise ImageError(f"sample {sample} ({path}) cannot be read: {exc}; rerun with "
-                                 "--skip-bad to record it as skipped") from exc
-            self.known_bad.add(sample)
-            return None
-
-    def _batches(self) -> Iterator[tuple[_Batch, tuple[Any, ...]]]:
-        cfg, recipe = self.config, self.config.recipe
-        for block in self.blocks:
-            samples = self.writer.block_range(block)
-            records = draw_records(recipe, cfg.seed, np.arange(samples.start, samples.stop),
-                                   np.arange(cfg.slots), self.image_hw)
-            jpegs = [self._read(s) for s in samples]
-            skipped = np.zeros(records.shape, dtype=bool)
-            skipped[[j for j, d in enumerate(jpegs) if d is None]] = True
-            partners: dict[int, np.ndarray | None] = {}
-            if recipe.has_mix:
-                mixing = (records["mix"] != 0) & ~skipped
-                for p in np.unique(records["partner"][mixing]):
-                    partners[int(p)] = self._read(int(p))
-                bad = [p for p, d in partners.items() if d is None]
-                skipped |= mixing & np.isin(records["partner"], bad)
-            n = len(samples)
-            state = _Block(block, records, skipped, np.tile(np.arange(cfg.k), (n, cfg.slots, 1)),
-                           np.zeros((n, cfg.slots, cfg.k), np.float32), int((~skipped).sum()))
-            self.open[block] = state
-            views = np.flatnonzero(~skipped.reshape(-1))
-            flat = records.reshape(-1)
-            for start in range(0, len(views), self.batch_size):
-                positions = views[start:start + self.batch_size]
-                rows = positions // cfg.slots
-                unique, index = np.unique(rows, return_inverse=True)
-                encoded = [jpegs[r] for r in unique] + [self.tiny] * (len(rows) - len(unique))
-                chosen = flat[positions]
-                inputs: list[Any] = [encoded, index.astype(np.int32)]
-                if recipe.has_mix:
-                    inputs.append([partners[int(r["partner"])] if r["mix"] != 0 else self.tiny
-                                   for r in chosen])
-                inputs += [np.ascontiguousarray(chosen[f]) for f in self.fields]
-                yield _Batch(block, positions, unique), tuple(inputs)
-
-    def __call__(self) -> tuple[Any, ...]:
-        batch, inputs = next(self._iter)
-        self.in_flight.append(batch)
-        return inputs
-
-
-def _fields(recipe: Recipe) -> tuple[str, ...]:
-    from dalidr.replay import ReplaySpec
-
-    return ReplaySpec(recipe).fields
-
-
-def _view_pipeline(recipe: Recipe, views: tuple[TeacherView, ...], source: _Source,
-                   batch_size: int, num_threads: int, device_id: int | None) -> Any:
-    from nvidia.dali import fn, pipeline_def, types
-
-    from dalidr.replay import Output, ReplaySpec, replay_graph
-
-    device = "cpu" if device_id is None else "gpu"
-    output = Output.FLOAT_CHW if device_id is None else Output.UINT8_HWC
-    specs = [ReplaySpec(recipe, size=v.size, output=output, mean=v.mean, std=v.std)
-             for v in views]
-    count = 2 + int(recipe.has_mix) + len(source.fields)
-
-    @pipeline_def(enable_conditionals=True)
-    def _pipeline() -> Any:
-        outs = fn.external_source(source=source, num_outputs=count, batch=True)
-        unique, index = outs[0], outs[1]
-        decoded = fn.decoders.image(unique, device="mixed" if device == "gpu" else "cpu",
-                                    output_type=types.RGB)
-        decoded = fn.permute_batch(decoded, indices=index)
-        jpegs = fn.permute_batch(unique, indices=index)
-        partner = outs[2] if recipe.has_mix else None
-        first = 2 + int(recipe.has_mix)
-        inputs = {f: outs[first + i] for i, f in enumerate(source.fields)}
-        return tuple(replay_graph(jpegs, partner, inputs, spec, device, decoded=decoded)
-                     for spec in specs)
-
-    pipe = _pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                     prefetch_queue_depth=2, exec_dynamic=True)
-    pipe.build()
-    return pipe
-
-
-def _decodes(data: np.ndarray) -> bool:
-    """Whether DALI's CPU decoder accepts one whole image (used to find a bad batch's culprit)."""
-    from nvidia.dali import fn, pipeline_def, types
-
-    @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
-    def _probe() -> Any:
-        return fn.decoders.image(fn.external_source(name="x", dtype=types.UINT8),
-                                 output_type=types.RGB)
-
-    pipe = _probe()
-    pipe.build()
-    pipe.feed_input("x", [data])
-    try:
-        pipe.run()
-        return True
-    except RuntimeError:
-        return False
-
-
 # --- the teacher side ---------------------------------------------------------------------
 
 class Labeller:
@@ -545,7 +385,7 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
                 todo = [b for b in blocks if b not in written]
                 if not todo:
                     break
-                source = _Source(writer, todo, paths, config.batch_size, known_bad,
+                source = ViewSource(writer, todo, paths, config.batch_size, known_bad,
                                  config.skip_bad)
                 try:
                     views += _run_blocks(source, ensemble, labeller, config, device, writer,
@@ -574,13 +414,13 @@ class _BadBatch(Exception):
         self.samples = samples
 
 
-def _run_blocks(source: _Source, ensemble: Ensemble, labeller: Labeller,
+def _run_blocks(source: ViewSource, ensemble: Ensemble, labeller: Labeller,
                 config: ReinforceConfig, device: torch.device, writer: StoreWriter,
                 written: list[int], bar: Any, clock: _Clock) -> int:
     device_id = device.index if device.type == "cuda" else None
     if device_id is None and device.type == "cuda":
         device_id = torch.cuda.current_device()
-    pipe = _view_pipeline(config.recipe, ensemble.views, source, config.batch_size,
+    pipe = view_pipeline(config.recipe, ensemble.views, source, config.batch_size,
                           config.num_threads, device_id)
     views = 0
     try:
@@ -608,7 +448,7 @@ def _run_blocks(source: _Source, ensemble: Ensemble, labeller: Labeller,
     return views
 
 
-def _flush(source: _Source, writer: StoreWriter, written: list[int], bar: Any) -> None:
+def _flush(source: ViewSource, writer: StoreWriter, written: list[int], bar: Any) -> None:
     """Write the leading complete blocks (a block with no views is complete at once)."""
     while source.open:
         block, state = next(iter(source.open.items()))
@@ -621,7 +461,7 @@ def _flush(source: _Source, writer: StoreWriter, written: list[int], bar: Any) -
         _set_blocks(bar, writer)
 
 
-def _culprits(exc: RuntimeError, source: _Source, config: ReinforceConfig) -> Exception:
+def _culprits(exc: RuntimeError, source: ViewSource, config: ReinforceConfig) -> Exception:
     text = str(exc)
     if "out of memory" in text.lower():
         return _oom(config.batch_size)
@@ -633,7 +473,7 @@ def _culprits(exc: RuntimeError, source: _Source, config: ReinforceConfig) -> Ex
         chosen = state.records.reshape(-1)[batch.positions]
         if config.recipe.has_mix:
             suspects |= {int(r["partner"]) for r in chosen if r["mix"] != 0}
-    bad = {s for s in sorted(suspects) if not _decodes(np.fromfile(source.paths[s], np.uint8))}
+    bad = {s for s in sorted(suspects) if not decodes(np.fromfile(source.paths[s], np.uint8))}
     if not bad:
         return ImageError(f"replaying a batch failed: {text.strip().splitlines()[0]}")
     if not config.skip_bad:

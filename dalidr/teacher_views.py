@@ -1,0 +1,188 @@
+"""The teacher pass's data path: blocks of (sample, slot) views, fed to DALI, decoded once.
+
+`ViewSource` walks the store blocks a process owns, draws their records
+(`dalidr.records.draw_records`) and yields batches that span samples and slots but never
+cross a block. Each batch carries the distinct JPEGs of its views once, with an index that
+`view_pipeline` uses to fan the decoded images out to every view (`fn.permute_batch`), so an
+image is decoded once for all of its slots in the batch (Dataset Reinforcement Sec. 2.2: many
+views per image). Every member view is rendered by `dalidr.replay.replay_graph`, the code the
+training loader runs. Unreadable files are refused with their path, or with `--skip-bad`
+recorded so the store marks their views skipped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dalidr.errors import ImageError
+from dalidr.recipe import Recipe
+from dalidr.records import draw_records
+from dalidr.teacher import TeacherView
+from store.writer import StoreWriter
+
+__all__ = ["BlockState", "ViewBatch", "ViewSource", "view_pipeline", "decodes"]
+
+
+def _tiny_jpeg() -> np.ndarray:
+    from PIL import Image
+
+    from dalidr.sample_data import encode_jpeg
+
+    return np.frombuffer(encode_jpeg(Image.new("RGB", (8, 8))), dtype=np.uint8)
+
+
+@dataclass
+class BlockState:
+    """A block being labelled: its records, skip marks and the top-k filled in so far."""
+
+    index: int
+    records: np.ndarray  # [n, slots]
+    skipped: np.ndarray  # [n, slots] bool
+    classes: np.ndarray  # [n, slots, k]
+    probs: np.ndarray
+    remaining: int
+
+
+@dataclass(frozen=True)
+class ViewBatch:
+    block: int
+    positions: np.ndarray  # flat (sample-in-block * slots + slot) of each view
+    unique: np.ndarray  # block-local rows of the decoded images
+
+
+class ViewSource:
+    """DALI's source: walks the blocks, yields batches of views, remembers what it yielded."""
+
+    def __init__(self, writer: StoreWriter, blocks: list[int], paths: list[Path],
+                 batch_size: int, known_bad: set[int], skip_bad: bool) -> None:
+        self.writer, self.config = writer, writer.config
+        self.blocks, self.paths, self.batch_size = blocks, paths, batch_size
+        self.known_bad, self.skip_bad = known_bad, skip_bad
+        self.image_hw = writer.layout.image_hw
+        self.open: dict[int, BlockState] = {}  # registered blocks, in order
+        self.in_flight: deque[ViewBatch] = deque()
+        self.tiny = _tiny_jpeg()
+        self.fields = list(_fields(self.config.recipe))
+        self._iter = self._batches()
+
+    def _read(self, sample: int) -> np.ndarray | None:
+        from dalidr.replay import check_jpeg
+
+        path = self.paths[sample]
+        if sample in self.known_bad:
+            return None
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+            check_jpeg(data, f"sample {sample} ({path})")
+            return data
+        except (OSError, ImageError) as exc:
+            if not self.skip_bad:
+                raise ImageError(f"sample {sample} ({path}) cannot be read: {exc}; rerun with "
+                                 "--skip-bad to record it as skipped") from exc
+            self.known_bad.add(sample)
+            return None
+
+    def _batches(self) -> Iterator[tuple[ViewBatch, tuple[Any, ...]]]:
+        cfg, recipe = self.config, self.config.recipe
+        for block in self.blocks:
+            samples = self.writer.block_range(block)
+            records = draw_records(recipe, cfg.seed, np.arange(samples.start, samples.stop),
+                                   np.arange(cfg.slots), self.image_hw)
+            jpegs = [self._read(s) for s in samples]
+            skipped = np.zeros(records.shape, dtype=bool)
+            skipped[[j for j, d in enumerate(jpegs) if d is None]] = True
+            partners: dict[int, np.ndarray | None] = {}
+            if recipe.has_mix:
+                mixing = (records["mix"] != 0) & ~skipped
+                for p in np.unique(records["partner"][mixing]):
+                    partners[int(p)] = self._read(int(p))
+                bad = [p for p, d in partners.items() if d is None]
+                skipped |= mixing & np.isin(records["partner"], bad)
+            n = len(samples)
+            placeholder = np.tile(np.arange(cfg.k), (n, cfg.slots, 1))
+            state = BlockState(block, records, skipped, placeholder,
+                               np.zeros((n, cfg.slots, cfg.k), np.float32),
+                               int((~skipped).sum()))
+            self.open[block] = state
+            views = np.flatnonzero(~skipped.reshape(-1))
+            flat = records.reshape(-1)
+            for start in range(0, len(views), self.batch_size):
+                positions = views[start:start + self.batch_size]
+                rows = positions // cfg.slots
+                unique, index = np.unique(rows, return_inverse=True)
+                encoded = [jpegs[r] for r in unique] + [self.tiny] * (len(rows) - len(unique))
+                chosen = flat[positions]
+                inputs: list[Any] = [encoded, index.astype(np.int32)]
+                if recipe.has_mix:
+                    inputs.append([partners[int(r["partner"])] if r["mix"] != 0 else self.tiny
+                                   for r in chosen])
+                inputs += [np.ascontiguousarray(chosen[f]) for f in self.fields]
+                yield ViewBatch(block, positions, unique), tuple(inputs)
+
+    def __call__(self) -> tuple[Any, ...]:
+        batch, inputs = next(self._iter)
+        self.in_flight.append(batch)
+        return inputs
+
+
+def _fields(recipe: Recipe) -> tuple[str, ...]:
+    from dalidr.replay import ReplaySpec
+
+    return ReplaySpec(recipe).fields
+
+
+def view_pipeline(recipe: Recipe, views: tuple[TeacherView, ...], source: ViewSource,
+                   batch_size: int, num_threads: int, device_id: int | None) -> Any:
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dalidr.replay import Output, ReplaySpec, replay_graph
+
+    device = "cpu" if device_id is None else "gpu"
+    output = Output.FLOAT_CHW if device_id is None else Output.UINT8_HWC
+    specs = [ReplaySpec(recipe, size=v.size, output=output, mean=v.mean, std=v.std)
+             for v in views]
+    count = 2 + int(recipe.has_mix) + len(source.fields)
+
+    @pipeline_def(enable_conditionals=True)
+    def _pipeline() -> Any:
+        outs = fn.external_source(source=source, num_outputs=count, batch=True)
+        unique, index = outs[0], outs[1]
+        decoded = fn.decoders.image(unique, device="mixed" if device == "gpu" else "cpu",
+                                    output_type=types.RGB)
+        decoded = fn.permute_batch(decoded, indices=index)
+        jpegs = fn.permute_batch(unique, indices=index)
+        partner = outs[2] if recipe.has_mix else None
+        first = 2 + int(recipe.has_mix)
+        inputs = {f: outs[first + i] for i, f in enumerate(source.fields)}
+        return tuple(replay_graph(jpegs, partner, inputs, spec, device, decoded=decoded)
+                     for spec in specs)
+
+    pipe = _pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                     prefetch_queue_depth=2, exec_dynamic=True)
+    pipe.build()
+    return pipe
+
+
+def decodes(data: np.ndarray) -> bool:
+    """Whether DALI's CPU decoder accepts one whole image (used to find a bad batch's culprit)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
+    def _probe() -> Any:
+        return fn.decoders.image(fn.external_source(name="x", dtype=types.UINT8),
+                                 output_type=types.RGB)
+
+    pipe = _probe()
+    pipe.build()
+    pipe.feed_input("x", [data])
+    try:
+        pipe.run()
+        return True
+    except RuntimeError:
+        return False
