@@ -29,6 +29,12 @@ class OptionError(DalidrError, ValueError):
     def choice(cls, option: str, value: object, valid: object) -> OptionError:
         return cls(f"option {option!r} is {value!r}; valid values: {valid}")
 
+    @classmethod
+    def unless(cls, ok: bool, option: str, value: object, valid: str, kind: str = "option") -> None:
+        """Unless `ok`, raise `cls` naming the `kind` of `option`, its `value` and the valid ones."""
+        if not ok:
+            raise cls(f"{kind} {option!r} is {value!r}; valid: {valid}")
+
 
 class RecipeError(OptionError):
     """A recipe file or preset is malformed or names an unknown field."""

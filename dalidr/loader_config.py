@@ -8,6 +8,7 @@ from `torch.distributed` when it is initialised.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -80,9 +81,7 @@ class LoaderConfig:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        def check(ok: bool, option: str, value: object, valid: str) -> None:
-            if not ok:
-                raise OptionError(f"loader option {option!r} is {value!r}; valid: {valid}")
+        check = functools.partial(OptionError.unless, kind="loader option")
 
         check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         check(0.0 <= self.p <= 1.0, "p", self.p, "a probability in [0, 1]")

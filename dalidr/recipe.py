@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,9 +117,7 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
     def _validate(self) -> None:
-        def check(ok: bool, option: str, value: object, valid: str) -> None:
-            if not ok:
-                raise RecipeError(f"recipe field {option!r} is {value!r}; valid: {valid}")
+        check = functools.partial(RecipeError.unless, kind="recipe field")
 
         check(16 <= self.output_size <= 4096, "output_size", self.output_size, "16..4096")
         if self.teacher_size is not None:

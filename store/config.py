@@ -24,6 +24,7 @@ Trade-offs fixed here:
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,9 +78,7 @@ class StoreConfig:
     schema_version: int = field(default=SCHEMA_VERSION)
 
     def __post_init__(self) -> None:
-        def check(ok: bool, option: str, value: object, valid: str) -> None:
-            if not ok:
-                raise OptionError(f"store option {option!r} is {value!r}; valid: {valid}")
+        check = functools.partial(OptionError.unless, kind="store option")
 
         check(isinstance(self.recipe, Recipe), "recipe", type(self.recipe).__name__, "a Recipe")
         check(0 <= self.seed < 2**63, "seed", self.seed, "0 <= seed < 2**63")
