@@ -31,7 +31,7 @@ class OptionError(DalidrError, ValueError):
 
     @classmethod
     def unless(cls, ok: bool, option: str, value: object, valid: str, kind: str = "option") -> None:
-        """Unless `ok`, raise `cls` naming the `kind` of `option`, its `value` and the valid ones."""
+        """Unless `ok`, raise `cls` naming the option, its value and the valid values."""
         if not ok:
             raise cls(f"{kind} {option!r} is {value!r}; valid: {valid}")
 
