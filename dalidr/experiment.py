@@ -329,7 +329,9 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
 
     members = []
     for i, arch in enumerate(config.teachers):
-        _train(config, f"teacher-{i}", arch, "erm", config.teacher_epochs, train, [])
+        # Each member its own seed: a member trained like an `erm` student would be its copy.
+        seed = ["--seed", config.seed + 1 + i]
+        _train(config, f"teacher-{i}", arch, "erm", config.teacher_epochs, train, seed)
         members.append(f"{arch}@{config.out / f'teacher-{i}' / 'last.pt'}")
     teacher = ",".join(members)
     store = _reinforce(config, teacher, train) if "dr" in config.modes else None
