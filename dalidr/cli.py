@@ -33,6 +33,7 @@ _SUBCOMMAND_MODULES = (
     "dalidr.reinforce",  # reinforce (the teacher pass)
     "dalidr.train",  # train
     "dalidr.evaluate",  # eval
+    "dalidr.mldr.convert",  # import-mldr (the paper's published reinforcements)
 )
 
 
