@@ -27,7 +27,8 @@ import torchvision.transforms as T
 
 from dalidr.dataset import DatasetListing
 
-__all__ = ["MldrSpec", "mldr_config", "draw_params", "write_mldr_dataset", "FORMATS"]
+__all__ = ["MldrSpec", "mldr_config", "draw_params", "save_sample", "write_mldr_dataset",
+           "FORMATS"]
 
 FORMATS = ("torch", "gzip", "joblib")
 
@@ -141,7 +142,8 @@ def _probs(spec: MldrSpec, rng: np.random.Generator) -> tuple[list[float], list[
     return p[ids].tolist(), ids.tolist()
 
 
-def _save(obj: Any, path: Path, fmt: str) -> None:
+def save_sample(obj: Any, path: Path, fmt: str = "torch") -> None:
+    """Save one sample file as the paper does (torch.save, protocol 4), gzipped or joblib."""
     if fmt == "joblib":
         import joblib
 
@@ -154,14 +156,18 @@ def _save(obj: Any, path: Path, fmt: str) -> None:
 
 
 def write_mldr_dataset(out: Path, listing: DatasetListing, image_hw: np.ndarray,
-                       spec: MldrSpec, seed: int = 0) -> Path:
-    """Write `out/{index}.pth.tar` for every sample of `listing` and `out/config.pth.tar`."""
+                       spec: MldrSpec, seed: int = 0) -> list[list[dict[str, Any]]]:
+    """Write `out/{index}.pth.tar` for every sample of `listing` and `out/config.pth.tar`;
+    returns every sample's views as written."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    written = []
     for index in range(len(listing)):
         views = [{"params": draw_params(index, image_hw, spec, rng, slot),
                   "prob": _probs(spec, rng)} for slot in range(spec.slots)]
-        _save((index, views), out / f"{index}.pth.tar", spec.formats[index % len(spec.formats)])
+        fmt = spec.formats[index % len(spec.formats)]
+        save_sample((index, views), out / f"{index}.pth.tar", fmt)
+        written.append(views)
     torch.save(mldr_config(spec), out / "config.pth.tar")
-    return out
+    return written
