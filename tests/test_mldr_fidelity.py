@@ -238,7 +238,8 @@ def test_mixed_erased_and_skipped_views_replay_like_the_papers_reapply(tmp_path:
             seen[kind] = seen.get(kind, 0) + 1
             expected = reference(paths, index, params, True, _names(spec))
             mean, frac = _diff(out[index, slot], expected)
-            worst = max([TOLERANCE[OP_NAMES[o]][0] for o in ops] + [RESIZE[0]])
+            # Each op that recomputes pixels adds its own rounding on top of the resize's.
+            worst = RESIZE[0] + sum(TOLERANCE[OP_NAMES[o]][0] - RESIZE[0] for o in ops)
             assert mean <= worst, f"sample {index} view {slot} ({kind}, ops {ops}): " \
                                         f"mean diff {mean:.3f}"
     kinds = " ".join(seen)
