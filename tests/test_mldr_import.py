@@ -1,0 +1,191 @@
+"""`dalidr import-mldr`: counts preserved, problems named by file, resume, refusal of unsafe or
+unrepresentable sources, and the imported store served by the loader."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dalidr.cli import main as cli_main
+from dalidr.dataset import list_dataset
+from dalidr.errors import DatasetError, RecipeError
+from dalidr.loader import LoaderConfig, ReinforcedLoader
+from dalidr.mldr import ImportConfig, import_mldr
+from dalidr.records import COORD_SCALE, MixMode
+from dalidr.sample_data import make_corpus
+from store.manifest import scan_manifest
+from store.reader import StoreReader
+from tests.mldr_builder import MldrSpec, mldr_config, save_sample, write_mldr_dataset
+
+SPEC = MldrSpec(size=48, slots=6, topk=4, num_classes=10, formats=("torch", "gzip", "joblib"))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("mldr")
+    make_corpus(folder / "images", 16, seed=4)
+    listing = list_dataset(folder / "images")
+    manifest = scan_manifest(listing.root, listing.paths, listing.labels)
+    written = write_mldr_dataset(folder / "rdata", listing, manifest.image_hw, SPEC, seed=1)
+    return folder, manifest, written
+
+
+def _config(folder: Path, rdata: Path, out: str, **kw) -> ImportConfig:
+    return ImportConfig(rdata, folder / "images", out, workers=1, block_size=4,
+                        progress=False, **kw)
+
+
+def _copy_source(folder: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for path in (folder / "rdata").iterdir():
+        (dest / path.name).write_bytes(path.read_bytes())
+    return dest
+
+
+def _all_blocks(url: str):
+    reader = StoreReader(url)
+    parts = [reader.read_block(b) for b in range(reader.num_blocks)]
+    records = np.concatenate([p[0] for p in parts])
+    classes = np.concatenate([p[1].classes for p in parts])
+    probs = np.concatenate([p[1].probs for p in parts])
+    return reader, records, classes, probs
+
+
+def test_import_preserves_every_view_and_probability(source, tmp_path: Path) -> None:
+    folder, manifest, written = source
+    url = str(tmp_path / "store.zarr")
+    report = import_mldr(_config(folder, folder / "rdata", url))
+    n = len(written)
+    assert (report.samples, report.slots, report.k) == (n, SPEC.slots, SPEC.topk)
+    assert report.views_converted == n * SPEC.slots
+    assert report.probabilities_converted == n * SPEC.slots * SPEC.topk
+    assert report.blocks_committed == report.num_blocks == 4
+    reader, records, classes, probs = _all_blocks(url)
+    assert reader.config.recipe.erase_fill == (0, 0, 0) and reader.config.num_classes == 10
+    assert records.shape == (n, SPEC.slots) and classes.shape == (n, SPEC.slots, SPEC.topk)
+    kinds = set()
+    for i, views in enumerate(written):
+        for s, view in enumerate(views):
+            record, (values, ids) = records[i, s], view["prob"]
+            np.testing.assert_array_equal(np.sort(classes[i, s]), np.sort(ids))
+            np.testing.assert_allclose(np.sort(probs[i, s]), np.sort(values), atol=0.02)
+            params = view["params"]
+            own_crop = params[1][0] if params[0] is not None else params[1]
+            height, width = manifest.image_hw[i]
+            pixels = np.rint(record["crop"] / COORD_SCALE * [height, width, height, width])
+            np.testing.assert_array_equal(pixels, own_crop)
+            mixup, cutmix = params[-2], params[-1]
+            expected = (MixMode.MIXUP if mixup is not None else
+                        MixMode.CUTMIX if cutmix is not None else MixMode.NONE)
+            assert record["mix"] == expected
+            assert record["partner"] == (params[0] if params[0] is not None else i)
+            if cutmix is not None:
+                box = np.rint(record["box"] / COORD_SCALE * SPEC.size)
+                np.testing.assert_array_equal(box, [cutmix[1], cutmix[2], cutmix[3] - cutmix[1],
+                                                    cutmix[4] - cutmix[2]])
+            ra = params[3][0] if params[0] is not None else params[3]
+            if ra is None:
+                assert (record["ops"] == 0).all() and (record["mags"] == 0).all()
+            else:
+                np.testing.assert_array_equal(record["ops"], [op for op, _ in ra])
+            kinds.add((int(expected), ra is None))
+    assert len(kinds) >= 5, kinds  # mixing modes x skipped RandAugment all occur
+
+
+def test_bad_files_are_named_and_a_rerun_converts_only_the_rest(source, tmp_path) -> None:
+    folder, manifest, written = source
+    rdata = _copy_source(folder, tmp_path / "rdata")
+    (rdata / "5.pth.tar").write_bytes((rdata / "5.pth.tar").read_bytes()[:200])  # truncated
+    save_sample((9, written[9][:-1]), rdata / "9.pth.tar")  # a view short
+    save_sample((3, written[10]), rdata / "10.pth.tar")  # another sample's index
+    url = str(tmp_path / "store.zarr")
+    with pytest.raises(DatasetError) as caught:
+        import_mldr(_config(folder, rdata, url))
+    message = str(caught.value)
+    assert "5.pth.tar" in message and "9.pth.tar" in message and "10.pth.tar" in message
+    assert "holds 5 views" in message and "holds index 3" in message
+    assert list(StoreReader(url).committed()) == [True, False, False, True]
+    for index in (5, 9, 10):  # put the originals back and resume
+        (rdata / f"{index}.pth.tar").write_bytes((folder / "rdata" / f"{index}.pth.tar"
+                                                  ).read_bytes())
+    report = import_mldr(_config(folder, rdata, url))
+    assert report.blocks_written == 2 and report.blocks_committed == 4
+    clean = str(tmp_path / "clean.zarr")
+    import_mldr(_config(folder, folder / "rdata", clean))
+    for a, b in zip(_all_blocks(url)[1:], _all_blocks(clean)[1:], strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_missing_files_are_listed(source, tmp_path: Path) -> None:
+    folder, _, _ = source
+    rdata = _copy_source(folder, tmp_path / "rdata")
+    (rdata / "7.pth.tar").unlink()
+    with pytest.raises(DatasetError, match=r"1 of 16 sample files are missing: 7\.pth\.tar"):
+        import_mldr(_config(folder, rdata, str(tmp_path / "s.zarr")))
+
+
+class _Planted:
+    """A pickle that would create `marker` when unpickled by a trusting loader."""
+
+    def __init__(self, marker: Path, how: str) -> None:
+        self.marker, self.how = marker, how
+
+    def __reduce__(self):
+        if self.how == "eval":
+            return eval, (f"open({str(self.marker)!r}, 'w').close()",)
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("how", ["torch.save + os.system", "pickle + eval", "config"])
+def test_a_planted_pickle_is_refused_and_never_runs(source, tmp_path: Path, how: str) -> None:
+    folder, _, _ = source
+    rdata = _copy_source(folder, tmp_path / "rdata")
+    marker = tmp_path / "pwned"
+    name = "config.pth.tar" if how == "config" else "3.pth.tar"
+    payload = (3, [_Planted(marker, "eval" if "eval" in how else "system")])
+    if how == "pickle + eval":
+        (rdata / name).write_bytes(pickle.dumps(payload, protocol=4))
+    else:
+        buffer = io.BytesIO()
+        torch.save(payload, buffer, pickle_protocol=4)
+        (rdata / name).write_bytes(buffer.getvalue())
+    with pytest.raises(DatasetError) as caught:
+        import_mldr(_config(folder, rdata, str(tmp_path / "s.zarr")))
+    assert name in str(caught.value) and "refused" in str(caught.value)
+    assert ("builtins.eval" if "eval" in how else "system") in str(caught.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("key, options", [
+    ("random_crop", {"size": 48, "padding": 16}),  # CIFAR-100+
+    ("random_resize_crop", {"size": 48}),  # a key the paper's code silently ignores
+])
+def test_configs_dalidr_cannot_replay_are_refused_by_key(source, tmp_path, key, options) -> None:
+    folder, _, _ = source
+    rdata = _copy_source(folder, tmp_path / "rdata")
+    config = mldr_config(SPEC)
+    config["reinforce"]["image_augmentation"][key] = options
+    torch.save(config, rdata / "config.pth.tar")
+    with pytest.raises(RecipeError, match=key):
+        import_mldr(_config(folder, rdata, str(tmp_path / "s.zarr")))
+
+
+def test_cli_imports_in_parallel_and_the_loader_serves_it(source, tmp_path, capsys) -> None:
+    folder, _, _ = source
+    url = str(tmp_path / "store.zarr")
+    code = cli_main(["import-mldr", str(folder / "rdata"), "--images", str(folder / "images"),
+                     "--out", url, "--workers", "2", "--block-size", "4", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "imported 16 samples x 6 views x top-4" in printed and "4/4 blocks" in printed
+    loader = ReinforcedLoader(url, folder / "images", LoaderConfig(batch_size=8, num_threads=1))
+    with loader:
+        images, targets = next(iter(loader))
+    assert images.shape == (8, 3, SPEC.size, SPEC.size) and targets.shape == (8, 10)
+    assert torch.allclose(targets.sum(1), torch.ones(8), atol=1e-3)
