@@ -42,12 +42,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default="runs/reproduce")
     parser.add_argument("--train-per-class", type=int, default=6000, help="6000: all 60k")
     parser.add_argument("--test-per-class", type=int, default=1000, help="1000: all 10k")
+    parser.add_argument("--teacher-train-per-class", type=int, default=None,
+                        help="teachers' training images per class (default: the students')")
     parser.add_argument("--teachers", default="resnet10t,resnet14t,resnet18,resnet26t")
     parser.add_argument("--teacher-epochs", type=int, default=30)
     parser.add_argument("--students", default="resnet10t,resnet26t")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--slots", type=int, default=10, help="at most epochs / 3")
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--crop-scale", type=float, nargs=2, default=(0.35, 1.0),
+                        metavar=("LOW", "HIGH"), help="random-resized-crop area range")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -119,6 +123,8 @@ def main() -> None:
     config = ExperimentConfig(
         out=Path(args.out), train_per_class=args.train_per_class,
         test_per_class=args.test_per_class, size=args.size,
+        crop_scale=(args.crop_scale[0], args.crop_scale[1]),
+        teacher_train_per_class=args.teacher_train_per_class,
         teachers=tuple(args.teachers.split(",")), teacher_epochs=args.teacher_epochs,
         students=tuple(students), modes=("erm", "kd", "dr"), student_epochs=args.epochs,
         recipe="rrc+ra/re", slots=args.slots, topk=10 if args.slots else 5,

@@ -4,7 +4,9 @@ Three modes share the model, optimiser, schedule, precision and logging, and dif
 where a batch's images and targets come from, so their wall-clock times compare fairly (paper
 Sec. 3: training on ImageNet+ costs what training on ImageNet costs):
 
-- `erm`: `PlainLoader` (DALI random resized crop + flip), one-hot labels;
+- `erm`: `PlainLoader` (DALI random resized crop + flip), one-hot labels; with `--augment` a
+  recipe drawn afresh each epoch and replayed by `dalidr.replay` (strong augmentation for
+  teachers, and the store's own augmentation distribution for a fair `kd` baseline);
 - `kd`: the same images, targets from the teacher ensemble run on every batch (`dalidr.teacher`,
   `NAME[@CKPT],...`; the online-distillation baseline, as costly as a teacher forward per step);
 - `dr`: `ReinforcedLoader` over a store, targets the stored teacher top-k.
@@ -17,7 +19,8 @@ Checkpoints (`<out>/last.pt`, written atomically at each epoch end and every `--
 steps) hold weights, optimiser, schedule, discriminator and the loader's (epoch, step), saved
 with `torch.save` and read back with `torch.load(weights_only=True)`: nothing is unpickled.
 Resuming mid-epoch serves exactly the batches that remained (the loaders are deterministic in
-(seed, epoch, step); ERM's DALI draws are not, so an ERM resume re-draws its augmentations).
+(seed, epoch, step); ERM's DALI draws without `--augment` are not, so such a resume re-draws
+its augmentations).
 
 Each epoch logs images/s and the data wait (time blocked waiting for the loader) and its share
 of the epoch; `--summary` writes them as JSON.
@@ -53,6 +56,7 @@ from dalidr.losses import (
     kl_loss,
     teacher_log_probs,
 )
+from dalidr.recipe import load_recipe
 
 __all__ = ["Mode", "OptimizerName", "Schedule", "TrainConfig", "train", "register",
            "load_training_checkpoint", "CHECKPOINT_NAME"]
@@ -93,6 +97,8 @@ class TrainConfig:
     teacher: str | None = None
     # Side of every member's view in mode kd; None: each member's own input size.
     teacher_size: int | None = None
+    # erm/kd augmentation: a recipe preset or YAML drawn afresh per epoch; None: crop + flip.
+    augment: str | None = None
     # Class count; None: the store's (dr) or the dataset's.
     num_classes: int | None = None
     pretrained: bool = False
@@ -147,14 +153,18 @@ def _loader(config: TrainConfig, device: torch.device, num_classes: int | None
                   channels_last=config.channels_last, num_threads=config.threads,
                   seed=config.seed)
     if config.mode is Mode.DR:
+        if config.augment is not None:
+            raise OptionError("--augment is for modes erm and kd; mode 'dr' replays the "
+                              "store's own recipe")
         if not config.store:
             raise OptionError("mode 'dr' needs --store")
         loader_config = LoaderConfig(p=config.p, targets=config.targets, **common)
         return ReinforcedLoader(config.store, config.data, loader_config,
                                 num_classes=num_classes, file_list=config.file_list)
     loader_config = LoaderConfig(targets=Targets.SPARSE, **common)
+    recipe = None if config.augment is None else load_recipe(config.augment)
     return PlainLoader(config.data, loader_config, size=config.size, augment=Augment.TRAIN,
-                       num_classes=num_classes, file_list=config.file_list)
+                       num_classes=num_classes, file_list=config.file_list, recipe=recipe)
 
 
 def _lr_factor(config: TrainConfig, steps_per_epoch: int):  # type: ignore[no-untyped-def]
@@ -382,7 +392,7 @@ def _run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         mode=args.mode, data=args.data, out=args.out, model=args.model, file_list=args.file_list,
         store=args.store, teacher=args.teacher, teacher_size=args.teacher_size,
-        num_classes=args.num_classes,
+        augment=args.augment, num_classes=args.num_classes,
         pretrained=args.pretrained, epochs=args.epochs, batch_size=args.batch_size,
         size=args.size, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule,
@@ -410,6 +420,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--teacher", default=None, help="NAME[@CKPT],... ensemble (mode kd)")
     parser.add_argument("--teacher-size", type=int, default=None,
                         help="side of every member's view (mode kd; default: each member's own)")
+    parser.add_argument("--augment", default=None, metavar="RECIPE",
+                        help="erm/kd: augment with this recipe (preset or YAML), drawn afresh "
+                             "each epoch (default: random resized crop + flip)")
     parser.add_argument("--model", default="resnet50", help="timm student architecture")
     parser.add_argument("--pretrained", action="store_true", help="start from timm weights")
     parser.add_argument("--num-classes", type=int, default=None)

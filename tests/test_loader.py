@@ -27,6 +27,7 @@ from dalidr.loader import (
     SparseTargets,
     Targets,
 )
+from dalidr.recipe import recipe
 from dalidr.replay import Output, Replayer, ReplaySpec
 from kernels.kl_loss import Densify, densify_topk
 from store.reader import StoreReader
@@ -250,6 +251,48 @@ def test_plain_loader_trains_and_evaluates_with_one_hot_labels(built) -> None:
     assert torch.equal(runs[0], runs[1])  # evaluation has no randomness
     with pytest.raises(DatasetError, match="predicts 2 classes"):
         PlainLoader(built.root, config, num_classes=2)
+
+
+@pytest.mark.parametrize("preset", ["rrc+ra/re", "m*+r*"])
+def test_plain_loader_with_a_recipe_replays_fresh_draws_each_epoch(built, preset) -> None:
+    """Online augmentation (teachers, kd) is the store's augmentation: same records sampler,
+    same replay graph, drawn anew per epoch; mixing gives two-hot labels weighted by lambda."""
+    chosen = recipe(preset, output_size=64)  # the loader's size wins
+    config = LoaderConfig(batch_size=BATCH, targets=Targets.SPARSE, seed=5)
+    jpegs = _jpegs(built)
+    labels = np.asarray(built.listing.labels)
+    with PlainLoader(built.root, config, size=32, recipe=chosen) as loader:
+        assert loader.recipe.output_size == 32
+        epochs = []
+        for epoch in (0, 1):
+            loader.set_epoch(epoch)
+            data = loader._epoch(epoch)
+            replayer = Replayer(ReplaySpec(loader.recipe, output=Output.FLOAT_CHW), BATCH)
+            served = []
+            for step, (images, targets) in enumerate(loader):
+                part = slice(step * BATCH, (step + 1) * BATCH)
+                records = data.records[part]
+                partners = ([jpegs[int(p)] for p in records["partner"]]
+                            if chosen.has_mix else None)
+                want = replayer([jpegs[int(i)] for i in data.samples[part]], records, partners,
+                                num_samples=len(jpegs))
+                np.testing.assert_allclose(images.numpy(), want, rtol=0, atol=1e-5)
+                probs = targets.probs.numpy()
+                np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+                own = labels[loader.served_samples]
+                assert (targets.indices.numpy()[:, 0] == own).all()
+                if chosen.has_mix:
+                    lam = records["lam"] / 65535.0
+                    other = labels[records["partner"].astype(np.int64)]
+                    want_own = np.where(other == own, 1.0, lam)
+                    np.testing.assert_allclose(probs[:, 0], want_own, atol=1e-6)
+                served.append(images)
+            epochs.append((data.records.copy(), torch.cat(served)))
+    assert not np.array_equal(epochs[0][0], epochs[1][0])  # fresh draws each epoch
+    if chosen.has_mix:
+        assert (epochs[0][0]["mix"] != 0).any()
+    with pytest.raises(OptionError, match="'recipe'"):
+        PlainLoader(built.root, config, augment=Augment.EVAL, recipe=chosen)
 
 
 @pytest.mark.gpu

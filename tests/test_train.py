@@ -69,9 +69,11 @@ def test_resume_continues_where_the_checkpoint_stopped(built, tmp_path) -> None:
     assert any(changed)
 
 
-@pytest.mark.parametrize("mode", ["erm", "kd"])
+@pytest.mark.parametrize("mode", ["erm", "kd", "erm-augment"])
 def test_erm_and_kd_modes_share_the_script(built, tmp_path, mode) -> None:
-    extra = ["--teacher", "resnet10t"] if mode == "kd" else []
+    extra = {"erm": [], "kd": ["--teacher", "resnet10t"],
+             "erm-augment": ["--augment", "m*+r*"]}[mode]
+    mode = mode.split("-")[0]
     summary = tmp_path / f"{mode}.json"
     assert _train(built, tmp_path / mode, "--mode", mode, "--size", "32", "--epochs", "1",
                   "--max-steps", "2", "--optimizer", "adamw", "--lr", "1e-3", "--schedule",
@@ -83,6 +85,9 @@ def test_erm_and_kd_modes_share_the_script(built, tmp_path, mode) -> None:
 def test_bad_options_exit_with_a_message(built, tmp_path, capsys) -> None:
     assert _train(built, tmp_path / "x", "--mode", "dr") == 2
     assert "needs --store" in capsys.readouterr().err
+    assert _train(built, tmp_path / "z", "--mode", "dr", "--store", built.url,
+                  "--augment", "rrc+ra/re") == 2
+    assert "--augment is for modes erm and kd" in capsys.readouterr().err
     assert _train(built, tmp_path / "y", "--mode", "dr", "--store", built.url,
                   "--num-classes", "5") == 2
     assert "predicts 5 classes" in capsys.readouterr().err
