@@ -4,14 +4,17 @@
 per-sample pickles into a dalidr store that `ReinforcedLoader` serves; no teacher is re-run.
 - `safe_load`: the files are loaded by a restricted unpickler; downloaded data never runs code.
 - `source`: the paper's layout and config, and the dalidr recipe that replays its views.
-- `convert`: parameters -> records, top-k -> the store; parallel, resumable, verified.
+- `params`: one view's parameters -> one record (crops, magnitudes, erase, MixUp/CutMix).
+- `convert`: files -> blocks -> the store; parallel, resumable, verified; the CLI command.
 """
 
 from __future__ import annotations
 
 from dalidr.mldr.convert import ImportConfig, ImportReport, import_mldr, register
+from dalidr.mldr.params import ParsedViews, convert_block, magnitude_bins, parse_view
 from dalidr.mldr.safe_load import load_file
 from dalidr.mldr.source import MldrSource, read_source
 
 __all__ = ["ImportConfig", "ImportReport", "import_mldr", "register", "load_file",
-           "MldrSource", "read_source"]
+           "MldrSource", "read_source", "ParsedViews", "parse_view", "magnitude_bins",
+           "convert_block"]
