@@ -27,10 +27,11 @@ partner` outside the CutMix box and the partner alone inside it. Such a view is 
 box and not kept). That replays exactly, with no third mode: `dalidr.replay` computes the own
 image's weight as `keep * lam` for MIXUP, where `keep` is 1 outside the record's box and 0
 inside it (an empty box, as plain MixUp records have, keeps everything); so outside the box
-the weight is `lam` (the blend) and inside it 0 (the partner alone), the paper's result pixel
-for pixel. Guarded by tests/test_mldr_fidelity.py::test_both_mixings_need_the_box_inside_a_
-mixup_record, which replays such views against the paper's reapply and shows that dropping the
-box leaves its pixels blended.
+the weight is `lam` (the blend) and inside it 0 (the partner alone): the paper's composite,
+up to the resize rounding every replayed view has. Guarded by
+tests/test_mldr_fidelity.py::test_both_mixings_need_the_box_inside_a_mixup_record,
+which replays such views against the paper's reapply and shows that dropping the box leaves
+its pixels blended.
 
 Trade-off: the mapping is vectorised over a whole block (numpy, one pass per field) rather
 than per view, and every lossy step is checked instead of trusted: a crop or box that does not
