@@ -108,6 +108,7 @@ def _demo(args: argparse.Namespace) -> int:
         out=Path(args.out),
         train_per_class=args.train_per_class,
         test_per_class=args.test_per_class,
+        teacher_train_per_class=args.teacher_train_per_class,
         teacher_epochs=args.teacher_epochs,
         student_epochs=args.student_epochs,
         slots=args.slots,
@@ -147,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=str(defaults.out), help="output folder")
     demo.add_argument("--train-per-class", type=int, default=defaults.train_per_class)
     demo.add_argument("--test-per-class", type=int, default=defaults.test_per_class)
+    demo.add_argument("--teacher-train-per-class", type=int,
+                      default=defaults.teacher_train_per_class,
+                      help="teachers' training images per class (default: the students')")
     demo.add_argument("--teacher-epochs", type=int, default=defaults.teacher_epochs)
     demo.add_argument("--student-epochs", type=int, default=defaults.student_epochs)
     demo.add_argument("--slots", type=int, default=defaults.slots)

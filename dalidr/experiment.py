@@ -48,7 +48,7 @@ class ExperimentConfig:
     # 6000, all of it) is the paper's first guideline (Sec. 2.3): teachers trained on larger
     # data than the reinforced dataset, as its IG-ResNext teachers were; the students' set is
     # a subset of it and the test split is never seen.
-    teacher_train_per_class: int | None = None
+    teacher_train_per_class: int | None = 600
     # Image side used by every model (Fashion-MNIST is 28 px).
     size: int = 32
     # Random-resized-crop area range of every training view (teachers, students, the store).
@@ -58,7 +58,7 @@ class ExperimentConfig:
     # Teacher ensemble members (timm names) and their training epochs; members are trained
     # with the strong recipe (`recipe`, drawn afresh each epoch), as the paper's teachers are.
     teachers: tuple[str, ...] = ("resnet10t", "resnet14t")
-    teacher_epochs: int = 12
+    teacher_epochs: int = 4
     # Student architectures, the modes each is trained in, and their epochs (the same for all).
     students: tuple[str, ...] = ("resnet10t",)
     modes: tuple[str, ...] = ("erm", "dr")

@@ -12,6 +12,7 @@ def test_experiment_runs_every_step_and_caches(tmp_path) -> None:
         out=tmp_path / "run",
         train_per_class=3,
         test_per_class=2,
+        teacher_train_per_class=4,  # teachers on a larger set than the students'
         size=32,
         teachers=("resnet10t",),
         teacher_epochs=1,
@@ -28,6 +29,7 @@ def test_experiment_runs_every_step_and_caches(tmp_path) -> None:
     for row in table["students"].values():
         assert 0 <= row["top1"] <= 100 and row["train_s"] > 0
     assert table["test_images"] == 20 and table["store_bytes_per_record"] > 0
+    assert table["train_images"] == 30 and table["teacher_train_images"] == 40
     assert (tmp_path / "run" / "teacher-views.png").is_file()
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["students"] == table["students"]
