@@ -1,0 +1,325 @@
+"""The machinery both DALI loaders share: epochs, reading ahead, feeding, in-flight batches.
+
+A loader subclass says what an epoch holds (`_epoch_data`: samples, records, top-k targets),
+how long it is, and which DALI graph turns a batch of JPEG bytes (and record fields) into
+uint8 images (`_images`); this base reads the files with a thread pool a few batches ahead,
+feeds the pipeline by name, normalises, and converts the outputs to torch.
+
+Driving DALI. The thin iterator over the pipeline (rather than `DALIGenericIterator`, whose
+external-source epochs cannot seek to a mid-epoch step) feeds batches by name and keeps
+`prefetch_depth` iterations in flight, continuing into the next epoch so the pipeline never
+drains at an epoch boundary; a jump (resume, `set_epoch` to another epoch) discards what is in
+flight. Outputs become torch tensors with the DALI PyTorch plugin's `feed_ndarray`, on the CPU
+(DALI CPU mode, `device_id=None`) or on the GPU (`mixed` decode) from the same code.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.data_node import DataNode
+from nvidia.dali.pipeline import Pipeline
+from nvidia.dali.plugin.pytorch import feed_ndarray
+
+from dalidr.dataset import DatasetListing
+from dalidr.errors import DatasetError, ImageError, OptionError
+from dalidr.loader_config import (
+    LastBatch,
+    LoaderConfig,
+    SparseTargets,
+    Targets,
+    distributed_rank_world,
+)
+from dalidr.replay import check_jpeg
+from kernels.kl_loss import densify_topk
+
+__all__: list[str] = []  # package-internal: `dalidr.loader` and `dalidr.plain_loader` use it
+
+
+@dataclass(frozen=True, eq=False)
+class _Epoch:
+    """One rank's epoch, everything but the JPEG bytes, in training order."""
+
+    samples: np.ndarray  # [n] int64
+    records: np.ndarray | None  # [n] records, or None (plain loader)
+    classes: np.ndarray  # [n, k] int64
+    probs: np.ndarray  # [n, k] float32
+
+
+@dataclass(eq=False)
+class _Batch:
+    epoch: int
+    step: int
+    samples: np.ndarray
+    fields: dict[str, np.ndarray]
+    classes: np.ndarray
+    probs: np.ndarray
+    jpegs: list[Future[list[np.ndarray]]]
+    partner_jpegs: list[Future[list[np.ndarray]]] | None
+
+
+def _read_files(paths: list[Path]) -> list[np.ndarray]:
+    out = []
+    for path in paths:
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError as exc:
+            raise DatasetError(f"dataset file {path} cannot be read: {exc}") from exc
+        check_jpeg(data, str(path))
+        out.append(data)
+    return out
+
+
+def _one_hot_topk(labels: np.ndarray, k: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One-hot labels in top-k form: the label with probability 1, then k - 1 other classes
+    with probability 0 (distinct indices, so dense and sparse targets agree)."""
+    classes = (labels[:, None] + np.arange(k)[None, :]) % num_classes
+    probs = np.zeros((len(labels), k), dtype=np.float32)
+    probs[:, 0] = 1.0
+    return classes.astype(np.int64), probs
+
+
+class _DaliLoader:
+    """The machinery both loaders share: epochs, reading ahead, feeding, in-flight batches."""
+
+    has_partner = False
+
+    def __init__(self, listing: DatasetListing, config: LoaderConfig, num_classes: int,
+                 rank: int | None, world: int | None) -> None:
+        if not isinstance(config, LoaderConfig):
+            raise OptionError(f"config must be a LoaderConfig, not {type(config).__name__}")
+        self.listing, self.config, self.num_classes = listing, config, num_classes
+        self.rank, self.world = distributed_rank_world(rank, world)
+        self.files = [listing.root / path for path in listing.paths]
+        self.labels = np.asarray(listing.labels, dtype=np.int64)
+        self.epoch, self.step = 0, 0
+        # Dataset indices of the batch last yielded (for checks and logging).
+        self.served_samples = np.zeros(0, dtype=np.int64)
+        self._pool = ThreadPoolExecutor(config.read_threads, thread_name_prefix="dalidr-read")
+        self._pipe: Pipeline | None = None
+        self._scheduled = False
+        self._stream: Iterator[_Batch] | None = None
+        self._reading: deque[_Batch] = deque()
+        self._in_flight: deque[_Batch] = deque()
+        self._epochs: dict[int, _Epoch] = {}
+
+    # ----------------------------------------------------------- what subclasses provide
+
+    def _epoch_data(self, epoch: int) -> _Epoch:
+        raise NotImplementedError
+
+    def _epoch_length(self) -> int:
+        raise NotImplementedError
+
+    def _images(self, jpegs: DataNode, partner_jpegs: DataNode | None,
+                inputs: dict[str, DataNode], device: str) -> DataNode:
+        """The uint8 HWC images of a batch (before normalisation)."""
+        raise NotImplementedError
+
+    def _fields(self) -> tuple[str, ...]:
+        return ()
+
+    def _crop(self) -> int | None:
+        """Centre crop applied by the normalisation, or None."""
+        return None
+
+    # ----------------------------------------------------------- the public iterator API
+
+    def __len__(self) -> int:
+        n, b = self._epoch_length(), self.config.batch_size
+        return n // b if self.config.last_batch is LastBatch.DROP else -(-n // b)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Iterate `epoch` next, from its first batch."""
+        if epoch < 0:
+            raise OptionError(f"epoch is {epoch}; must be >= 0")
+        self.epoch, self.step = int(epoch), 0
+
+    def state_dict(self) -> dict[str, int]:
+        """Where iteration stands: the epoch and the step (batch) it serves next."""
+        return {"epoch": self.epoch, "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at a saved (epoch, step): the batches that follow are the ones that would
+        have followed."""
+        epoch, step = int(state["epoch"]), int(state["step"])
+        if epoch < 0 or not 0 <= step <= len(self):
+            raise OptionError(f"loader state epoch {epoch}, step {step}: need epoch >= 0 and "
+                              f"0 <= step <= {len(self)}")
+        self.epoch, self.step = epoch, step
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
+        """The batches of `self.epoch` from `self.step` on; afterwards the next epoch is set."""
+        epoch, total = self.epoch, len(self)
+        self._seek(epoch, self.step)
+        while self.step < total:
+            images = self._next_images()
+            batch = self._in_flight.popleft()
+            self._top_up()
+            targets = self._targets(batch)
+            self.served_samples = batch.samples
+            self.step += 1
+            yield images, targets
+        self.epoch, self.step = epoch + 1, 0
+
+    def close(self) -> None:
+        """Stop the reading threads (the loader cannot be iterated afterwards)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> _DaliLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------- epochs and batches
+
+    def _epoch(self, epoch: int) -> _Epoch:
+        if epoch not in self._epochs:
+            while len(self._epochs) >= 3:  # the oldest cached epoch goes
+                del self._epochs[next(iter(self._epochs))]
+            self._epochs[epoch] = self._epoch_data(epoch)
+        return self._epochs[epoch]
+
+    def _batches(self, epoch: int, step: int) -> Iterator[_Batch]:
+        """Every batch from (epoch, step) on, across epochs, with its files being read."""
+        size, per_epoch = self.config.batch_size, len(self)
+        for e in itertools.count(epoch):
+            for s in range(step if e == epoch else 0, per_epoch):
+                data = self._epoch(e)
+                part = slice(s * size, min((s + 1) * size, len(data.samples)))
+                samples = data.samples[part]
+                fields: dict[str, np.ndarray] = {}
+                partners = None
+                if data.records is not None:
+                    records = data.records[part]
+                    fields = {f: np.ascontiguousarray(records[f]) for f in self._fields()}
+                    if self.has_partner:
+                        partners = records["partner"].astype(np.int64)
+                yield _Batch(e, s, samples, fields, data.classes[part], data.probs[part],
+                             self._read(samples),
+                             self._read(partners) if partners is not None else None)
+
+    def _read(self, samples: np.ndarray) -> list[Future[list[np.ndarray]]]:
+        chunks = np.array_split(samples, min(self.config.read_threads, len(samples)))
+        return [self._pool.submit(_read_files, [self.files[int(i)] for i in chunk])
+                for chunk in chunks]
+
+    def _next_read(self) -> _Batch:
+        assert self._stream is not None
+        while len(self._reading) < self.config.read_ahead:
+            self._reading.append(next(self._stream))
+        return self._reading.popleft()
+
+    # ----------------------------------------------------------- the DALI pipeline
+
+    def _build(self) -> Pipeline:
+        cfg = self.config
+        device = "cpu" if cfg.device_id is None else "gpu"
+        channels_last, crop = cfg.channels_last, self._crop()
+
+        @pipeline_def(enable_conditionals=True)
+        def _pipeline() -> DataNode:
+            jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, no_copy=True)
+            partner_jpegs = None
+            if self.has_partner:
+                partner_jpegs = fn.external_source(name="partner_jpegs", dtype=types.UINT8,
+                                                   no_copy=True)
+            inputs = {f: fn.external_source(name=f, no_copy=False) for f in self._fields()}
+            images = self._images(jpegs, partner_jpegs, inputs, device)
+            extra = {"crop": (crop, crop)} if crop else {}
+            return fn.crop_mirror_normalize(
+                images, dtype=types.FLOAT, output_layout="HWC" if channels_last else "CHW",
+                mean=[255.0 * m for m in cfg.mean], std=[255.0 * s for s in cfg.std], **extra)
+
+        pipe = _pipeline(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
+                         device_id=cfg.device_id, prefetch_queue_depth=cfg.prefetch_depth,
+                         seed=cfg.seed * 7919 + self.rank, exec_dynamic=True)
+        pipe.build()
+        return pipe
+
+    def _feed(self, batch: _Batch) -> None:
+        assert self._pipe is not None
+        jpegs = [data for future in batch.jpegs for data in future.result()]
+        self._pipe.feed_input("jpegs", jpegs)
+        if self.has_partner:
+            assert batch.partner_jpegs is not None
+            partners = [data for future in batch.partner_jpegs for data in future.result()]
+            self._pipe.feed_input("partner_jpegs", partners)
+        for name, values in batch.fields.items():
+            self._pipe.feed_input(name, values)
+        self._in_flight.append(batch)
+
+    def _top_up(self) -> None:
+        """Keep `prefetch_depth` iterations in flight (the first schedule_run runs them all)."""
+        if self._pipe is None:
+            self._pipe = self._build()
+        depth = self.config.prefetch_depth
+        if not self._scheduled:
+            while len(self._in_flight) < depth:
+                self._feed(self._next_read())
+            self._pipe.schedule_run()
+            self._scheduled = True
+            return
+        while len(self._in_flight) < depth:
+            self._feed(self._next_read())
+            self._pipe.schedule_run()
+
+    def _seek(self, epoch: int, step: int) -> None:
+        """Make (epoch, step) the next batch out of the pipeline, dropping what is not."""
+        head = self._in_flight[0] if self._in_flight else (
+            self._reading[0] if self._reading else None)
+        if head is not None and (head.epoch, head.step) == (epoch, step):
+            return
+        while self._in_flight:  # discard iterations already running
+            assert self._pipe is not None
+            self._pipe.outputs()
+            self._in_flight.popleft()
+        for batch in self._reading:
+            for future in batch.jpegs + (batch.partner_jpegs or []):
+                future.cancel()
+        self._reading.clear()
+        self._stream = self._batches(epoch, step)
+        self._top_up()
+
+    def _next_images(self) -> torch.Tensor:
+        assert self._pipe is not None
+        batch = self._in_flight[0]
+        try:
+            (images,) = self._pipe.outputs()
+        except RuntimeError as exc:
+            raise ImageError(f"DALI failed on epoch {batch.epoch}, step {batch.step} (samples "
+                             f"{batch.samples[:8].tolist()}...): {exc}") from exc
+        tensor = images.as_tensor()
+        out = torch.empty(tensor.shape(), dtype=torch.float32, device=self.config.device)
+        stream = torch.cuda.current_stream(out.device) if out.is_cuda else None
+        feed_ndarray(tensor, out, cuda_stream=stream)
+        return out.permute(0, 3, 1, 2) if self.config.channels_last else out
+
+    def _targets(self, batch: _Batch) -> Any:
+        cfg = self.config
+        classes = torch.from_numpy(batch.classes)
+        probs = torch.from_numpy(batch.probs)
+        if cfg.targets is Targets.DENSE:
+            dense = densify_topk(classes, probs, self.num_classes, cfg.densify)
+            return self._to_device(dense)
+        return SparseTargets(self._to_device(classes), self._to_device(probs))
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.config.device_id is None:
+            return tensor
+        return tensor.pin_memory().to(self.config.device, non_blocking=True)
+
+
+def _check_classes(num_classes: int | None, have: int, what: str) -> None:
+    if num_classes is not None and num_classes != have:
+        raise DatasetError(f"the model predicts {num_classes} classes but {what} has {have}")

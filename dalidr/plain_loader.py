@@ -1,0 +1,122 @@
+"""The ERM baseline loader: DALI's standard augmentation, or a recipe drawn afresh per epoch.
+
+`PlainLoader` is built from `ReinforcedLoader`'s machinery (`dalidr/dali_loader.py`: same file
+reading, same feeding, same conversion to torch): DALI's standard
+`decoders.image_random_crop` + resize + flip + normalise and one-hot labels, or resize + centre
+crop for evaluation. Comparing train
+wall-clock between the two therefore compares only what differs: replaying stored parameters.
+Given a `recipe`, its training transform is that recipe drawn afresh every epoch (`draw_records`
+from (seed, sample, epoch)) and replayed by the same graph: strong augmentation (RandAugment,
+erasing, MixUp/CutMix with two-hot labels) for training teachers and online distillation, with
+exactly the augmentation distribution a store of that recipe holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from nvidia.dali import fn, types
+from nvidia.dali.data_node import DataNode
+
+from dalidr.dali_loader import _DaliLoader, _Epoch, _one_hot_topk
+from dalidr.dataset import list_dataset
+from dalidr.errors import DatasetError, OptionError
+from dalidr.loader_config import Augment, LastBatch, LoaderConfig
+from dalidr.recipe import Recipe
+from dalidr.records import COORD_SCALE, draw_records
+from dalidr.replay import Output, ReplaySpec, replay_graph
+from store.manifest import scan_manifest
+from store.plan import PlanSpec, UnevenShards, plan_epoch
+
+__all__ = ["PlainLoader"]
+
+_STREAM_ONLINE = 0x5EED_0002  # seeds a plain loader's per-epoch recipe draws
+_EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre-crop size
+
+
+class PlainLoader(_DaliLoader):
+    """ERM batches: DALI's standard augmentation (or evaluation transform), one-hot labels.
+
+    `num_classes` (the model's; at least the dataset's) defaults to the dataset's class count.
+    `recipe` (training only): augment with that recipe drawn afresh each epoch instead, at
+    `size`; a mixing recipe's targets are two-hot (the sample's and the partner's label)."""
+
+    def __init__(self, data: str | Path, config: LoaderConfig, *, size: int = 224,
+                 augment: Augment = Augment.TRAIN, num_classes: int | None = None,
+                 rank: int | None = None, world: int | None = None,
+                 file_list: str | Path | None = None, recipe: Recipe | None = None) -> None:
+        if not isinstance(augment, Augment):
+            raise OptionError.choice("augment", augment, [a.value for a in Augment])
+        if size < 16:
+            raise OptionError(f"loader option 'size' is {size}; valid: >= 16")
+        if recipe is not None and augment is not Augment.TRAIN:
+            raise OptionError("loader option 'recipe' is for training; evaluation has no "
+                              "random augmentation")
+        listing = list_dataset(data, file_list)
+        classes = max(len(listing.classes), int(max(listing.labels)) + 1)
+        if num_classes is not None and num_classes < classes:
+            raise DatasetError(f"the model predicts {num_classes} classes but dataset "
+                               f"{listing.root} has labels up to {classes - 1}")
+        super().__init__(listing, config, num_classes or classes, rank, world)
+        self.size, self.augment = size, augment
+        self.recipe = None if recipe is None else recipe.replace(output_size=size,
+                                                                 teacher_size=None)
+        self.has_partner = self.recipe is not None and self.recipe.has_mix
+        self.image_hw = (None if recipe is None else
+                         scan_manifest(listing.root, listing.paths, listing.labels).image_hw)
+        uneven = UnevenShards.PAD if config.last_batch is LastBatch.DROP else UnevenShards.DROP
+        self._spec = PlanSpec(len(listing), 1, 1, 64, config.seed, uneven)
+        self._pipe = self._build()
+
+    def _epoch_length(self) -> int:
+        if self.augment is Augment.EVAL:
+            return len(range(self.rank, len(self.listing), self.world))
+        return len(plan_epoch(self._spec, 0, self.rank, self.world))
+
+    def _epoch_data(self, epoch: int) -> _Epoch:
+        if self.augment is Augment.EVAL:
+            samples = np.arange(self.rank, len(self.listing), self.world, dtype=np.int64)
+        else:
+            samples = plan_epoch(self._spec, epoch, self.rank, self.world).samples
+        if self.recipe is None:
+            classes, probs = _one_hot_topk(self.labels[samples], 1, self.num_classes)
+            return _Epoch(samples, None, classes, probs)
+        records = draw_records(self.recipe, self.config.seed + _STREAM_ONLINE, samples,
+                               np.array([epoch]), self.image_hw)[:, 0]
+        if not self.recipe.has_mix:
+            classes, probs = _one_hot_topk(self.labels[samples], 1, self.num_classes)
+            return _Epoch(samples, records, classes, probs)
+        # Two-hot: lambda on the sample's label, the rest on the partner's (summed when equal).
+        own = self.labels[samples]
+        other = self.labels[records["partner"].astype(np.int64)]
+        lam = records["lam"].astype(np.float32) / COORD_SCALE
+        classes, probs = _one_hot_topk(own, 2, self.num_classes)
+        same = other == own
+        classes[~same, 1] = other[~same]
+        probs[:, 0] = np.where(same, 1.0, lam)
+        probs[:, 1] = np.where(same, 0.0, 1.0 - lam)
+        return _Epoch(samples, records, classes, probs)
+
+    def _fields(self) -> tuple[str, ...]:
+        return () if self.recipe is None else ReplaySpec(self.recipe).fields
+
+    def _crop(self) -> int | None:
+        return self.size if self.augment is Augment.EVAL else None
+
+    def _images(self, jpegs: DataNode, partner_jpegs: DataNode | None,
+                inputs: dict[str, DataNode], device: str) -> DataNode:
+        if self.recipe is not None:
+            return replay_graph(jpegs, partner_jpegs, inputs,
+                                ReplaySpec(self.recipe, output=Output.UINT8_HWC), device)
+        decode = "mixed" if device == "gpu" else "cpu"
+        if self.augment is Augment.EVAL:
+            images = fn.decoders.image(jpegs, output_type=types.RGB, device=decode)
+            return fn.resize(images, resize_shorter=round(self.size / _EVAL_CROP),
+                             antialias=True, interp_type=types.INTERP_LINEAR)
+        images = fn.decoders.image_random_crop(
+            jpegs, output_type=types.RGB, device=decode, random_area=[0.08, 1.0],
+            random_aspect_ratio=[3.0 / 4.0, 4.0 / 3.0], num_attempts=10)
+        images = fn.resize(images, size=[self.size, self.size], antialias=True,
+                           interp_type=types.INTERP_LINEAR)
+        return fn.flip(images, horizontal=fn.random.coin_flip(probability=0.5))
