@@ -46,21 +46,17 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `tests` impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import torchvision.transforms.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.autoaugment import _apply_op
 
 from bench.machine import describe_machine, foreign_cpu_share, load_snapshot, summary
 from dalidr.dataset import list_dataset
 from dalidr.loader import LoaderConfig, ReinforcedLoader
 from dalidr.mldr import ImportConfig, import_mldr, load_file
-from dalidr.mldr.source import MLDR_OP_NAMES
 from dalidr.replay import IMAGENET_MEAN, IMAGENET_STD
 from dalidr.sample_data import make_corpus
 from store.manifest import scan_manifest
 from tests.mldr_builder import MldrSpec, write_mldr_dataset
+from tests.mldr_reference import reapply
 
 # ImageNet+ as published (paper Sec. 3: "top 10 sparse probabilities for 400 augmentations per
 # training sample"): what each sample file holds, so the paper's path unpickles files of the
@@ -112,46 +108,11 @@ class PaperDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _view(self, index: int, params: dict[str, Any]) -> torch.Tensor:
-        image = Image.open(self.paths[index]).convert("RGB")
-        i, j, h, w = params["random_resized_crop"]
-        image = F.resized_crop(image, i, j, h, w, [self.size, self.size],
-                               InterpolationMode.BILINEAR, antialias=True)
-        if params.get("random_horizontal_flip"):
-            image = F.hflip(image)
-        for op, magnitude in params.get("rand_augment") or []:
-            image = _apply_op(image, MLDR_OP_NAMES[op], magnitude, InterpolationMode.NEAREST,
-                              None)
-        tensor = F.to_tensor(image)
-        erase = params.get("random_erase")
-        if erase is not None and erase[0] != -1:
-            x, y, eh, ew = erase
-            tensor[:, x:x + eh, y:y + ew] = 0
-        return (tensor - self.mean) / self.std
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         _, views = load_file(self.rdata / f"{index}.pth.tar")
         view = views[random.randint(0, len(views) - 1)]
-        params = view["params"]
-        id2 = params[0] if self.mixing else None
-        own: dict[str, Any] = {}
-        other: dict[str, Any] = {}
-        mix: dict[str, Any] = {}
-        for name, value in zip(self.names, params[1:] if self.mixing else params, strict=True):
-            if name in ("mixup", "cutmix"):
-                mix[name] = value
-            elif id2 is not None:
-                own[name], other[name] = value
-            else:
-                own[name] = value
-        image = self._view(index, own)
-        if id2 is not None:
-            partner = self._view(int(id2), other)
-            if mix.get("mixup") is not None:
-                image = mix["mixup"] * image + (1 - mix["mixup"]) * partner
-            if mix.get("cutmix") is not None:
-                _, x1, y1, x2, y2 = (int(v) for v in mix["cutmix"])
-                image[:, x1:x2, y1:y2] = partner[:, x1:x2, y1:y2]
+        image = reapply(self.paths, index, view["params"], self.mixing, self.names, self.size)
+        image = (image - self.mean) / self.std  # mixing is linear: same as the paper's order
         probs, ids = view["prob"]
         target = torch.full((self.num_classes,), max(0.0, 1 - sum(probs)) / (
             self.num_classes - len(ids)))

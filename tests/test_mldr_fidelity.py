@@ -21,10 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision.transforms.functional as F
-from PIL import Image
-from torchvision.transforms import InterpolationMode, RandAugment
-from torchvision.transforms.autoaugment import _apply_op
+from torchvision.transforms import RandAugment
 
 from dalidr.dataset import list_dataset
 from dalidr.mldr import ImportConfig, import_mldr
@@ -34,9 +31,9 @@ from dalidr.sample_data import make_corpus
 from store.manifest import scan_manifest
 from store.reader import StoreReader
 from tests.mldr_builder import MldrSpec, mldr_config, save_sample, write_mldr_dataset
+from tests.mldr_reference import OP_NAMES, reapply, unpack
 
 SIZE = 64
-OP_NAMES = [op.name for op in OPS]
 # Measured on the test corpus at 64 px (worst view of 7 bins x signs): mean / frac.
 # Crop + resize alone: DALI's and PIL's antialiased bilinear resize round differently
 # (0.16 / 0.011); an op that copies or moves pixels keeps that difference and no more.
@@ -74,50 +71,10 @@ TOLERANCE: dict[str, tuple[float, float]] = {
 # ----------------------------------------------------------------------------- the reference
 
 
-def _unpack(params: list, mixing: bool, names: list[str]) -> tuple:
-    """The paper's compressed list -> (id2, own dict, partner dict, mixup, cutmix)."""
-    id2 = params[0] if mixing else None
-    rest = params[1:] if mixing else params
-    own, other, mix = {}, {}, {}
-    for name, value in zip(names, rest, strict=True):
-        if name in ("mixup", "cutmix"):
-            mix[name] = value
-        elif id2 is not None:
-            own[name], other[name] = value
-        else:
-            own[name] = value
-    return id2, own, other, mix.get("mixup"), mix.get("cutmix")
-
-
-def _reapply_view(path: Path, params: dict) -> torch.Tensor:
-    image = Image.open(path).convert("RGB")
-    i, j, h, w = params["random_resized_crop"]
-    image = F.resized_crop(image, i, j, h, w, [SIZE, SIZE], InterpolationMode.BILINEAR,
-                           antialias=True)
-    if params.get("random_horizontal_flip"):
-        image = F.hflip(image)
-    for op, magnitude in params.get("rand_augment") or []:
-        image = _apply_op(image, OP_NAMES[op], magnitude, InterpolationMode.NEAREST, None)
-    tensor = F.to_tensor(image)
-    erase = params.get("random_erase")
-    if erase is not None and erase[0] != -1:
-        x, y, eh, ew = erase
-        tensor[:, x:x + eh, y:y + ew] = 0
-    return tensor
-
-
 def reference(paths: list[Path], index: int, params: list, mixing: bool,
               names: list[str]) -> np.ndarray:
     """The paper's reapply of one stored view, as uint8 [H, W, 3]."""
-    id2, own, other, mixup, cutmix = _unpack(params, mixing, names)
-    image = _reapply_view(paths[index], own)
-    if id2 is not None:
-        partner = _reapply_view(paths[id2], other)
-        if mixup is not None:
-            image = mixup * image + (1 - mixup) * partner
-        if cutmix is not None:
-            _, x1, y1, x2, y2 = cutmix
-            image[:, x1:x2, y1:y2] = partner[:, x1:x2, y1:y2]
+    image = reapply(paths, index, params, mixing, names, SIZE)
     return (image * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
@@ -224,7 +181,7 @@ def test_mixed_erased_and_skipped_views_replay_like_the_papers_reapply(tmp_path:
     for index, views in enumerate(written):
         for slot, view in enumerate(views):
             params = view["params"]
-            id2, own, other, mixup, cutmix = _unpack(params, True, _names(spec))
+            id2, own, other, mixup, cutmix = unpack(params, True, _names(spec))
             ops = [op for part in (own, other) for op, _ in (part.get("rand_augment") or [])]
             # Equalize's known gap is amplified by any following op: checked per op above.
             if OP_NAMES.index("Equalize") in ops:
