@@ -193,6 +193,7 @@ class _DaliLoader:
     def _batches(self, epoch: int, step: int) -> Iterator[_Batch]:
         """Every batch from (epoch, step) on, across epochs, with its files being read."""
         size, per_epoch = self.config.batch_size, len(self)
+        self._check_not_empty()  # an empty epoch would make this loop spin forever
         for e in itertools.count(epoch):
             for s in range(step if e == epoch else 0, per_epoch):
                 data = self._epoch(e)
@@ -222,7 +223,18 @@ class _DaliLoader:
 
     # ----------------------------------------------------------- the DALI pipeline
 
+    def _check_not_empty(self) -> None:
+        """OptionError, before any work, if an epoch would serve no batch (iterating it would
+        otherwise never end: the batch stream has nothing to yield)."""
+        n, size = self._epoch_length(), self.config.batch_size
+        if len(self) == 0:
+            raise OptionError(
+                f"loader option 'batch_size' is {size} but an epoch of rank {self.rank} of "
+                f"{self.world} has {n} samples, so last_batch=DROP serves no batch; valid: "
+                f"batch_size <= {n}, or last_batch=LastBatch.PARTIAL")
+
     def _build(self) -> Pipeline:
+        self._check_not_empty()
         cfg = self.config
         device = "cpu" if cfg.device_id is None else "gpu"
         channels_last, crop = cfg.channels_last, self._crop()

@@ -94,6 +94,8 @@ class LoaderConfig:
               "None (CPU) or a CUDA device index")
         for name in ("num_threads", "read_threads", "read_ahead", "prefetch_depth"):
             check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        check(isinstance(self.seed, int) and not isinstance(self.seed, bool)
+              and 0 <= self.seed < 2**31, "seed", self.seed, "an integer in 0..2**31 - 1")
 
     @property
     def device(self) -> torch.device:

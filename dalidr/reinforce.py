@@ -357,6 +357,9 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
         raise OptionError(f"rank {rank} is not in 0..{world - 1}")
     if config.batch_size < 1:
         raise OptionError(f"option 'batch' is {config.batch_size}; must be at least 1")
+    if config.num_threads < 1:
+        raise OptionError(f"option 'threads' is {config.num_threads}; must be at least 1 "
+                          "(DALI worker threads per process, e.g. --threads 4)")
     device = _device(config.device)
     listing = list_dataset(config.data, config.file_list)
     num_classes = _num_classes(listing, config.file_list)

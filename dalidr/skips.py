@@ -75,6 +75,8 @@ def write_skip_marks(layout: StoreLayout, block: int, marks: np.ndarray) -> None
             raise StoreError(f"{layout.url}: the store has no {SKIPPED!r} array to record "
                              "skipped views in (it was not created by `dalidr reinforce`)")
         return
+    # A writer killed while writing this chunk left `<key>.<uuid>.partial` behind: remove it.
+    layout.location.remove_partials(f"{SKIPPED}/{array.metadata.encode_chunk_key((block, 0))}")
     array[samples.start:samples.stop] = marks
 
 

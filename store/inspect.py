@@ -15,10 +15,17 @@ import numpy as np
 
 from dalidr.errors import DalidrError
 from dalidr.recipe import Recipe
-from store.layout import CORRUPT_CHUNK_ERRORS, StoreLayout, block_digest, open_layout
+from store.layout import (
+    CLASSES,
+    CORRUPT_CHUNK_ERRORS,
+    PROB_GAPS,
+    StoreLayout,
+    block_digest,
+    open_layout,
+)
+from store.validate import decode_views
 
 __all__ = ["StoreReport", "inspect_store", "verify_store", "format_report"]
-
 
 
 @dataclass(frozen=True)
@@ -93,9 +100,18 @@ def verify_store(layout: StoreLayout) -> tuple[list[str], int]:
                     break
             else:
                 arrays[name] = np.concatenate(parts, axis=1)
-        if len(arrays) == len(layout.data_names) and block_digest(arrays) != int(commits[block]):
+        if len(arrays) != len(layout.data_names):
+            continue
+        if block_digest(arrays) != int(commits[block]):
             problems.append(f"block {block} (samples {r.start}..{r.stop - 1}): contents do not "
                             "match its commit digest")
+            continue
+        try:  # the values, checked exactly as the reader checks them
+            columns = {spec.name: arrays[f"records/{spec.name}"] for spec in layout.columns}
+            decode_views(layout, columns, arrays[CLASSES], arrays[PROB_GAPS],
+                         np.arange(r.start, r.stop), np.arange(cfg.slots))
+        except DalidrError as exc:
+            problems.append(f"block {block} (samples {r.start}..{r.stop - 1}): {exc}")
     return problems, checked
 
 

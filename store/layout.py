@@ -44,7 +44,8 @@ from dalidr.errors import StoreError
 from store.config import ATTRS_KEY, Compression, StoreConfig
 from store.encoding import ColumnSpec, record_columns
 from store.location import StoreLocation, locate
-from store.manifest import Manifest, read_manifest, write_manifest
+from store.manifest import Manifest, write_manifest
+from store.validate import check_layout, checked_manifest
 
 __all__ = [
     "StoreLayout",
@@ -156,7 +157,7 @@ class StoreLayout:
 
     @cached_property
     def manifest(self) -> Manifest:
-        return read_manifest(self.group, self.url)
+        return checked_manifest(self)
 
     @cached_property
     def image_hw(self) -> np.ndarray:
@@ -204,6 +205,7 @@ def open_layout(url: str, read_only: bool = True) -> StoreLayout:
     if not isinstance(extra["num_samples"], int) or not isinstance(extra["fingerprint"], str):
         raise StoreError(f"{url}: store attributes lack num_samples or fingerprint")
     layout = StoreLayout(location, group, config, extra["num_samples"], extra["fingerprint"])
+    check_layout(layout)  # every array's metadata against the schema and the objects
     for name, (dtype, shape, _, _) in _data_arrays(config).items():
         array = layout.array(name)
         expected = (layout.num_samples, config.slots) + shape

@@ -22,10 +22,10 @@ import numpy as np
 from dalidr.errors import DatasetError, StoreError
 from dalidr.records import record_dtype
 from store.config import StoreConfig
-from store.encoding import decode_records, dequantise_probs
 from store.layout import CLASSES, CORRUPT_CHUNK_ERRORS, PROB_GAPS, StoreLayout, open_layout
 from store.manifest import Manifest
 from store.plan import EpochPlan, PlanSpec, UnevenShards, plan_epoch
+from store.validate import decode_views
 
 __all__ = ["TopKTargets", "EpochData", "StoreReader"]
 
@@ -186,9 +186,8 @@ class StoreReader:
             return self._read(name, run, group)[rows, column]
 
         columns = {spec.name: pick(f"records/{spec.name}") for spec in self.layout.columns}
-        out[0][part] = decode_records(columns, cfg.recipe, samples[part], self.layout.image_hw)
-        out[1][part] = pick(CLASSES)
-        out[2][part] = dequantise_probs(pick(PROB_GAPS), cfg.prob_levels)
+        out[0][part], out[1][part], out[2][part] = decode_views(
+            self.layout, columns, pick(CLASSES), pick(PROB_GAPS), samples[part], slots[part])
 
     def read_block(self, block: int) -> tuple[np.ndarray, TopKTargets]:
         """All views of one committed block: records [n, slots], targets [n, slots, k]."""
@@ -205,10 +204,9 @@ class StoreReader:
                                  f"corrupt: {exc}") from exc
 
         columns = {spec.name: whole(f"records/{spec.name}") for spec in self.layout.columns}
-        records = decode_records(columns, cfg.recipe, samples, self.layout.image_hw)
-        targets = TopKTargets(whole(CLASSES).astype(np.int32),
-                              dequantise_probs(whole(PROB_GAPS), cfg.prob_levels))
-        return records, targets
+        records, classes, probs = decode_views(self.layout, columns, whole(CLASSES),
+                                               whole(PROB_GAPS), samples, np.arange(cfg.slots))
+        return records, TopKTargets(classes, probs)
 
     # ------------------------------------------------------------------ epochs
 

@@ -1,0 +1,317 @@
+"""The one validation path for everything read from a store: metadata, manifest and block values.
+
+A store may come from anyone (a download) or have been damaged (a disk, a copy, a half-finished
+sync), so nothing read from it is trusted. `dalidr inspect`, `StoreReader` and the loaders all go
+through this module, so inspect never calls a store intact that the loader would refuse:
+
+- `check_layout` (from `store.layout.open_layout`, before anything is allocated): every array's
+  metadata opens (no raw `JSONDecodeError`), has the schema's dtype and shape for the store's
+  sample count and slots, and chunks no larger than the array; the sample count itself is
+  justified by the store's objects (every chunk of `manifest/path_offsets`, [N + 1] int64, must
+  exist), so a sample count of 2**40 is refused by name instead of allocating terabytes.
+- `checked_manifest` (the layout's `manifest`): the manifest's columns decode (a damaged chunk
+  is a StoreError naming the column) and hold sane values: relative paths inside the data root
+  (no absolute path, no `..`), labels in -1..num_classes - 1, non-negative sizes.
+- `decode_views` (from `StoreReader` and `inspect`): decodes the stored columns of a set of views
+  into records and top-k targets, validating op ids, magnitude bins, crops, erase and CutMix
+  boxes, mix modes, partners (`dalidr.records.validate_records`), class indices, duplicate
+  classes and probability levels, vectorised over the views, and names the store, array,
+  block, sample and slot of the first bad value.
+
+Trade-off: values are validated where they are decoded, for exactly the views read (an epoch's
+one slot per sample, or a whole block for inspect), so the cost follows the data served; it is
+a few vectorised numpy passes over arrays already in memory (`bench/store.py` measures it per
+block read against the read itself).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+
+import numpy as np
+import zarr
+from zarr.errors import ZarrUserWarning
+
+from dalidr.errors import DalidrError, RecordError, StoreError
+from dalidr.records import validate_records
+from store.encoding import decode_records, dequantise_probs
+
+if TYPE_CHECKING:
+    from store.layout import StoreLayout
+    from store.manifest import Manifest
+
+__all__ = [
+    "READ_ERRORS",
+    "open_array",
+    "check_layout",
+    "checked_manifest",
+    "check_manifest",
+    "decode_views",
+]
+
+# What zarr, its codecs and the JSON parser raise on damaged objects or metadata (a checksum
+# mismatch, a truncated stream, an invalid zarr.json, a node of the wrong type).
+READ_ERRORS = (ValueError, RuntimeError, IndexError, TypeError, OSError, EOFError, KeyError,
+               AttributeError, NotImplementedError, json.JSONDecodeError, UnicodeDecodeError)
+
+_MANIFEST = "manifest"
+_OFFSETS = f"{_MANIFEST}/path_offsets"
+_PATH_BYTES = f"{_MANIFEST}/path_bytes"
+
+
+def open_array(layout: StoreLayout, name: str) -> zarr.Array:
+    """`layout.array(name)`, with damaged metadata reported as a StoreError naming the array."""
+    try:
+        array = layout.array(name)
+        if not isinstance(array, zarr.Array):
+            raise TypeError(f"the node is a {type(array).__name__}, not an array")
+        return array
+    except DalidrError:
+        raise
+    except READ_ERRORS as exc:
+        raise StoreError(f"{layout.url}: array {name!r}: its metadata cannot be read: "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
+def _open_node(layout: StoreLayout, name: str) -> zarr.Array:
+    """A manifest column, its metadata checked the same way (not cached in the layout)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ZarrUserWarning)
+            node = layout.group[name]
+        if not isinstance(node, zarr.Array):
+            raise TypeError(f"the node is a {type(node).__name__}, not an array")
+        return node
+    except KeyError as exc:
+        raise StoreError(f"{layout.url}: array {name!r} is missing") from exc
+    except READ_ERRORS as exc:
+        raise StoreError(f"{layout.url}: array {name!r}: its metadata cannot be read: "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
+def _check_chunks(layout: StoreLayout, name: str, array: zarr.Array) -> None:
+    """Chunks (and shards) no larger than the array: a decode allocates at most one chunk."""
+    shape = array.shape
+    inner = array.chunks
+    outer = array.shards or inner
+    for dim, (extent, chunk, shard) in enumerate(zip(shape, inner, outer, strict=True)):
+        padded = -(-extent // chunk) * chunk if chunk else 0
+        if not 1 <= chunk <= max(extent, 1) or not chunk <= shard <= max(padded, chunk):
+            raise StoreError(f"{layout.url}: array {name!r} has chunks {list(inner)} and shards "
+                             f"{list(outer)} for shape {list(shape)} (dimension {dim}): the "
+                             "metadata is damaged")
+
+
+def _check_array(layout: StoreLayout, name: str, array: zarr.Array,
+                 shape: tuple[int, ...] | None = None, dtype: np.dtype | None = None) -> None:
+    if shape is not None and tuple(array.shape) != shape:
+        raise StoreError(f"{layout.url}: array {name!r} has shape {list(array.shape)}, the "
+                         f"schema needs {list(shape)} for {layout.num_samples} samples")
+    if dtype is not None and array.dtype != dtype:
+        raise StoreError(f"{layout.url}: array {name!r} has dtype {array.dtype}, the schema "
+                         f"needs {dtype}")
+    _check_chunks(layout, name, array)
+
+
+def _chunk_objects_present(layout: StoreLayout, name: str, array: zarr.Array) -> None:
+    """StoreError unless every chunk object of a 1-d array exists (first missing named)."""
+    chunk = array.chunks[0]
+    for index in range(-(-array.shape[0] // chunk)):
+        key = f"{name}/{array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))}"
+        if not layout.location.exists(key):
+            raise StoreError(
+                f"{layout.url}: array {name!r} of shape {list(array.shape)} lacks its chunk "
+                f"{key!r}: the store's sample count ({layout.num_samples}) or the array's "
+                "metadata is not what its objects hold")
+
+
+def check_layout(layout: StoreLayout) -> None:
+    """Check every array's metadata against the schema and the objects (see module doc)."""
+    from store.layout import COMMIT, _data_arrays
+
+    n, cfg = layout.num_samples, layout.config
+    if isinstance(n, bool) or not 1 <= n <= 1 << 48:
+        raise StoreError(f"{layout.url}: the store's attributes give {n!r} samples")
+    # The sample count must be backed by objects before any array of that size is read.
+    offsets = _open_node(layout, _OFFSETS)
+    _check_array(layout, _OFFSETS, offsets, (n + 1,), np.dtype("int64"))
+    _chunk_objects_present(layout, _OFFSETS, offsets)
+    path_bytes = _open_node(layout, _PATH_BYTES)
+    _check_array(layout, _PATH_BYTES, path_bytes, None, np.dtype("uint8"))
+    if path_bytes.ndim != 1:
+        raise StoreError(f"{layout.url}: array {_PATH_BYTES!r} has shape "
+                         f"{list(path_bytes.shape)}, the schema needs one dimension")
+    _chunk_objects_present(layout, _PATH_BYTES, path_bytes)
+    for name in _manifest_columns(layout):
+        if name in (_OFFSETS, _PATH_BYTES):
+            continue
+        column = _open_node(layout, name)
+        if column.ndim < 1 or column.shape[0] != n or column.ndim > 2:
+            raise StoreError(f"{layout.url}: array {name!r} has shape {list(column.shape)}, the "
+                             f"schema needs {n} samples")
+        _check_array(layout, name, column)
+    for name, (dtype, shape, _, _) in _data_arrays(cfg).items():
+        _check_array(layout, name, open_array(layout, name), (n, cfg.slots) + shape, dtype)
+    commit = open_array(layout, COMMIT)
+    if commit.ndim < 1 or commit.shape[0] != layout.num_blocks:
+        raise StoreError(f"{layout.url}: array 'commit' has shape {list(commit.shape)}, the "
+                         f"schema needs {layout.num_blocks} blocks")
+    _check_array(layout, COMMIT, commit)
+    _check_extra_arrays(layout)
+
+
+def _manifest_columns(layout: StoreLayout) -> list[str]:
+    """Names of the manifest group's arrays (listed, so new columns are checked too)."""
+    try:
+        group = layout.group[_MANIFEST]
+        if not isinstance(group, zarr.Group):
+            raise TypeError("the manifest node is not a group")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ZarrUserWarning)
+            names = sorted(name for name, _ in group.members())
+    except KeyError as exc:
+        raise StoreError(f"{layout.url}: the manifest group is missing") from exc
+    except READ_ERRORS as exc:
+        raise StoreError(f"{layout.url}: the manifest group cannot be listed: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    return [f"{_MANIFEST}/{name}" for name in names]
+
+
+def _check_extra_arrays(layout: StoreLayout) -> None:
+    """Arrays beside the schema's (e.g. `dalidr_skipped`): per-sample ones must have N rows."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ZarrUserWarning)
+            members = dict(layout.group.members())
+    except READ_ERRORS as exc:
+        raise StoreError(f"{layout.url}: the root group cannot be listed: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    for name, node in members.items():
+        if not isinstance(node, zarr.Array) or name in layout.data_names:
+            continue
+        dims = node.metadata.dimension_names or ()
+        if dims[:1] == ("sample",) and node.shape[0] != layout.num_samples:
+            raise StoreError(f"{layout.url}: array {name!r} has shape {list(node.shape)}, the "
+                             f"store has {layout.num_samples} samples")
+        _check_chunks(layout, name, node)
+
+
+# ------------------------------------------------------------------------------ manifest
+
+
+def checked_manifest(layout: StoreLayout) -> Manifest:
+    """The store's manifest, read with damage reported by name, its values checked."""
+    from store.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(layout.group, layout.url)
+    except DalidrError:
+        raise
+    except READ_ERRORS as exc:
+        raise StoreError(f"{layout.url}: the manifest cannot be read (a damaged chunk or "
+                         f"metadata under manifest/): {type(exc).__name__}: {exc}") from exc
+    check_manifest(layout, manifest)
+    return manifest
+
+
+def check_manifest(layout: StoreLayout, manifest: Manifest) -> None:
+    """StoreError naming the first sample whose path, label or size cannot be right."""
+    url, n = layout.url, layout.num_samples
+    if len(manifest) != n:
+        raise StoreError(f"{url}: the manifest has {len(manifest)} samples, the store {n}")
+    for i, path in enumerate(manifest.paths):
+        if not _is_safe_path(path):
+            raise StoreError(f"{url}: manifest sample {i} has path {path!r}, which is not a "
+                             "relative path inside the data root")
+    labels = np.asarray(manifest.labels)
+    bad = np.flatnonzero((labels < -1) | (labels >= layout.config.num_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise StoreError(f"{url}: manifest sample {i} has label {int(labels[i])}, outside "
+                         f"-1..{layout.config.num_classes - 1}")
+    sizes = np.asarray(manifest.sizes)
+    bad = np.flatnonzero(sizes < 0)
+    if bad.size:
+        i = int(bad[0])
+        raise StoreError(f"{url}: manifest sample {i} has byte size {int(sizes[i])}")
+
+
+def _is_safe_path(path: str) -> bool:
+    if not path or "\x00" in path or "\\" in path:
+        return False
+    pure = PurePosixPath(path)
+    return not pure.is_absolute() and ".." not in pure.parts and ":" not in pure.parts[0]
+
+
+# ------------------------------------------------------------------------------ block values
+
+
+class _ViewNames(Sequence[str]):
+    """Lazy culprit names: flat view index -> block, sample and slot."""
+
+    def __init__(self, samples: np.ndarray, slots: np.ndarray, block_size: int) -> None:
+        self.samples, self.slots, self.block_size = samples, slots, block_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+        sample = int(self.samples[int(index)])
+        return (f"block {sample // self.block_size}, sample {sample}, "
+                f"slot {int(self.slots[int(index)])}")
+
+
+def decode_views(layout: StoreLayout, columns: dict[str, np.ndarray], classes: np.ndarray,
+                 gaps: np.ndarray, samples: np.ndarray, slots: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (records, classes int32, probs float32) of views read from the store.
+
+    `columns` are the stored record columns, `classes` and `gaps` the stored top-k, all with
+    leading shape S (e.g. [views] or [samples, slots]); `samples` and `slots` (broadcastable to
+    S) say which view each entry is, for the error message."""
+    cfg, url = layout.config, layout.url
+    shape = np.shape(classes)[:-1]
+    given = np.asarray(samples, dtype=np.int64)
+    samples = np.broadcast_to(np.asarray(samples, dtype=np.int64).reshape(
+        np.shape(samples) + (1,) * (len(shape) - np.ndim(samples))), shape).reshape(-1)
+    slots = np.broadcast_to(np.asarray(slots, dtype=np.int64), shape).reshape(-1)
+    names = _ViewNames(samples, slots, cfg.block_size)
+
+    def fail(array: str, flat: np.ndarray, what: str) -> StoreError:
+        index = int(np.flatnonzero(flat)[0])
+        return StoreError(f"{url}: array {array!r}, {names[index]}: {what}")
+
+    if cfg.recipe.has_mix:
+        partner = np.asarray(columns["partner"]).reshape(-1)
+        bad = partner >= layout.num_samples
+        if bad.any():
+            raise fail("records/partner", bad, f"partner {int(partner[bad][0])} is not in "
+                       f"0..{layout.num_samples - 1}")
+    try:
+        records = decode_records(columns, cfg.recipe, given, layout.image_hw)
+        validate_records(records, cfg.recipe, layout.num_samples, names=names)
+    except (StoreError, RecordError) as exc:
+        raise StoreError(f"{url}: records of the views read are invalid: {exc}") from exc
+    classes = np.asarray(classes)
+    flat = classes.reshape(-1, classes.shape[-1])
+    bad = (flat >= cfg.num_classes).any(-1)
+    if bad.any():
+        raise fail("topk/classes", bad, f"a class index is outside 0..{cfg.num_classes - 1}: "
+                   f"{flat[bad][0].tolist()}")
+    if flat.shape[-1] > 1:
+        ordered = np.sort(flat, axis=-1)
+        bad = (ordered[:, 1:] == ordered[:, :-1]).any(-1)
+        if bad.any():
+            raise fail("topk/classes", bad, f"a class appears twice in one top-k: "
+                       f"{flat[bad][0].tolist()}")
+    sums = np.asarray(gaps).reshape(flat.shape).sum(-1, dtype=np.int64)
+    bad = sums > cfg.prob_levels - 1
+    if bad.any():
+        raise fail("topk/prob_gaps", bad, f"the gaps sum to {int(sums[bad][0])}, past the "
+                   f"{cfg.prob_levels} quantisation levels")
+    probs = dequantise_probs(np.asarray(gaps), cfg.prob_levels)
+    return records, classes.astype(np.int32), probs
