@@ -45,7 +45,7 @@ from store.config import ATTRS_KEY, Compression, StoreConfig
 from store.encoding import ColumnSpec, record_columns
 from store.location import StoreLocation, locate
 from store.manifest import Manifest, write_manifest
-from store.validate import check_layout, checked_manifest
+from store.validate import check_layout, checked_manifest, read_array
 
 __all__ = [
     "StoreLayout",
@@ -153,7 +153,7 @@ class StoreLayout:
 
     def commits(self) -> np.ndarray:
         """The commit map: per block its digest, 0 where the block is not complete."""
-        return np.asarray(self.array(COMMIT)[...], dtype=np.uint64)
+        return read_array(self, COMMIT).astype(np.uint64)
 
     @cached_property
     def manifest(self) -> Manifest:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "READ_ERRORS",
     "open_array",
+    "read_array",
     "check_layout",
     "checked_manifest",
     "check_manifest",
@@ -56,7 +57,8 @@ __all__ = [
 # What zarr, its codecs and the JSON parser raise on damaged objects or metadata (a checksum
 # mismatch, a truncated stream, an invalid zarr.json, a node of the wrong type).
 READ_ERRORS = (ValueError, RuntimeError, IndexError, TypeError, OSError, EOFError, KeyError,
-               AttributeError, NotImplementedError, json.JSONDecodeError, UnicodeDecodeError)
+               AttributeError, NotImplementedError, ArithmeticError, json.JSONDecodeError,
+               UnicodeDecodeError)
 
 _MANIFEST = "manifest"
 _OFFSETS = f"{_MANIFEST}/path_offsets"
@@ -74,6 +76,18 @@ def open_array(layout: StoreLayout, name: str) -> zarr.Array:
         raise
     except READ_ERRORS as exc:
         raise StoreError(f"{layout.url}: array {name!r}: its metadata cannot be read: "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
+def read_array(layout: StoreLayout, name: str, selection: object = Ellipsis,
+               where: str = "") -> np.ndarray:
+    """`array[selection]` with damaged chunks reported as a StoreError naming the array."""
+    try:
+        return np.asarray(open_array(layout, name)[selection])  # type: ignore[index]
+    except DalidrError:
+        raise
+    except READ_ERRORS as exc:
+        raise StoreError(f"{layout.url}: array {name!r}{where} is damaged: "
                          f"{type(exc).__name__}: {exc}") from exc
 
 
