@@ -105,7 +105,7 @@ def test_unsafe_manifest_paths_are_refused(store_dir) -> None:
     _edit_attrs(store_dir, lambda attrs: attrs.update(fingerprint=forged.fingerprint),
                 redigest=True)
     with pytest.raises(StoreError, match="store.*manifest path 5 is not a relative path"):
-        StoreReader(str(store_dir)).manifest
+        _ = StoreReader(str(store_dir)).manifest
 
 
 def test_path_list_flags_every_unsafe_form() -> None:
