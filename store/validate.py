@@ -9,9 +9,9 @@ through this module, so inspect never calls a store intact that the loader would
   sample count and slots, and chunks no larger than the array; the sample count itself is
   justified by the store's objects (every chunk of `manifest/path_offsets`, [N + 1] int64, must
   exist), so a sample count of 2**40 is refused by name instead of allocating terabytes.
-- `checked_manifest` (the layout's `manifest`): the manifest's columns decode (a damaged chunk
-  is a StoreError naming the column) and hold sane values: relative paths inside the data root
-  (no absolute path, no `..`), labels in -1..num_classes - 1, non-negative sizes.
+- `checked_manifest` (the layout's `manifest`): `store.manifest.read_manifest` (columns of the
+  right shapes, relative paths inside the data root, the fingerprint over every column) with
+  any damage reported as a StoreError, then labels in -1..num_classes - 1, sizes >= 0.
 - `decode_views` (from `StoreReader` and `inspect`): decodes the stored columns of a set of views
   into records and top-k targets, validating op ids, magnitude bins, crops, erase and CutMix
   boxes, mix modes, partners (`dalidr.records.validate_records`), class indices, duplicate
@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -108,13 +107,15 @@ def _open_node(layout: StoreLayout, name: str) -> zarr.Array:
 
 
 def _check_chunks(layout: StoreLayout, name: str, array: zarr.Array) -> None:
-    """Chunks (and shards) no larger than the array: a decode allocates at most one chunk."""
+    """Chunks (and shards) no larger than the array (along samples: than a block, too), so a
+    decode allocates at most what the array's own extent justifies."""
     shape = array.shape
     inner = array.chunks
     outer = array.shards or inner
     for dim, (extent, chunk, shard) in enumerate(zip(shape, inner, outer, strict=True)):
+        most = max(extent, 1, layout.config.block_size if dim == 0 else 1)
         padded = -(-extent // chunk) * chunk if chunk else 0
-        if not 1 <= chunk <= max(extent, 1) or not chunk <= shard <= max(padded, chunk):
+        if not 1 <= chunk <= most or not chunk <= shard <= max(padded, chunk):
             raise StoreError(f"{layout.url}: array {name!r} has chunks {list(inner)} and shards "
                              f"{list(outer)} for shape {list(shape)} (dimension {dim}): the "
                              "metadata is damaged")
@@ -222,7 +223,8 @@ def checked_manifest(layout: StoreLayout) -> Manifest:
     from store.manifest import read_manifest
 
     try:
-        manifest = read_manifest(layout.group, layout.url)
+        manifest = read_manifest(layout.group, layout.url, layout.num_samples,
+                                 layout.fingerprint)
     except DalidrError:
         raise
     except READ_ERRORS as exc:
@@ -233,32 +235,23 @@ def checked_manifest(layout: StoreLayout) -> Manifest:
 
 
 def check_manifest(layout: StoreLayout, manifest: Manifest) -> None:
-    """StoreError naming the first sample whose path, label or size cannot be right."""
+    """StoreError naming the first sample whose label or size cannot be right (paths are
+    checked by `store.manifest.read_manifest`: relative, inside the data root)."""
     url, n = layout.url, layout.num_samples
     if len(manifest) != n:
         raise StoreError(f"{url}: the manifest has {len(manifest)} samples, the store {n}")
-    for i, path in enumerate(manifest.paths):
-        if not _is_safe_path(path):
-            raise StoreError(f"{url}: manifest sample {i} has path {path!r}, which is not a "
-                             "relative path inside the data root")
     labels = np.asarray(manifest.labels)
     bad = np.flatnonzero((labels < -1) | (labels >= layout.config.num_classes))
     if bad.size:
         i = int(bad[0])
-        raise StoreError(f"{url}: manifest sample {i} has label {int(labels[i])}, outside "
-                         f"-1..{layout.config.num_classes - 1}")
+        raise StoreError(f"{url}: manifest sample {i} ({manifest.paths[i]}) has label "
+                         f"{int(labels[i])}, outside -1..{layout.config.num_classes - 1}")
     sizes = np.asarray(manifest.sizes)
     bad = np.flatnonzero(sizes < 0)
     if bad.size:
         i = int(bad[0])
-        raise StoreError(f"{url}: manifest sample {i} has byte size {int(sizes[i])}")
-
-
-def _is_safe_path(path: str) -> bool:
-    if not path or "\x00" in path or "\\" in path:
-        return False
-    pure = PurePosixPath(path)
-    return not pure.is_absolute() and ".." not in pure.parts and ":" not in pure.parts[0]
+        raise StoreError(f"{url}: manifest sample {i} ({manifest.paths[i]}) has byte size "
+                         f"{int(sizes[i])}")
 
 
 # ------------------------------------------------------------------------------ block values

@@ -191,8 +191,10 @@ def make_mutants(root: Path, count: int, seed: int = 0,
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     chunks = _chunk_files(files)
     mutants: list[Mutant] = []
-    order = files * (count // max(len(files), 1) + 1)
-    rng.shuffle(order)
+    order: list[str] = []  # rounds of every file in a shuffled order: all files get mutants
+    while len(order) < count:
+        order += rng.sample(files, len(files))
+    order.reverse()
     reseal = reseal_arrays or []
     for i in range(count):
         if reseal and i % 8 == 7:
@@ -201,7 +203,7 @@ def make_mutants(root: Path, count: int, seed: int = 0,
                                   block=rng.randrange(1 << 16), offset=rng.randrange(1 << 30),
                                   value=rng.choice(["max", "min", 99, 0, "big", "one_past"])))
             continue
-        name = order[i]
+        name = order.pop()
         size = (root / name).stat().st_size
         if name.endswith("zarr.json"):
             doc = json.loads((root / name).read_text())
