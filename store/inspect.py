@@ -2,9 +2,12 @@
 
 The integrity check reads every chunk of every committed block, one (block, slot group) chunk
 at a time so a failure names its array and chunk, then recomputes each block's digest from the
-decoded arrays and compares it with the commit entry. CRC32C on every chunk catches flipped
-bytes; the digest also catches a chunk that went missing (zarr would read it as fill values) or
-was swapped for another block's valid chunk. The manifest is re-read and re-fingerprinted.
+decoded arrays and compares it with the commit entry, and each slot group's digest as the
+reader does on every read. CRC32C on every chunk catches flipped bytes; the digests also catch
+a chunk that went missing (zarr would read it as fill values) or was swapped for another
+block's valid chunk. The manifest is re-read and re-fingerprinted. Then every value is checked
+by `store.validate.decode_views`, the reader's own check (op ids, bins, crops, boxes, partners,
+class indices, probability levels), so inspect never calls intact a store the loader refuses.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from store.layout import (
     PROB_GAPS,
     StoreLayout,
     block_digest,
+    group_digest,
     open_layout,
 )
 from store.validate import decode_views
@@ -78,7 +82,8 @@ def verify_store(layout: StoreLayout) -> tuple[list[str], int]:
     except DalidrError as exc:
         problems.append(f"manifest: {exc}")
     cfg = layout.config
-    commits = layout.commits()
+    rows = layout.commit_rows()
+    commits = rows[:, 0]
     for block in np.flatnonzero(commits):
         r = layout.block_range(int(block))
         arrays: dict[str, np.ndarray] = {}
@@ -105,6 +110,13 @@ def verify_store(layout: StoreLayout) -> tuple[list[str], int]:
         if block_digest(arrays) != int(commits[block]):
             problems.append(f"block {block} (samples {r.start}..{r.stop - 1}): contents do not "
                             "match its commit digest")
+            continue
+        bad = [group for group in range(cfg.num_groups) if group_digest(
+            {name: values[:, cfg.group_slots(group).start:cfg.group_slots(group).stop]
+             for name, values in arrays.items()}, int(block), group) != int(rows[block, 1 + group])]
+        if bad:  # what the reader verifies on every read
+            problems.append(f"block {block} (samples {r.start}..{r.stop - 1}), slot group "
+                            f"{bad[0]}: the data does not match its commit digest")
             continue
         try:  # the values, checked exactly as the reader checks them
             columns = {spec.name: arrays[f"records/{spec.name}"] for spec in layout.columns}

@@ -309,7 +309,8 @@ def _reader_outputs(url: str, dataset: Any) -> dict[str, np.ndarray]:
         raise StoreError(f"store {url} is incomplete")
     manifest = reader.layout.manifest
     out = {"image_hw": manifest.image_hw, "labels": manifest.labels,
-           "paths": np.array(list(manifest.paths)), "skipped": skipped_views(url)}
+           "paths": np.array(list(manifest.paths)), "skipped": skipped_views(url),
+           "manifest_skipped": manifest.skipped}
     for epoch in (0, 1):
         data = reader.epoch(epoch)
         out[f"samples{epoch}"] = data.plan.samples
@@ -363,14 +364,13 @@ class _Worker:
     """Runs mutants against copies of a pristine store (see the module docstring)."""
 
     def __init__(self, pristine: Path, data: Path | None, mem_gib: float) -> None:
-        from store.manifest import read_manifest
         from store.reader import StoreReader
 
         self.pristine, self.data = pristine, data
         self.scratch = Path(tempfile.mkdtemp(prefix="dalidr-fuzz-"))
         layout = StoreReader(str(pristine)).layout
         self.config = layout.config
-        self.dataset = read_manifest(layout.group, str(pristine))
+        self.dataset = layout.manifest
         self.original = _reader_outputs(str(pristine), self.dataset)
         self.original_batches = self._loader_batches(str(pristine)) if data else None
         _cap_data_segment(mem_gib)
