@@ -180,33 +180,44 @@ def check_layout(layout: StoreLayout) -> None:
 
 
 def _manifest_columns(layout: StoreLayout) -> list[str]:
-    """Names of the manifest group's arrays (listed, so new columns are checked too)."""
+    """Names of the manifest's arrays: the schema's, and any other found beside them."""
+    from store.manifest import MANIFEST_COLUMNS
+
+    names = {f"{_MANIFEST}/{name}" for name in MANIFEST_COLUMNS}
+    return sorted(names | set(_child_arrays(layout, _MANIFEST)))
+
+
+def _child_arrays(layout: StoreLayout, prefix: str = "") -> list[str]:
+    """Names of the nodes under `prefix` that hold metadata, listed from the objects (not by
+    parsing them, so one damaged zarr.json is reported under its own name)."""
+    location = layout.location
+    folder = location.key_path(prefix) if prefix else location.root
     try:
-        group = layout.group[_MANIFEST]
-        if not isinstance(group, zarr.Group):
-            raise TypeError("the manifest node is not a group")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ZarrUserWarning)
-            names = sorted(name for name, _ in group.members())
-    except KeyError as exc:
-        raise StoreError(f"{layout.url}: the manifest group is missing") from exc
-    except READ_ERRORS as exc:
-        raise StoreError(f"{layout.url}: the manifest group cannot be listed: "
-                         f"{type(exc).__name__}: {exc}") from exc
-    return [f"{_MANIFEST}/{name}" for name in names]
+        entries = location.fs.ls(folder, detail=False)
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{layout.url}: {prefix or 'the store root'} cannot be listed: "
+                         f"{exc}") from exc
+    names = []
+    for entry in entries:
+        name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+        key = f"{prefix}/{name}" if prefix else name
+        if location.exists(f"{key}/zarr.json"):
+            names.append(key)
+    return sorted(names)
 
 
 def _check_extra_arrays(layout: StoreLayout) -> None:
     """Arrays beside the schema's (e.g. `dalidr_skipped`): per-sample ones must have N rows."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ZarrUserWarning)
-            members = dict(layout.group.members())
-    except READ_ERRORS as exc:
-        raise StoreError(f"{layout.url}: the root group cannot be listed: "
-                         f"{type(exc).__name__}: {exc}") from exc
-    for name, node in members.items():
-        if not isinstance(node, zarr.Array) or name in layout.data_names:
+    known = {_MANIFEST, "records", "topk"}
+    for name in _child_arrays(layout):
+        if name in known or name in layout.data_names:
+            continue
+        try:
+            node = layout.group[name]
+        except READ_ERRORS as exc:
+            raise StoreError(f"{layout.url}: node {name!r}: its metadata cannot be read: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(node, zarr.Array):
             continue
         dims = node.metadata.dimension_names or ()
         if dims[:1] == ("sample",) and node.shape[0] != layout.num_samples:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
+import resource
 import shutil
 
 import numpy as np
@@ -9,14 +13,22 @@ import pytest
 import zarr
 
 from dalidr.errors import DatasetError, OptionError, StoreError
+from dalidr.loader import LastBatch, LoaderConfig, PlainLoader, ReinforcedLoader
+from dalidr.path_list import PathList
+from dalidr.recipe import recipe
+from dalidr.reinforce import ReinforceConfig, reinforce
+from dalidr.skips import SKIPPED, create_skip_marks, skipped_views, write_skip_marks
 from store.config import ATTRS_KEY, SCHEMA_VERSION
-from store.inspect import inspect_store
+from store.inspect import format_report, inspect_store
+from store.layout import attrs_digest
 from store.manifest import Manifest
 from store.plan import PlanSpec, plan_epoch
 from store.prefetch import EpochPrefetcher
 from store.reader import StoreReader
 from store.subset import subset_store
+from store.writer import StoreWriter
 from tests.store.helpers import make_config, make_manifest, write_store
+from tests.store_builder import build_store
 
 
 @pytest.fixture()
@@ -154,3 +166,215 @@ def test_nothing_is_unpickled(store_dir) -> None:
     for path in store_dir.rglob("zarr.json"):
         text = path.read_text()
         assert "pickle" not in text and "vlen" not in text and "object" not in text, path
+
+
+# ----------------------------------------------------------------- untrusted stores (issue 13)
+
+
+def _set_json(path, change) -> None:
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _redigest(store_dir, change) -> None:
+    group = zarr.open_group(str(store_dir), mode="r+")
+    attrs = dict(group.attrs[ATTRS_KEY])
+    change(attrs)
+    attrs.pop("digest")
+    attrs["digest"] = attrs_digest(attrs)
+    group.attrs[ATTRS_KEY] = attrs
+
+
+def _every_array_json(store_dir):
+    return [p for p in store_dir.rglob("zarr.json") if json.loads(p.read_text())["node_type"]
+            == "array"]
+
+
+@pytest.mark.parametrize("count", [2**30, 2**40])
+def test_a_forged_sample_count_is_refused_before_any_allocation(store_dir, count: int) -> None:
+    """The count in the attributes (digest recomputed) and in every array's shape: the objects
+    do not back it, so opening refuses it by name instead of allocating terabytes."""
+    _redigest(store_dir, lambda attrs: attrs.update(num_samples=count))
+    for path in _every_array_json(store_dir):
+        def grow(doc):
+            offset = 1 if path.parent.name == "path_offsets" else 0
+            if path.parent.name == "commit":
+                doc["shape"][0] = -(-count // 8)
+            elif path.parent.name != "path_bytes":
+                doc["shape"][0] = count + offset
+        _set_json(path, grow)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(StoreError, match=r"store.*manifest/path_offsets.*lacks its chunk"):
+        StoreReader(str(store_dir))
+    with pytest.raises(StoreError, match="lacks its chunk"):
+        inspect_store(str(store_dir))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # kB
+
+
+@pytest.mark.parametrize("name", ["manifest/size", "manifest/sha256", "records/crop"])
+def test_a_huge_array_shape_is_refused(store_dir, name: str) -> None:
+    _set_json(store_dir / name / "zarr.json", lambda doc: doc["shape"].__setitem__(0, 2**40))
+    with pytest.raises(StoreError, match=f"store.*{name}"):
+        _ = StoreReader(str(store_dir)).manifest
+
+
+def test_huge_skip_marks_are_refused(store_dir) -> None:
+    create_skip_marks(str(store_dir))
+    _set_json(store_dir / SKIPPED / "zarr.json", lambda doc: doc["shape"].__setitem__(0, 2**40))
+    with pytest.raises(StoreError, match=f"store.*{SKIPPED}.*shape"):
+        skipped_views(str(store_dir))
+
+
+def _forge_block(store_dir, block: int, name: str, index: tuple, value: int) -> None:
+    """Set one stored value and rewrite the block through the writer: every digest valid."""
+    writer = StoreWriter(str(store_dir))
+    r = writer.block_range(block)
+    arrays = {n: np.array(writer.layout.array(n)[r.start:r.stop]) for n in writer.layout.data_names}
+    arrays[name][index] = value
+    writer.write_encoded(block, arrays)
+
+
+@pytest.mark.parametrize(("name", "index", "value", "message"), [
+    ("topk/classes", (3, 1, 2), 100, r"array 'topk/classes', block 1, sample 11, slot 1: a "
+                                     r"class index is outside 0..99"),
+    ("topk/classes", (3, 1, 1), None, r"array 'topk/classes', block 1, sample 11, slot 1: a "
+                                      r"class appears twice"),
+    ("records/ops", (2, 1, 0), 99, r"block 1, sample 10, slot 1.*ops has an unknown op id"),
+    ("records/crop", (0, 2, 2), 0, r"block 1, sample 8, slot 2.*crop has zero size"),
+    ("records/flip", (4, 0), 2, r"block 1, sample 12, slot 0.*flip is not 0 or 1"),
+    ("records/mags", (4, 0, 1), 31, r"block 1, sample 12, slot 0.*mags exceeds the bins"),
+    ("topk/prob_gaps", (5, 3, 1), 200, r"array 'topk/prob_gaps', block 1, sample 13, slot 3: "
+                                       r"the gaps sum to \d+, past the 127"),
+])
+def test_forged_values_are_refused_by_reader_and_inspect(store_dir, name, index, value,
+                                                          message) -> None:
+    if value is None:  # a duplicate: the class of the neighbouring rank
+        classes = zarr.open_array(str(store_dir / name), mode="r")[8:16]
+        value = int(classes[index[0], index[1], index[2] + 1])
+    _forge_block(store_dir, 1, name, index, value)
+    reader = StoreReader(str(store_dir))
+    reader.read_views(*_views_of_block(0))  # block 0 is intact
+    samples = np.arange(8, 16)
+    with pytest.raises(StoreError, match=f"{store_dir}.*{message}"):
+        reader.read_views(samples, np.full(8, index[1]))
+    with pytest.raises(StoreError, match=message):
+        reader.read_block(1)
+    problems = inspect_store(str(store_dir)).problems
+    assert len(problems) == 1 and re.search(message, problems[0]), problems
+
+
+def test_a_partner_outside_the_samples_is_refused(tmp_path) -> None:
+    write_store(str(tmp_path / "mix"), make_manifest(20),
+                make_config(recipe=recipe("rrc+mix"), slots=4, slot_group=2))
+    _forge_block(tmp_path / "mix", 2, "records/partner", (1, 3), 2**31)
+    with pytest.raises(StoreError, match=r"mix.*'records/partner', block 2, sample 17, slot 3: "
+                                         r"partner 2147483648 is not in 0..19"):
+        StoreReader(str(tmp_path / "mix")).read_block(2)
+    assert "partner 2147483648" in inspect_store(str(tmp_path / "mix")).problems[0]
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda d: (d / "manifest/label/c/0").write_bytes((d / "manifest/label/c/0").read_bytes()[:9]),
+     r"store.*manifest array 'label' is corrupt"),
+    (lambda d: _set_json(d / "manifest/path_offsets/zarr.json",
+                         lambda doc: doc.update(data_type="int32")),
+     r"store.*manifest/path_offsets' has dtype int32"),
+    (lambda d: (d / "records/ops/zarr.json").write_text('{"shape": [37, 12, 2'),
+     r"store.*array 'records/ops': its metadata cannot be read: JSONDecodeError"),
+    (lambda d: (d / "manifest/image_hw/zarr.json").write_text("[]"),
+     r"store.*manifest/image_hw.*metadata cannot be read"),
+])
+def test_damaged_objects_are_store_errors_naming_the_store(store_dir, damage, message) -> None:
+    damage(store_dir)
+    with pytest.raises(StoreError, match=message):
+        _ = StoreReader(str(store_dir)).manifest
+    try:
+        report = inspect_store(str(store_dir))
+    except StoreError as exc:
+        assert str(store_dir) in str(exc)
+    else:
+        assert report.problems and re.search(message.split("store.*")[-1], report.problems[0])
+
+
+def test_inspect_reports_an_unsafe_manifest_path(store_dir) -> None:
+    manifest = make_manifest()
+    paths = list(manifest.paths)
+    paths[5] = "../../etc/passwd"
+    forged = Manifest(PathList.from_strings(paths), manifest.labels, manifest.sizes,
+                      manifest.hashes, manifest.image_hw)
+    group = zarr.open_group(str(store_dir), mode="r+")
+    del group["manifest/path_bytes"]
+    group["manifest"].create_array("path_bytes", data=forged.paths.data)
+    group["manifest/path_offsets"][...] = forged.paths.offsets
+    _redigest(store_dir, lambda attrs: attrs.update(fingerprint=forged.fingerprint))
+    report = inspect_store(str(store_dir))
+    assert any("manifest path 5 is not a relative path" in p for p in report.problems)
+    assert "FAILED" in format_report(report)
+
+
+def test_a_label_outside_the_classes_is_refused(store_dir) -> None:
+    manifest = make_manifest()
+    labels = manifest.labels.copy()
+    labels[7] = 100  # the store has 100 classes
+    forged = Manifest(manifest.paths, labels, manifest.sizes, manifest.hashes, manifest.image_hw)
+    zarr.open_array(str(store_dir / "manifest/label"), mode="r+")[...] = labels.astype("<i4")
+    _redigest(store_dir, lambda attrs: attrs.update(fingerprint=forged.fingerprint))
+    with pytest.raises(StoreError, match=r"store.*manifest sample 7 .*label 100, outside -1..99"):
+        _ = StoreReader(str(store_dir)).manifest
+    assert "label 100" in inspect_store(str(store_dir)).problems[0]
+
+
+def test_oversized_chunks_are_refused(store_dir) -> None:
+    _set_json(store_dir / "manifest/size/zarr.json",
+              lambda doc: doc["chunk_grid"]["configuration"].update(chunk_shape=[2**40]))
+    with pytest.raises(StoreError, match=r"store.*'manifest/size' has chunks \[1099511627776\]"):
+        StoreReader(str(store_dir))
+
+
+def test_a_stray_partial_skip_mark_is_removed_on_rewrite(store_dir) -> None:
+    """A kill while writing a block's skip marks leaves `<key>.<uuid>.partial`; the resumed
+    write of that block removes it."""
+    create_skip_marks(str(store_dir))
+    stray = store_dir / SKIPPED / "c" / "1" / "0.0123abcd.partial"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"torn")
+    layout = StoreWriter(str(store_dir)).layout
+    write_skip_marks(layout, 1, np.zeros((8, 12), bool))
+    write_skip_marks(layout, 2, np.eye(8, 12, dtype=bool))
+    assert not stray.exists()
+    assert not list(store_dir.rglob("*.partial"))
+    assert skipped_views(str(store_dir))[16:24].sum() == 8
+
+
+# ----------------------------------------------------------------- bad options, before any work
+
+
+def test_seed_out_of_range_is_an_option_error() -> None:
+    for seed in (-1, 2**31, 1.5):
+        with pytest.raises(OptionError, match=r"loader option 'seed' is .*; valid: an integer"):
+            LoaderConfig(seed=seed)
+
+
+def test_a_batch_larger_than_an_epoch_is_refused_not_a_hang(tmp_path) -> None:
+    built = build_store(tmp_path, images=16, slots=3, k=2)
+    config = LoaderConfig(batch_size=17, num_threads=1, read_threads=1)
+    with pytest.raises(OptionError, match=r"'batch_size' is 17 but an epoch of rank 0 of 1 has "
+                                          r"16 samples.*batch_size <= 16.*PARTIAL"):
+        ReinforcedLoader(built.url, built.root, config)
+    with pytest.raises(OptionError, match=r"'batch_size' is 17"):
+        PlainLoader(built.root, config, size=32)
+    # The same batch size serves one short batch when the last batch is kept.
+    with ReinforcedLoader(built.url, built.root,
+                          dataclasses.replace(config, last_batch=LastBatch.PARTIAL)) as loader:
+        assert len(loader) == 1
+        assert [images.shape[0] for images, _ in loader] == [16]
+
+
+def test_reinforce_threads_zero_fails_before_any_work(tmp_path) -> None:
+    out = tmp_path / "never.zarr"
+    config = ReinforceConfig(data=tmp_path / "no-data", teacher="resnet10t",
+                             recipe=recipe("rrc"), slots=2, k=1, out=str(out), num_threads=0)
+    with pytest.raises(OptionError, match=r"option 'threads' is 0; must be at least 1.*--threads"):
+        reinforce(config, rank=0, world=1)
+    assert not out.exists()
