@@ -15,7 +15,12 @@ file per image (37.5 GB for 1.28 M images x 400 views, Table 2). This measures d
 3. read amplification: bytes the zarr store fetched while reading an epoch (counted in the
    store's `get`), over the bytes those views occupy on disk (epoch views x data bytes/record).
 4. plan time: `plan_epoch` for ImageNet's 1,281,167 samples, 400 slots, pinned to one core.
-5. epoch read: planning and reading one epoch's records and targets from a warm local store of
+5. validation cost: per block read, the time `store.validate.decode_views` spends checking the
+   values (op ids, bins, crops, boxes, class indices, probability levels) beyond decoding them,
+   against the time of reading that block's views (one slot per sample, as an epoch does: chunk
+   fetch, decompression, digest verification, decoding, validation), on the compactness store,
+   pinned to one core; and the same for a whole block (every slot, what `dalidr inspect` reads).
+6. epoch read: planning and reading one epoch's records and targets from a warm local store of
    `--epoch-samples` samples (one slot group of views, cheap stand-in teacher outputs: only the
    time matters), pinned to one core; and how long `EpochPrefetcher.get` blocks when the
    training loop spends `--train-s` seconds per epoch.
@@ -53,7 +58,10 @@ from store import Compression, Manifest, StoreConfig, StoreReader, create_store,
 from store.inspect import inspect_store
 from store.plan import PlanSpec, plan_epoch
 from store.prefetch import EpochPrefetcher
+from store.encoding import decode_records, dequantise_probs
+from store.layout import CLASSES, PROB_GAPS
 from store.synthetic import synthetic_teacher
+from store.validate import decode_views
 
 PAPER_BYTES_PER_RECORD = 37.5e9 / (1_281_167 * 400)  # ImageNet+ RRC+RA/RE, Table 2: ~73
 IMAGENET_SAMPLES = 1_281_167
@@ -78,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", default=None, help="where stores are written (default: tmp)")
     parser.add_argument("--out", default="bench/results/store.json", help="JSON result")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--only-validation", action="store_true",
+                        help="measure compactness and the validation cost only")
     args = parser.parse_args(argv)
     if args.quick:
         args.samples, args.slots, args.epoch_samples, args.repeats = 64, 40, 20_000, 2
@@ -215,6 +225,49 @@ def _read_amplification(url: str, data_bytes_per_record: float, repeats: int,
             "per_epoch": ratios}
 
 
+def measure_validation(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Validation time per block read, against the read itself (see the module docstring)."""
+    reader = StoreReader(str(workdir / f"compact-{Compression.ZSTD.value}"))
+    layout, cfg = reader.layout, reader.config
+    block, group = 0, 1 if cfg.num_groups > 1 else 0
+    r = layout.block_range(block)
+    samples = np.arange(r.start, r.stop)
+    slot_of = cfg.group_slots(group)
+    slots = slot_of.start + samples % len(slot_of)  # one slot per sample, as an epoch reads
+    reader.read_views(samples, slots)  # warm: metadata, manifest, presence checks
+    chunks = {name: reader._read(name, range(block, block + 1), group)
+              for name in layout.data_names}
+    pick = {name: values[samples - r.start, slots - slot_of.start]
+            for name, values in chunks.items()}
+    columns = {spec.name: pick[f"records/{spec.name}"] for spec in layout.columns}
+    whole = {name: np.asarray(layout.array(name)[r.start:r.stop]) for name in layout.data_names}
+    whole_columns = {spec.name: whole[f"records/{spec.name}"] for spec in layout.columns}
+    every_slot = np.arange(cfg.slots)
+
+    def decode_only(cols: dict[str, np.ndarray], gaps: np.ndarray) -> None:
+        decode_records(cols, cfg.recipe, samples, layout.image_hw)
+        dequantise_probs(gaps, cfg.prob_levels)
+
+    with _one_core():
+        read_s, _ = _median_time(lambda: reader.read_views(samples, slots), args.repeats)
+        checked_s, _ = _median_time(lambda: decode_views(
+            layout, columns, pick[CLASSES], pick[PROB_GAPS], samples, slots), args.repeats)
+        decode_s, _ = _median_time(lambda: decode_only(columns, pick[PROB_GAPS]), args.repeats)
+        block_s, _ = _median_time(lambda: reader.read_block(block), args.repeats)
+        block_checked_s, _ = _median_time(lambda: decode_views(
+            layout, whole_columns, whole[CLASSES], whole[PROB_GAPS], samples, every_slot),
+            args.repeats)
+        block_decode_s, _ = _median_time(
+            lambda: decode_only(whole_columns, whole[PROB_GAPS]), args.repeats)
+    validation_s = max(checked_s - decode_s, 0.0)
+    block_validation_s = max(block_checked_s - block_decode_s, 0.0)
+    return {"block_samples": len(samples), "slots": cfg.slots,
+            "epoch_block_read_s": read_s, "epoch_block_validation_s": validation_s,
+            "epoch_block_validation_share": validation_s / read_s,
+            "whole_block_read_s": block_s, "whole_block_validation_s": block_validation_s,
+            "whole_block_validation_share": block_validation_s / block_s}
+
+
 def measure_plan(args: argparse.Namespace) -> dict[str, Any]:
     spec = PlanSpec(IMAGENET_SAMPLES, 400, 5, StoreConfig.__dataclass_fields__[
         "block_size"].default, seed=0)
@@ -269,7 +322,7 @@ def measure_epoch_read(args: argparse.Namespace, workdir: Path) -> dict[str, Any
 
 
 def print_table(results: dict[str, Any]) -> None:
-    compact, plan = results["compactness"], results["plan"]
+    compact, plan = results["compactness"], results.get("plan")
     rows = []
     for name in ("zstd", "lzma"):
         c = compact[name]
@@ -280,6 +333,19 @@ def print_table(results: dict[str, Any]) -> None:
     amp = compact["read_amplification"]
     rows.append(("epoch read amplification", f"{amp['read_amplification']:.2f}x",
                  f"<= 8x (whole samples: {amp['whole_sample_reads']:.0f}x)"))
+    if "validation" in results:
+        v = results["validation"]
+        rows.append((f"validation per block read ({v['block_samples']} views)",
+                     f"{v['epoch_block_validation_s'] * 1e3:.2f} ms",
+                     f"{100 * v['epoch_block_validation_share']:.2f}% of the "
+                     f"{v['epoch_block_read_s'] * 1e3:.1f} ms read; <= 2%"))
+        rows.append((f"validation per whole block ({v['block_samples']}x{v['slots']})",
+                     f"{v['whole_block_validation_s'] * 1e3:.1f} ms",
+                     f"{100 * v['whole_block_validation_share']:.2f}% of the "
+                     f"{v['whole_block_read_s'] * 1e3:.0f} ms read"))
+    if not plan:
+        _print_rows(rows)
+        return
     rows.append(("epoch plan, 1.28M samples, 1 core", f"{plan['plan_s']:.3f} s", "<= 2 s"))
     if "epoch_read" in results:
         e = results["epoch_read"]
@@ -291,6 +357,10 @@ def print_table(results: dict[str, Any]) -> None:
         rows.append(("prefetch wait, epochs 1-3 (max)",
                      f"{e['prefetch_wait_later_epochs_max_s'] * 1e3:.1f} ms",
                      f"training {e['train_s_per_epoch']:.1f} s/epoch"))
+    _print_rows(rows)
+
+
+def _print_rows(rows: list[tuple[str, str, str]]) -> None:
     width = max(len(r[0]) for r in rows)
     print(f"\n{'measure':{width}s}  {'value':>16s}  target / reference")
     for name, value, note in rows:
@@ -305,8 +375,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         results: dict[str, Any] = {"compactness": measure_compactness(args, workdir)}
-        results["plan"] = measure_plan(args)
-        if args.epoch_samples:
+        results["validation"] = measure_validation(args, workdir)
+        if not args.only_validation:
+            results["plan"] = measure_plan(args)
+        if args.epoch_samples and not args.only_validation:
             results["epoch_read"] = measure_epoch_read(args, workdir)
     finally:
         if args.workdir is None:
