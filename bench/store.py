@@ -55,11 +55,11 @@ from bench.machine import describe_machine, summary
 from dalidr.recipe import recipe
 from dalidr.records import draw_records
 from store import Compression, Manifest, StoreConfig, StoreReader, create_store, topk_kl
+from store.encoding import decode_records, dequantise_probs
 from store.inspect import inspect_store
+from store.layout import CLASSES, PROB_GAPS
 from store.plan import PlanSpec, plan_epoch
 from store.prefetch import EpochPrefetcher
-from store.encoding import decode_records, dequantise_probs
-from store.layout import CLASSES, PROB_GAPS
 from store.synthetic import synthetic_teacher
 from store.validate import decode_views
 

@@ -53,7 +53,7 @@ from dalidr.errors import StoreError
 from store.config import ATTRS_KEY, Compression, StoreConfig
 from store.encoding import ColumnSpec, record_columns
 from store.location import CORRUPT_CHUNK_ERRORS, StoreLocation, locate
-from store.manifest import Manifest, read_manifest, write_manifest
+from store.manifest import Manifest, write_manifest
 from store.validate import check_layout, checked_manifest
 
 __all__ = [

@@ -343,7 +343,8 @@ def _invalid_served(out: dict[str, np.ndarray], config: Any) -> str | None:
             if config.recipe.has_ra_re:
                 if (records[prefix + "ops"] >= NUM_OPS).any():
                     return "op id"
-                if (np.abs(records[prefix + "mags"].astype(int)) >= config.recipe.ra_num_bins).any():
+                mags = np.abs(records[prefix + "mags"].astype(int))
+                if (mags >= config.recipe.ra_num_bins).any():
                     return "magnitude bin"
     return None
 

@@ -197,13 +197,14 @@ def test_a_forged_sample_count_is_refused_before_any_allocation(store_dir, count
     do not back it, so opening refuses it by name instead of allocating terabytes."""
     _redigest(store_dir, lambda attrs: attrs.update(num_samples=count))
     for path in _every_array_json(store_dir):
-        def grow(doc):
-            offset = 1 if path.parent.name == "path_offsets" else 0
-            if path.parent.name == "commit":
-                doc["shape"][0] = -(-count // 8)
-            elif path.parent.name != "path_bytes":
-                doc["shape"][0] = count + offset
-        _set_json(path, grow)
+        name = path.parent.name
+        if name == "commit":
+            rows = -(-count // 8)
+        elif name != "path_bytes":
+            rows = count + (1 if name == "path_offsets" else 0)
+        else:
+            continue
+        _set_json(path, lambda doc, rows=rows: doc["shape"].__setitem__(0, rows))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(StoreError, match=r"store.*manifest/path_offsets.*lacks its chunk"):
         StoreReader(str(store_dir))
