@@ -134,10 +134,16 @@ def _check_array(layout: StoreLayout, name: str, array: zarr.Array,
 
 def _chunk_objects_present(layout: StoreLayout, name: str, array: zarr.Array) -> None:
     """StoreError unless every chunk object of a 1-d array exists (first missing named)."""
-    chunk = array.chunks[0]
+    chunk, location = array.chunks[0], layout.location
+    folder = location.key_path(name)
+    try:  # one listing (one request on an object store), not one existence check per chunk
+        listed = {str(path)[len(folder):].lstrip("/") for path in location.fs.find(folder)}
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{layout.url}: array {name!r} cannot be listed: {exc}") from exc
     for index in range(-(-array.shape[0] // chunk)):
-        key = f"{name}/{array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))}"
-        if not layout.location.exists(key):
+        relative = array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
+        key = f"{name}/{relative}"
+        if relative not in listed:
             raise StoreError(
                 f"{layout.url}: array {name!r} of shape {list(array.shape)} lacks its chunk "
                 f"{key!r}: the store's sample count ({layout.num_samples}) or the array's "
