@@ -10,17 +10,23 @@ formats the graph decodes (all of them: JPEG, PNG, PPM/PGM, BMP, TIFF, WebP); da
 matches it case-insensitively, as torchvision does.
 
 Damaged-but-decodable JPEGs (entropy-coded data cut short, then an end-of-image marker) decode
-with grey rows and only a libjpeg warning that names no file. `jpeg_damage` re-decodes the file
-with PIL and reports libjpeg's own complaint, so the teacher pass and `dalidr inspect --data`
-can name the path. Trade-off: that check is a full CPU decode, so it runs once per file in
-the teacher pass and in inspection, never on the training hot path.
+with grey rows and only a libjpeg warning that names no file. `jpeg_damage` decodes the file
+once with libjpeg-turbo and collects libjpeg's own complaints, so the teacher pass and
+`dalidr inspect --data` can name the path, and refuse the file when data is missing. PIL
+silences those messages, and DALI prints them without the file's name. Trade-off: that check
+is a full CPU decode (about 1-10 ms a photograph), so it runs once per file in the teacher
+pass and in inspection, never on the training hot path.
 """
 
 from __future__ import annotations
 
 import enum
-import io
+import os
+import sys
+import tempfile
+import threading
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +39,7 @@ __all__ = [
     "sniff_format",
     "check_image",
     "jpeg_damage",
+    "JpegDamage",
     "has_image_extension",
 ]
 
@@ -149,34 +156,92 @@ def check_image(data: np.ndarray | bytes, where: str) -> ImageFormat:
     return kind
 
 
-def jpeg_damage(data: np.ndarray | bytes, where: str) -> str | None:
-    """libjpeg's complaint about a JPEG's entropy-coded data, or None if it decodes cleanly.
+@dataclass(frozen=True)
+class JpegDamage:
+    """What libjpeg said while decoding a JPEG (`jpeg_damage`)."""
 
-    `data` is the file's bytes, `where` names it in the message (a path, or "sample i (path)").
-    Decodes with PIL (libjpeg-turbo, the decoder torchvision's ImageFolder uses) with truncated
-    images refused, and turns what libjpeg reports while decoding (premature end of data,
-    corrupt data, bad Huffman codes) into one message naming `where`. Non-JPEG data returns
-    None (other formats are judged by `check_image` and their decoder). Costs one full CPU
-    decode: for the teacher pass and inspection, not for the training loader.
+    # The file, as the caller named it.
+    where: str
+    # libjpeg's messages (or the decoder's error), in order.
+    messages: tuple[str, ...]
+    # True if pixels are missing or wrong (entropy data cut short or invalid, or the decoder
+    # gave up): replay would serve grey or garbled rows. False for harmless complaints (bytes
+    # after the image data, unknown header revisions): the pixels are whole.
+    corrupt: bool
+
+    def __str__(self) -> str:
+        kind = "damaged JPEG data" if self.corrupt else "JPEG decoder warning"
+        return f"{self.where}: {kind} ({'; '.join(self.messages)})"
+
+
+# libjpeg messages that mean image data is missing or wrong (jerror.h: JWRN_HIT_MARKER,
+# JWRN_HUFF_BAD_CODE, JWRN_JPEG_EOF, JWRN_MUST_RESYNC, JWRN_NOT_SEQUENTIAL, ...).
+_CORRUPT = ("premature end", "bad huffman", "huffman", "resync", "corrupt jpeg data: bad",
+            "not sequential", "inconsistent progression", "invalid progressive",
+            "arithmetic", "no image")
+_LIBJPEG = ("corrupt jpeg", "premature end", "warning:", "invalid", "inconsistent",
+            "huffman", "bogus", "unsupported", "marker")
+_DECODE_LOCK = threading.Lock()
+
+
+def _libjpeg_messages(raw: bytes) -> tuple[list[str], str | None]:
+    """libjpeg-turbo's messages while decoding `raw`, and the decoder's error if it failed.
+
+    torchvision's `decode_jpeg` is libjpeg-turbo with libjpeg's default message handler, which
+    writes to the process's stderr and nowhere else; the messages are read back by pointing
+    file descriptor 2 at a temporary file for the one decode (under a lock). Anything else
+    written there meanwhile (other threads) is passed on to stderr unchanged.
     """
-    from PIL import Image, ImageFile
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
 
+    tensor = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    error = None
+    with _DECODE_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torchvision's deprecation notice
+                try:
+                    decode_jpeg(tensor, mode=ImageReadMode.RGB)
+                except RuntimeError as exc:
+                    error = str(exc).strip().splitlines()[0]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        text = sink.read().decode("utf-8", errors="replace")
+    ours, others = [], []
+    for line in text.splitlines():
+        (ours if line.strip().lower().startswith(_LIBJPEG) else others).append(line)
+    if others:
+        sys.stderr.write("\n".join(others) + "\n")
+    return [m.strip() for m in ours if m.strip()], error
+
+
+def jpeg_damage(data: np.ndarray | bytes, where: str) -> JpegDamage | None:
+    """What is wrong with a JPEG's image data, or None if it decodes without complaint.
+
+    `data` is the file's bytes, `where` names it in the result (a path, or "sample i (path)").
+    The file is decoded once with libjpeg-turbo (torchvision's decoder, the one PIL and DALI's
+    CPU path also build on) and its warnings are collected: a JPEG truncated and then closed
+    with an end-of-image marker decodes "successfully" with grey rows, and libjpeg's
+    "Corrupt JPEG data: premature end of data segment" is the only sign. `JpegDamage.corrupt`
+    tells missing or invalid data (refuse the file) from harmless complaints (warn). Data that
+    is not a JPEG returns None (`check_image` judges other formats). Costs one full CPU decode:
+    meant for the teacher pass and `dalidr inspect --data`, not for the training loader.
+    """
     raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
     if sniff_format(raw) is not ImageFormat.JPEG:
         return None
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with Image.open(io.BytesIO(raw)) as image:
-                image.load()
-    except (OSError, SyntaxError, ValueError) as exc:
-        return f"{where}: damaged JPEG data ({exc})"
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-    for warning in caught:
-        text = str(warning.message)
-        if "Corrupt" in text or "Premature" in text or "corrupt" in text:
-            return f"{where}: damaged JPEG data ({text})"
-    return None
+    messages, error = _libjpeg_messages(raw)
+    if error is not None:
+        messages.append(error)
+    if not messages:
+        return None
+    corrupt = error is not None or any(
+        key in m.lower() for m in messages for key in _CORRUPT if "extraneous" not in m.lower()
+    )
+    return JpegDamage(where, tuple(messages), corrupt)

@@ -141,7 +141,7 @@ def view_pipeline(recipe: Recipe, views: tuple[TeacherView, ...], source: ViewSo
                    batch_size: int, num_threads: int, device_id: int | None) -> Any:
     from nvidia.dali import fn, pipeline_def, types
 
-    from dalidr.replay import Output, ReplaySpec, replay_graph
+    from dalidr.replay import DECODE_ARGS, Output, ReplaySpec, replay_graph
 
     device = "cpu" if device_id is None else "gpu"
     output = Output.FLOAT_CHW if device_id is None else Output.UINT8_HWC
@@ -154,7 +154,7 @@ def view_pipeline(recipe: Recipe, views: tuple[TeacherView, ...], source: ViewSo
         outs = fn.external_source(source=source, num_outputs=count, batch=True)
         unique, index = outs[0], outs[1]
         decoded = fn.decoders.image(unique, device="mixed" if device == "gpu" else "cpu",
-                                    output_type=types.RGB)
+                                    **DECODE_ARGS)
         decoded = fn.permute_batch(decoded, indices=index)
         jpegs = fn.permute_batch(unique, indices=index)
         partner = outs[2] if recipe.has_mix else None
@@ -173,10 +173,12 @@ def decodes(data: np.ndarray) -> bool:
     """Whether DALI's CPU decoder accepts one whole image (used to find a bad batch's culprit)."""
     from nvidia.dali import fn, pipeline_def, types
 
+    from dalidr.replay import DECODE_ARGS
+
     @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
     def _probe() -> Any:
         return fn.decoders.image(fn.external_source(name="x", dtype=types.UINT8),
-                                 output_type=types.RGB)
+                                 **DECODE_ARGS)
 
     pipe = _probe()
     pipe.build()
