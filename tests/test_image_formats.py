@@ -65,6 +65,7 @@ VARIANTS = {
     "webp lossless": (ImageFormat.WEBP, lambda im: _encode(im, "WEBP", lossless=True)),
     "ppm": (ImageFormat.PNM, lambda im: _encode(im, "PPM")),
     "pgm": (ImageFormat.PNM, lambda im: _encode(im.convert("L"), "PPM")),
+    "jpeg 2000": (ImageFormat.JPEG2000, lambda im: _encode(im, "JPEG2000")),
 }
 
 
@@ -112,11 +113,12 @@ def test_every_format_decodes_as_pil_converts_it_to_rgb(device_id: int | None) -
         expected = _pil(data)
         assert image.shape == expected.shape, name
         diff = np.abs(image.astype(int) - expected.astype(int))
-        if device_id is None or fmt is not ImageFormat.JPEG:
-            # libjpeg-turbo on both sides, lossless codecs: the same pixels.
+        if device_id is None or fmt not in (ImageFormat.JPEG, ImageFormat.JPEG2000):
+            # libjpeg-turbo / OpenJPEG on both sides, lossless codecs: the same pixels.
             assert diff.max() == 0, f"{name}: max {diff.max()}, mean {diff.mean():.3f}"
         else:
-            # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by a few levels.
+            # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by a few levels
+            # (nvJPEG2000 from OpenJPEG likewise).
             assert diff.mean() < 3.0, f"{name}: mean {diff.mean():.3f}"
 
 
