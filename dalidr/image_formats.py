@@ -193,7 +193,10 @@ def _libjpeg_messages(raw: bytes) -> tuple[list[str], str | None]:
     written there meanwhile (other threads) is passed on to stderr unchanged.
     """
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's deprecation notice for its decoders
+        from torchvision.io import ImageReadMode, decode_jpeg
 
     tensor = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     error = None
