@@ -14,9 +14,11 @@ through this module, so inspect never calls a store intact that the loader would
   any damage reported as a StoreError, then labels in -1..num_classes - 1, sizes >= 0.
 - `decode_views` (from `StoreReader` and `inspect`): decodes the stored columns of a set of views
   into records and top-k targets, validating op ids, magnitude bins, crops, erase and CutMix
-  boxes, mix modes, partners (`dalidr.records.validate_records`), class indices, duplicate
-  classes and probability levels, vectorised over the views, and names the store, array,
-  block, sample and slot of the first bad value.
+  boxes, mix modes, partners (`dalidr.records.validate_records`), class indices and
+  probability levels, vectorised over the views, and names the store, array, block, sample and
+  slot of the first bad value. (A class repeated within one top-k is refused by the writer but
+  not re-checked on read: it cannot index out of bounds, and sorting every top-k would cost
+  more than all the other checks together.)
 
 Trade-off: values are validated where they are decoded, for exactly the views read (an epoch's
 one slot per sample, or a whole block for inspect), so the cost follows the data served; it is
@@ -36,7 +38,9 @@ import zarr
 from zarr.errors import ZarrUserWarning
 
 from dalidr.errors import DalidrError, RecordError, StoreError
-from dalidr.records import validate_records
+from dalidr.ops import NUM_OPS
+from dalidr.recipe import Recipe
+from dalidr.records import COORD_SCALE, MixMode, validate_records
 from store.encoding import decode_records, dequantise_probs
 
 if TYPE_CHECKING:
@@ -274,19 +278,53 @@ def check_manifest(layout: StoreLayout, manifest: Manifest) -> None:
 # ------------------------------------------------------------------------------ block values
 
 
-class _ViewNames(Sequence[str]):
-    """Lazy culprit names: flat view index -> block, sample and slot."""
+def _inside(boxes: np.ndarray) -> bool:
+    """(y, x, h, w) fractions ending inside the image (one unit for independent rounding)."""
+    end_y = np.add(boxes[..., 0], boxes[..., 2], dtype=np.int32)
+    end_x = np.add(boxes[..., 1], boxes[..., 3], dtype=np.int32)
+    return bool(end_y.max() <= COORD_SCALE + 1 and end_x.max() <= COORD_SCALE + 1)
 
-    def __init__(self, samples: np.ndarray, slots: np.ndarray, block_size: int) -> None:
-        self.samples, self.slots, self.block_size = samples, slots, block_size
+
+def _records_ok(records: np.ndarray, recipe: Recipe, num_samples: int) -> bool:
+    """The checks of `dalidr.records.validate_records` as a few reductions, no masks: True if
+    every record passes (the usual case); otherwise validate_records names the culprit."""
+    if records.size == 0:
+        return True
+    for prefix in ("", "p_") if recipe.has_mix else ("",):
+        crop = records[prefix + "crop"]
+        if crop[..., 2:].min() == 0 or not _inside(crop) or records[prefix + "flip"].max() > 1:
+            return False
+        if recipe.has_ra_re:
+            mags = records[prefix + "mags"]
+            if (records[prefix + "ops"].max() >= NUM_OPS or mags.max() >= recipe.ra_num_bins
+                    or mags.min() <= -recipe.ra_num_bins or not _inside(records[prefix + "erase"])):
+                return False
+    if recipe.has_mix:
+        if (records["mix"].max() > max(MixMode) or records["partner"].max() >= num_samples
+                or not _inside(records["box"])):
+            return False
+    return True
+
+
+
+class _ViewNames(Sequence[str]):
+    """Lazy culprit names: flat view index -> block, sample and slot (nothing is broadcast
+    unless an error is raised)."""
+
+    def __init__(self, shape: tuple[int, ...], samples: np.ndarray, slots: np.ndarray,
+                 block_size: int) -> None:
+        self.shape, self.block_size = shape, block_size
+        self.samples = samples.reshape(samples.shape + (1,) * (len(shape) - samples.ndim))
+        self.slots = slots
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return int(np.prod(self.shape))
 
     def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
-        sample = int(self.samples[int(index)])
-        return (f"block {sample // self.block_size}, sample {sample}, "
-                f"slot {int(self.slots[int(index)])}")
+        where = np.unravel_index(int(index), self.shape)
+        sample = int(np.broadcast_to(self.samples, self.shape)[where])
+        slot = int(np.broadcast_to(self.slots, self.shape)[where])
+        return f"block {sample // self.block_size}, sample {sample}, slot {slot}"
 
 
 def decode_views(layout: StoreLayout, columns: dict[str, np.ndarray], classes: np.ndarray,
@@ -300,10 +338,7 @@ def decode_views(layout: StoreLayout, columns: dict[str, np.ndarray], classes: n
     cfg, url = layout.config, layout.url
     shape = np.shape(classes)[:-1]
     given = np.asarray(samples, dtype=np.int64)
-    samples = np.broadcast_to(np.asarray(samples, dtype=np.int64).reshape(
-        np.shape(samples) + (1,) * (len(shape) - np.ndim(samples))), shape).reshape(-1)
-    slots = np.broadcast_to(np.asarray(slots, dtype=np.int64), shape).reshape(-1)
-    names = _ViewNames(samples, slots, cfg.block_size)
+    names = _ViewNames(shape, given, np.asarray(slots, dtype=np.int64), cfg.block_size)
 
     def fail(array: str, flat: np.ndarray, what: str) -> StoreError:
         index = int(np.flatnonzero(flat)[0])
@@ -311,31 +346,28 @@ def decode_views(layout: StoreLayout, columns: dict[str, np.ndarray], classes: n
 
     if cfg.recipe.has_mix:
         partner = np.asarray(columns["partner"]).reshape(-1)
-        bad = partner >= layout.num_samples
-        if bad.any():
+        if partner.size and partner.max() >= layout.num_samples:
+            bad = partner >= layout.num_samples
             raise fail("records/partner", bad, f"partner {int(partner[bad][0])} is not in "
                        f"0..{layout.num_samples - 1}")
     try:
         records = decode_records(columns, cfg.recipe, given, layout.image_hw)
-        validate_records(records, cfg.recipe, layout.num_samples, names=names)
+        if not _records_ok(records, cfg.recipe, layout.num_samples):  # fast path: reductions
+            validate_records(records, cfg.recipe, layout.num_samples, names=names)
+            raise RecordError("a record failed the fast check")  # not reached: named above
     except (StoreError, RecordError) as exc:
         raise StoreError(f"{url}: records of the views read are invalid: {exc}") from exc
     classes = np.asarray(classes)
     flat = classes.reshape(-1, classes.shape[-1])
-    bad = (flat >= cfg.num_classes).any(-1)
-    if bad.any():
+    if flat.size and flat.max() >= cfg.num_classes:
+        bad = (flat >= cfg.num_classes).any(-1)
         raise fail("topk/classes", bad, f"a class index is outside 0..{cfg.num_classes - 1}: "
                    f"{flat[bad][0].tolist()}")
-    if flat.shape[-1] > 1:
-        ordered = np.sort(flat, axis=-1)
-        bad = (ordered[:, 1:] == ordered[:, :-1]).any(-1)
-        if bad.any():
-            raise fail("topk/classes", bad, f"a class appears twice in one top-k: "
-                       f"{flat[bad][0].tolist()}")
-    sums = np.asarray(gaps).reshape(flat.shape).sum(-1, dtype=np.int64)
-    bad = sums > cfg.prob_levels - 1
-    if bad.any():
+    try:  # dequantising checks every level is >= 1; find the culprit only when one is not
+        probs = dequantise_probs(np.asarray(gaps), cfg.prob_levels)
+    except StoreError:
+        sums = np.asarray(gaps).reshape(flat.shape).sum(-1, dtype=np.int64)
+        bad = sums > cfg.prob_levels - 1
         raise fail("topk/prob_gaps", bad, f"the gaps sum to {int(sums[bad][0])}, past the "
-                   f"{cfg.prob_levels} quantisation levels")
-    probs = dequantise_probs(np.asarray(gaps), cfg.prob_levels)
+                   f"{cfg.prob_levels} quantisation levels") from None
     return records, classes.astype(np.int32), probs
