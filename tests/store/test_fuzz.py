@@ -74,5 +74,3 @@ def test_loader_survives_mutants(real_store) -> None:
     assert len(results) == len(chosen)
     assert _violations(results) == []
     assert all("loader" in r.details for r in results)
-    for r in results:
-        print(r.mutant.describe(), r.outcome, r.details, r.seconds)
