@@ -171,8 +171,10 @@ def _load(path: Path) -> tuple[Header, Arrays] | None:
             if len(head) != len(_MAGIC) + 8 or not head.startswith(_MAGIC):
                 return None
             length = int(np.frombuffer(head[len(_MAGIC):], "<u8")[0])
+            size = os.fstat(f.fileno()).st_size
+            if length > size:
+                return None
             meta = json.loads(f.read(length))
-        size = path.stat().st_size
         start = -(-(len(_MAGIC) + 8 + length) // _ALIGN) * _ALIGN
         arrays: Arrays = {}
         for name, spec in meta["arrays"].items():
@@ -186,5 +188,5 @@ def _load(path: Path) -> tuple[Header, Arrays] | None:
             arrays[name] = (np.zeros(shape, dtype) if count == 0 else
                             np.memmap(path, dtype=dtype, mode="r", offset=begin, shape=shape))
         return meta["header"], arrays
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, UnicodeDecodeError):
         return None
