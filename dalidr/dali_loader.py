@@ -39,6 +39,7 @@ from dalidr.loader_config import (
     Targets,
     distributed_rank_world,
 )
+from dalidr.path_list import RootedPaths
 from dalidr.replay import check_jpeg
 from kernels.kl_loss import densify_topk
 
@@ -108,7 +109,7 @@ class _DaliLoader:
             raise OptionError(f"config must be a LoaderConfig, not {type(config).__name__}")
         self.listing, self.config, self.num_classes = listing, config, num_classes
         self.rank, self.world = distributed_rank_world(rank, world)
-        self.files = [listing.root / path for path in listing.paths]
+        self.files = RootedPaths(listing.root, listing.paths)
         self.labels = np.asarray(listing.labels, dtype=np.int64)
         self.epoch, self.step = 0, 0
         # Dataset indices of the batch last yielded (for checks and logging).

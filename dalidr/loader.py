@@ -27,14 +27,15 @@ length, as `DistributedSampler` does).
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import numpy as np
 from nvidia.dali.data_node import DataNode
 
 from dalidr.dali_loader import _check_classes, _DaliLoader, _Epoch, _one_hot_topk
-from dalidr.dataset import list_dataset
-from dalidr.errors import StoreError
+from dalidr.dataset import DatasetListing, list_dataset
+from dalidr.errors import OptionError, StoreError
 from dalidr.loader_config import (
     Augment,
     LastBatch,
@@ -48,7 +49,7 @@ from dalidr.recipe import Recipe
 from dalidr.records import draw_records, identity_records
 from dalidr.replay import Output, ReplaySpec, replay_graph
 from dalidr.skips import skipped_samples
-from store.manifest import Manifest, scan_manifest
+from store.manifest import Manifest
 from store.prefetch import EpochPrefetcher
 from store.reader import StoreReader
 
@@ -59,6 +60,7 @@ __all__ = [
     "LoaderConfig",
     "SparseTargets",
     "ReinforcedLoader",
+    "DatasetCheck",
     "PlainLoader",
     "distributed_rank_world",
 ]
@@ -66,23 +68,45 @@ __all__ = [
 _STREAM_ORIGINAL = 0x5EED_0001  # seeds the p-coin and the original samples' crops
 
 
+class DatasetCheck(enum.Enum):
+    """How a loader checks, at start, that a store was made from its data root. Neither reads
+    the dataset: full content verification is `dalidr verify STORE --data ROOT`."""
+
+    # List the tree (or read the file list): paths, labels and file sizes must match the
+    # store's manifest; then hash a small deterministic sample of files. The default.
+    LISTING = "listing"
+    # Take the store's manifest as the listing (no walk of the tree); hash the sample only.
+    MANIFEST = "manifest"
+
+
 class ReinforcedLoader(_DaliLoader):
     """(images, targets) batches of a reinforced store; see the module docstring.
 
     `data` is the dataset root the store was made from (an ImageFolder tree, or a root with a
     `file_list`); `num_classes`, if given, is the model's output size and must match the
-    store's. Pass the dataset's `manifest` if it is at hand, to skip hashing the files.
+    store's. Starting reads no image beyond a small sample (`check`, `DatasetCheck`); pass the
+    dataset's fully hashed `manifest` instead to compare every file's hash.
     """
 
     def __init__(self, store: str | StoreReader, data: str | Path, config: LoaderConfig,
                  *, num_classes: int | None = None, rank: int | None = None,
                  world: int | None = None, file_list: str | Path | None = None,
-                 manifest: Manifest | None = None) -> None:
+                 manifest: Manifest | None = None,
+                 check: DatasetCheck = DatasetCheck.LISTING) -> None:
+        if not isinstance(check, DatasetCheck):
+            raise OptionError.choice("check", check, [c.value for c in DatasetCheck])
         reader = store if isinstance(store, StoreReader) else StoreReader(store)
-        listing = list_dataset(data, file_list)
-        if manifest is None:
-            manifest = scan_manifest(listing.root, listing.paths, listing.labels)
-        reader.check_dataset(manifest)
+        stored = reader.manifest
+        if manifest is not None:
+            reader.check_dataset(manifest)
+            listing = _served_listing(data, stored, reader.config.num_classes)
+        elif check is DatasetCheck.MANIFEST:
+            listing = _served_listing(data, stored, reader.config.num_classes)
+            reader.check_dataset(listing)
+        else:
+            listed = list_dataset(data, file_list)
+            reader.check_dataset(listed)
+            listing = _served_listing(data, stored, len(listed.classes), listed.classes)
         _check_classes(num_classes, reader.config.num_classes, f"store {reader.url}")
         done = reader.committed()
         if not done.all():
@@ -94,11 +118,11 @@ class ReinforcedLoader(_DaliLoader):
         self.reader = reader
         self.recipe: Recipe = reader.config.recipe
         self.has_partner = self.recipe.has_mix
-        self.image_hw = manifest.image_hw
-        # Samples the teacher pass marked skipped (`reinforce --skip-bad`) are never served. A
-        # rank's epoch is cut to its planned length less their count, so every rank still
-        # runs the same number of steps whichever of them the skipped samples fall in.
-        self._skipped = skipped_samples(reader.url)
+        self.image_hw = stored.image_hw
+        # Samples the teacher pass marked skipped (`reinforce --skip-bad`) are never read or
+        # served. A rank's epoch is cut to its planned length less their count, so every rank
+        # still runs the same number of steps whichever of them the skipped samples fall in.
+        self._skipped = np.union1d(skipped_samples(reader.url), np.flatnonzero(stored.skipped))
         self._length = len(reader.plan(0, self.rank, self.world)) - len(self._skipped)
         self._prefetcher = EpochPrefetcher(reader, self.rank, self.world, start_epoch=0)
         # The original samples' transform: the recipe's crop and flip, nothing else.
@@ -151,3 +175,10 @@ class ReinforcedLoader(_DaliLoader):
     def close(self) -> None:
         self._prefetcher.close()
         super().close()
+
+
+def _served_listing(root: str | Path, manifest: Manifest, num_classes: int,
+                    classes: tuple[str, ...] | None = None) -> DatasetListing:
+    """The store's own samples under `root`: the loader reads files through the manifest."""
+    names = classes if classes is not None else tuple(str(c) for c in range(num_classes))
+    return DatasetListing(Path(root), manifest.paths, manifest.labels, names, manifest.sizes)

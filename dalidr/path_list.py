@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import overload
 
 import numpy as np
 
-__all__ = ["PathList"]
+__all__ = ["PathList", "RootedPaths"]
 
 
 class PathList(Sequence[str]):
@@ -121,6 +122,37 @@ class PathList(Sequence[str]):
         h.update(self.data.tobytes())
         return h.digest()
 
+    def unsafe_index(self) -> int | None:
+        """The first path that is not a safe relative path (empty, absolute, with a '..' or
+        NUL component, or split inside a UTF-8 character), or None; vectorised."""
+        if len(self) == 0:
+            return None
+        data, starts, ends = self.data, self.offsets[:-1], self.offsets[1:]
+        bad = ends == starts
+        inside = starts < data.size
+        first = np.zeros(len(self), np.uint8)
+        first[inside] = data[starts[inside]]
+        bad |= (first == ord("/")) | ((first & 0xC0) == 0x80)
+        # '..' as a whole component: preceded by a start or '/', followed by an end or '/'.
+        dots = np.flatnonzero((data[:-1] == ord(".")) & (data[1:] == ord("."))) if data.size else (
+            np.zeros(0, np.int64))
+        if dots.size:
+            owner = np.searchsorted(self.offsets, dots, side="right") - 1
+            before_ok = (dots == starts[owner]) | (data[np.maximum(dots - 1, 0)] == ord("/"))
+            after = dots + 2
+            after_ok = (after == ends[owner]) | (
+                data[np.minimum(after, data.size - 1)] == ord("/"))
+            bad[owner[before_ok & after_ok]] = True
+        nul = np.flatnonzero(data == 0)
+        if nul.size:
+            bad[np.searchsorted(self.offsets, nul, side="right") - 1] = True
+        try:
+            data.tobytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad[int(np.searchsorted(self.offsets, exc.start, side="right")) - 1] = True
+        found = np.flatnonzero(bad)
+        return int(found[0]) if found.size else None
+
     def index_of(self) -> dict[str, int]:
         """path -> index (builds a dict: use for small lookups only)."""
         return {p: i for i, p in enumerate(self)}
@@ -128,3 +160,20 @@ class PathList(Sequence[str]):
     @property
     def nbytes(self) -> int:
         return int(self.data.nbytes + self.offsets.nbytes)
+
+
+class RootedPaths(Sequence[Path]):
+    """`root / paths[i]` on demand: the files of a dataset without a Path object per file."""
+
+    __slots__ = ("root", "paths")
+
+    def __init__(self, root: str | Path, paths: PathList) -> None:
+        self.root, self.paths = Path(root), PathList.from_strings(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+        if isinstance(index, slice):
+            return [self.root / p for p in self.paths[index]]
+        return self.root / self.paths[int(index)]

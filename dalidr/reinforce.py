@@ -42,6 +42,7 @@ import torch
 
 from dalidr.dataset import DatasetListing, list_dataset
 from dalidr.errors import DatasetError, ImageError, OptionError, StoreError
+from dalidr.path_list import RootedPaths
 from dalidr.recipe import PRESETS, Recipe, load_recipe
 from dalidr.skips import create_skip_marks, has_skip_marks, write_skip_marks
 from dalidr.teacher import Ensemble, build_teacher
@@ -156,43 +157,18 @@ def _num_classes(listing: DatasetListing, file_list: Path | None) -> int:
 
 def _scan(listing: DatasetListing, skip_bad: bool) -> Manifest:
     try:
-        return scan_manifest(listing.root, listing.paths, listing.labels)
+        return scan_manifest(listing.root, listing.paths, listing.labels, skip_bad=skip_bad,
+                             progress=True)
     except (ImageError, DatasetError) as exc:
-        if not skip_bad:
-            raise type(exc)(f"{exc} (rerun with --skip-bad to record it as skipped)") from exc
-    parts = [_scan_one_or_bad(listing, i) for i in range(len(listing))]
-    return Manifest(listing.paths, np.array(listing.labels),
-                    np.array([p.sizes[0] for p in parts]),
-                    np.concatenate([p.hashes for p in parts]),
-                    np.concatenate([p.image_hw for p in parts]))
-
-
-def _scan_one_or_bad(listing: DatasetListing, i: int) -> Manifest:
-    path = listing.root / listing.paths[i]
-    try:
-        return scan_manifest(listing.root, listing.paths[i:i + 1], listing.labels[i:i + 1], 1)
-    except (ImageError, DatasetError):
-        size = path.stat().st_size if path.is_file() else 0
-        # An unreadable image: its records are drawn for a 1x1 image and never replayed.
-        return Manifest((listing.paths[i],), np.array([listing.labels[i]]), np.array([size]),
-                        np.zeros((1, 32), np.uint8), np.ones((1, 2), np.int64))
+        raise type(exc)(f"{exc} (rerun with --skip-bad to record it as skipped)") from exc
 
 
 def _check_listing(manifest: Manifest, listing: DatasetListing, url: str) -> None:
     """Cheap resume check (no hashing): same paths, labels and file sizes as the store's."""
-    if len(manifest) != len(listing):
-        raise DatasetError(f"{url} was made for {len(manifest)} images; the dataset has "
-                           f"{len(listing)}: use the same data or another --out")
-    for i, (a, b) in enumerate(zip(manifest.paths, listing.paths, strict=True)):
-        if a != b or manifest.labels[i] != listing.labels[i]:
-            raise DatasetError(f"{url}: sample {i} is {a!r} (label {manifest.labels[i]}) in the "
-                               f"store but {b!r} (label {listing.labels[i]}) in the dataset")
-    for i, rel in enumerate(listing.paths):
-        path = listing.root / rel
-        size = path.stat().st_size if path.is_file() else -1
-        if size != manifest.sizes[i] and manifest.hashes[i].any():
-            raise DatasetError(f"{url}: sample {i} ({path}) has {size} bytes, the store's "
-                               f"manifest says {manifest.sizes[i]}: the dataset changed")
+    difference = manifest.check_listing(listing)
+    if difference is not None:
+        raise DatasetError(f"{url} was made from another dataset than {listing.root}: "
+                           f"{difference}; use the same data or another --out")
 
 
 def _interrupted_creation(url: str, config: StoreConfig) -> bool:
@@ -207,7 +183,8 @@ def _interrupted_creation(url: str, config: StoreConfig) -> bool:
         group = zarr.open_group(locate(url, read_only=True).store, mode="r")
         attrs = dict(group.attrs.get(ATTRS_KEY) or {})
         found = StoreConfig.from_attrs({k: v for k, v in attrs.items()
-                                        if k not in ("num_samples", "fingerprint")}, url)
+                                        if k not in ("num_samples", "fingerprint", "digest")},
+                                       url)
         try:
             committed = bool(np.asarray(group["commit"][...]).any())
         except KeyError:
@@ -372,8 +349,9 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
                           config.wait_timeout)
     blocks = writer.pending(rank, world)
     labeller = Labeller(ensemble, device, config.k, config.batch_size, config.compile)
-    paths = [listing.root / p for p in listing.paths]
-    known_bad: set[int] = set()
+    manifest = writer.layout.manifest
+    paths = RootedPaths(listing.root, manifest.paths)
+    known_bad: set[int] = {int(i) for i in np.flatnonzero(manifest.skipped)}
     total = sum(len(writer.block_range(b)) for b in blocks) * config.slots
     bar = _progress(config.progress and rank == 0, total, writer)
     written: list[int] = []

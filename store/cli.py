@@ -1,4 +1,4 @@
-"""The store's command-line tools, `dalidr inspect` and `dalidr subset`, as argparse parsers.
+"""The store's command-line tools, `dalidr inspect`, `verify` and `subset`, as argparse parsers.
 
 `dalidr.cli` calls `register(subparsers)` to add both subcommands; each sets `run`, a function of
 the parsed arguments returning the exit status (0: fine, 1: the integrity check found problems).
@@ -16,13 +16,36 @@ from dalidr.errors import DalidrError
 from store.inspect import format_report, inspect_store
 from store.subset import subset_store
 
-__all__ = ["register", "add_inspect_parser", "add_subset_parser", "main"]
+__all__ = ["register", "add_inspect_parser", "add_verify_parser", "add_subset_parser", "main"]
 
 
 def _inspect(args: argparse.Namespace) -> int:
     report = inspect_store(args.store, verify=not args.no_verify)
     print(format_report(report))
     return 1 if report.problems else 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from dalidr.dataset import list_dataset
+    from store.reader import StoreReader
+
+    reader = StoreReader(args.store)
+    manifest = reader.manifest
+    problems: list[str] = []
+    if not args.manifest_paths:
+        difference = manifest.check_listing(list_dataset(args.data, args.file_list))
+        if difference is not None:
+            problems.append(f"listing: {difference}")
+    served = manifest.served
+    problems += manifest.check_content(args.data, served, workers=args.workers,
+                                       progress=sys.stderr.isatty() and not args.no_progress)
+    for line in problems:
+        print(line)
+    skipped = len(manifest) - len(served)
+    print(f"{args.store}: {len(served)} files of {args.data} hashed"
+          + (f" ({skipped} skipped by the teacher pass, not checked)" if skipped else "")
+          + (f"; {len(problems)} problem(s)" if problems else "; every file matches the store"))
+    return 1 if problems else 0
 
 
 def _subset(args: argparse.Namespace) -> int:
@@ -45,6 +68,25 @@ def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def add_verify_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "verify", help="hash every file of a data root against a store's manifest",
+        description="Full content check of a data root against a store: the listing (paths, "
+                    "labels, sizes) and the SHA-256 of every file the store serves, in "
+                    "parallel, naming every mismatch. Loaders only check a sample at start.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("store", help="store path or URL")
+    parser.add_argument("--data", required=True, help="the dataset root the store was made from")
+    parser.add_argument("--file-list", default=None, help="'<path> <label>' lines, if the store "
+                        "was made from a file list")
+    parser.add_argument("--manifest-paths", action="store_true",
+                        help="hash the manifest's paths without listing the tree")
+    parser.add_argument("--workers", type=int, default=8, help="files hashed at once")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_verify)
+    return parser
+
+
 def add_subset_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "subset", help="keep the first S slots and top K classes (ImageNet+-Small: 100, 5)",
@@ -60,8 +102,9 @@ def add_subset_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def register(subparsers: Any) -> None:
-    """Add `inspect` and `subset` to an argparse subparsers object."""
+    """Add `inspect`, `verify` and `subset` to an argparse subparsers object."""
     add_inspect_parser(subparsers)
+    add_verify_parser(subparsers)
     add_subset_parser(subparsers)
 
 

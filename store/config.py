@@ -28,13 +28,19 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+from dalidr.conventions import DECODE_CONVENTION, OP_SET
 from dalidr.errors import OptionError, StoreError
 from dalidr.recipe import Recipe
 
-__all__ = ["SCHEMA_VERSION", "ATTRS_KEY", "Compression", "StoreConfig"]
+__all__ = ["SCHEMA_VERSION", "ATTRS_KEY", "RECREATE_HINT", "Compression", "StoreConfig"]
 
-# Version 1: the layout described in store.layout. Bump on any change to array meaning.
-SCHEMA_VERSION = 1
+# Bump on any change to array meaning. Version 2: conventions recorded, attributes digested,
+# manifest fingerprint over every column (image sizes, skipped samples), per slot-group digests
+# in the commit map. Version 1 stores replayed with EXIF rotation and OpenCV's Equalize.
+SCHEMA_VERSION = 2
+# What to tell the owner of a store of another schema or convention.
+RECREATE_HINT = ("re-create it with `dalidr reinforce` (the same seed draws the same records) or "
+                 "re-import it with `dalidr import-mldr`")
 # The root group's attribute that holds the config (other attributes are left to users).
 ATTRS_KEY = "dalidr_store"
 
@@ -74,6 +80,10 @@ class StoreConfig:
     prob_levels: int = 127
     # Compressor of the top-k arrays.
     compression: Compression = Compression.ZSTD
+    # How images were decoded when the teacher labelled them (`dalidr.conventions`).
+    decode_convention: str = DECODE_CONVENTION
+    # Which RandAugment op table replays the records (`dalidr.conventions`).
+    op_set: str = OP_SET
     # Schema version this config was written with.
     schema_version: int = field(default=SCHEMA_VERSION)
 
@@ -93,6 +103,7 @@ class StoreConfig:
         check(15 <= self.prob_levels <= 255, "prob_levels", self.prob_levels, "15..255")
         check(isinstance(self.compression, Compression), "compression", self.compression,
               [c.value for c in Compression])
+        check(isinstance(self.teacher, str), "teacher", self.teacher, "a string")
 
     @property
     def num_groups(self) -> int:
@@ -118,6 +129,8 @@ class StoreConfig:
             "slot_group": self.slot_group,
             "prob_levels": self.prob_levels,
             "compression": self.compression.value,
+            "decode_convention": self.decode_convention,
+            "op_set": self.op_set,
         }
 
     @classmethod
@@ -128,14 +141,23 @@ class StoreConfig:
                              "attributes with a schema_version)")
         version = attrs["schema_version"]
         if version != SCHEMA_VERSION:
-            hint = ("written by a newer dalidr; upgrade dalidr" if isinstance(version, int)
-                    and version > SCHEMA_VERSION else "of an older schema; re-create it")
+            if isinstance(version, int) and not isinstance(version, bool) and (
+                    version > SCHEMA_VERSION):
+                hint = "written by a newer dalidr; upgrade dalidr to read it"
+            else:
+                hint = (f"of an older schema (made before dalidr recorded its decoding "
+                        f"conventions: EXIF-rotated decoding, OpenCV's Equalize); {RECREATE_HINT}")
             raise StoreError(f"{where} has store schema version {version!r}, this dalidr reads "
                              f"version {SCHEMA_VERSION}: the store is {hint}")
+        for key, implemented in (("decode_convention", DECODE_CONVENTION), ("op_set", OP_SET)):
+            if attrs.get(key) != implemented:
+                raise StoreError(f"{where} was made under {key} {attrs.get(key)!r}; this dalidr "
+                                 f"replays {implemented!r} only, so the student would not see "
+                                 f"what the teacher labelled: {RECREATE_HINT}")
         try:
             data = dict(attrs)
             data["recipe"] = Recipe.from_dict(dict(data["recipe"]))
             data["compression"] = Compression(data["compression"])
             return cls(**data)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OptionError) as exc:
             raise StoreError(f"{where} has malformed store attributes: {exc}") from exc

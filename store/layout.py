@@ -1,11 +1,13 @@
 """The store's Zarr v3 layout: which arrays, their dtypes, chunks, shards and codecs.
 
-    /zarr.json                attributes["dalidr_store"]: StoreConfig, num_samples, fingerprint
-    /manifest/...             per-sample path, label, byte size, SHA-256, image size
+    /zarr.json                attributes["dalidr_store"]: StoreConfig, num_samples,
+                              fingerprint (of the manifest), digest (of these attributes)
+    /manifest/...             per-sample path, label, byte size, SHA-256, image size, skip mark
     /records/<field>          [N, slots, ...]  one column per record field (store.encoding)
     /topk/classes             [N, slots, k]    uint16 teacher class indices, by decreasing prob
     /topk/prob_gaps           [N, slots, k]    uint8 sqrt-quantised probabilities, as gaps
-    /commit                   [num_blocks]     uint64 digest of each complete block; 0: absent
+    /commit                   [num_blocks, 1 + groups]  uint64, one object per block: the
+                              block's digest (0: not committed), then one digest per slot group
 
 Two access patterns decide the cut. A writer produces a block of `block_size` samples with all
 their slots at once; training reads one slot of every sample per epoch. So every data array is
@@ -24,12 +26,19 @@ for flip flags and class indices (values span few bits). Probability gaps are tr
 (rank, sample, slot) first, so the top-1 gaps, the second gaps, ... each form one run of
 similar small numbers. `Compression.LZMA` swaps the top-k compressor for numcodecs' LZMA (not in
 the Zarr v3 spec: smaller, much slower to decode). The commit map is one uncompressed 8-byte
-chunk per block, so two writers committing different blocks never touch the same object.
+row per block, so two writers committing different blocks never touch the same object.
+
+Trust. A store may come from a stranger or a damaged disk. The attributes carry a SHA-256 of
+themselves, the manifest's fingerprint covers every manifest column, and each (block, slot
+group) has a digest in the commit map that the reader checks on every read: whatever changes
+what is served fails loudly, naming the store and where. CRC32C alone would not catch a valid
+chunk copied over another block's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -43,7 +52,7 @@ from zarr.errors import ZarrUserWarning
 from dalidr.errors import StoreError
 from store.config import ATTRS_KEY, Compression, StoreConfig
 from store.encoding import ColumnSpec, record_columns
-from store.location import StoreLocation, locate
+from store.location import CORRUPT_CHUNK_ERRORS, StoreLocation, locate
 from store.manifest import Manifest, read_manifest, write_manifest
 
 __all__ = [
@@ -51,6 +60,8 @@ __all__ = [
     "create_layout",
     "open_layout",
     "block_digest",
+    "group_digest",
+    "attrs_digest",
     "CLASSES",
     "PROB_GAPS",
     "COMMIT",
@@ -61,8 +72,6 @@ CLASSES = "topk/classes"
 PROB_GAPS = "topk/prob_gaps"
 COMMIT = "commit"
 _BIT_SHUFFLED = {"flip", "p_flip"}
-# What zarr and its codecs raise on corrupt bytes (checksum mismatch, truncated stream).
-CORRUPT_CHUNK_ERRORS = (ValueError, RuntimeError, IndexError, TypeError, OSError, EOFError)
 
 
 def _blosc(shuffle: BloscShuffle) -> BloscCodec:
@@ -150,13 +159,21 @@ class StoreLayout:
         coords = (block,) + (0,) * (array.ndim - 1)
         return f"{name}/{array.metadata.encode_chunk_key(coords)}"
 
+    def commit_rows(self) -> np.ndarray:
+        """The commit map, [num_blocks, 1 + num_groups]: block digest, then group digests."""
+        try:
+            return np.asarray(self.array(COMMIT)[...], dtype=np.uint64)
+        except CORRUPT_CHUNK_ERRORS as exc:
+            raise StoreError(f"{self.url}: the commit map is corrupt: {exc}; run "
+                             "`dalidr inspect` on the store") from exc
+
     def commits(self) -> np.ndarray:
-        """The commit map: per block its digest, 0 where the block is not complete."""
-        return np.asarray(self.array(COMMIT)[...], dtype=np.uint64)
+        """Per block its digest, 0 where the block is not complete."""
+        return self.commit_rows()[:, 0]
 
     @cached_property
     def manifest(self) -> Manifest:
-        return read_manifest(self.group, self.url)
+        return read_manifest(self.group, self.url, self.num_samples, self.fingerprint)
 
     @cached_property
     def image_hw(self) -> np.ndarray:
@@ -169,8 +186,9 @@ def create_layout(url: str, manifest: Manifest, config: StoreConfig,
     location = locate(url, read_only=False)
     if not overwrite and location.exists("zarr.json"):
         raise StoreError(f"{url}: a store already exists; open it to resume, or overwrite it")
-    attrs = {ATTRS_KEY: {**config.to_attrs(), "num_samples": len(manifest),
-                         "fingerprint": manifest.fingerprint}}
+    store_attrs = {**config.to_attrs(), "num_samples": len(manifest),
+                   "fingerprint": manifest.fingerprint}
+    attrs = {ATTRS_KEY: {**store_attrs, "digest": attrs_digest(store_attrs)}}
     group = zarr.open_group(location.store, mode="w" if overwrite else "w-", attributes=attrs)
     write_manifest(group, manifest)
     n, b = len(manifest), config.block_size
@@ -184,8 +202,9 @@ def create_layout(url: str, manifest: Manifest, config: StoreConfig,
                 filters=filters, serializer=BytesCodec(), compressors=compressors + [Crc32cCodec()],
                 fill_value=0, dimension_names=("sample", "slot") + ("field",) * len(shape),
             )
-    group.create_array(COMMIT, shape=(-(-n // b),), dtype="<u8", chunks=(1,),
-                       compressors=None, fill_value=0, dimension_names=("block",))
+    group.create_array(COMMIT, shape=(-(-n // b), 1 + config.num_groups), dtype="<u8",
+                       chunks=(1, 1 + config.num_groups), compressors=None, fill_value=0,
+                       dimension_names=("block", "digest"))
     return open_layout(url, read_only=False)
 
 
@@ -196,24 +215,61 @@ def open_layout(url: str, read_only: bool = True) -> StoreLayout:
         raise StoreError(f"{url}: no reinforcement store here (no zarr.json)")
     try:
         group = zarr.open_group(location.store, mode="r" if read_only else "r+")
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        raise StoreError(f"{url}: cannot open the store's root group: {exc}") from exc
-    attrs = dict(group.attrs.get(ATTRS_KEY) or {})
-    extra = {key: attrs.pop(key, None) for key in ("num_samples", "fingerprint")}
-    config = StoreConfig.from_attrs(attrs, url)
-    if not isinstance(extra["num_samples"], int) or not isinstance(extra["fingerprint"], str):
-        raise StoreError(f"{url}: store attributes lack num_samples or fingerprint")
-    layout = StoreLayout(location, group, config, extra["num_samples"], extra["fingerprint"])
+        attrs = group.attrs.get(ATTRS_KEY)
+    except (*CORRUPT_CHUNK_ERRORS, FileNotFoundError) as exc:
+        raise StoreError(f"{url}: cannot open the store's root group (zarr.json): {exc}") from exc
+    config, num_samples, fingerprint = split_attrs(attrs, url)
+    layout = StoreLayout(location, group, config, num_samples, fingerprint)
     for name, (dtype, shape, _, _) in _data_arrays(config).items():
         array = layout.array(name)
         expected = (layout.num_samples, config.slots) + shape
         if array.shape != expected or array.dtype != dtype:
             raise StoreError(f"{url}: array {name!r} is {array.dtype}{list(array.shape)}, "
                              f"the schema needs {dtype}{list(expected)}")
-    if layout.array(COMMIT).shape != (layout.num_blocks,):
-        raise StoreError(f"{url}: array 'commit' has shape {layout.array(COMMIT).shape}, "
-                         f"expected ({layout.num_blocks},)")
+    expected = (layout.num_blocks, 1 + config.num_groups)
+    if layout.array(COMMIT).shape != expected or layout.array(COMMIT).dtype != np.uint64:
+        raise StoreError(f"{url}: array 'commit' is {layout.array(COMMIT).dtype}"
+                         f"{list(layout.array(COMMIT).shape)}, expected uint64{list(expected)}")
     return layout
+
+
+def split_attrs(attrs: Any, url: str) -> tuple[StoreConfig, int, str]:
+    """(config, num_samples, fingerprint) from the root attributes, after checking their
+    digest; StoreError naming the store if they are missing, edited or damaged."""
+    if not isinstance(attrs, dict):
+        raise StoreError(f"{url} is not a dalidr reinforcement store (no {ATTRS_KEY!r} "
+                         "attributes)")
+    attrs = dict(attrs)
+    digest = attrs.pop("digest", None)
+    config = StoreConfig.from_attrs(
+        {k: v for k, v in attrs.items() if k not in ("num_samples", "fingerprint")}, url)
+    num_samples, fingerprint = attrs.get("num_samples"), attrs.get("fingerprint")
+    if (not isinstance(num_samples, int) or isinstance(num_samples, bool)
+            or not 1 <= num_samples <= 1 << 40 or not isinstance(fingerprint, str)):
+        raise StoreError(f"{url}: store attributes lack a valid num_samples or fingerprint")
+    if digest != attrs_digest(attrs):
+        raise StoreError(f"{url}: the store's attributes do not match their digest: they were "
+                         "edited or damaged (recipe, teacher, slots, k, seed, conventions or the "
+                         "manifest fingerprint); the store cannot be trusted")
+    return config, num_samples, fingerprint
+
+
+def attrs_digest(attrs: dict[str, Any]) -> str:
+    """SHA-256 of the store attributes (without `digest`), as canonical JSON."""
+    text = json.dumps(attrs, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(b"dalidr-attrs-v2:" + text.encode()).hexdigest()
+
+
+def group_digest(arrays: dict[str, np.ndarray], block: int, group: int) -> int:
+    """The commit map's digest of one (block, slot group): the block and group indices and the
+    group's slice of every data array, so a valid chunk copied from elsewhere fails it."""
+    h = hashlib.blake2b(digest_size=8, person=b"dalidr-group")
+    h.update(np.array([block, group], "<i8").tobytes())
+    for name in sorted(arrays):
+        values = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{values.dtype.str}:{values.shape}".encode())
+        h.update(values.tobytes())
+    return int.from_bytes(h.digest(), "little") or 1
 
 
 def block_digest(arrays: dict[str, np.ndarray]) -> int:

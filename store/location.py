@@ -22,7 +22,11 @@ from zarr.storage import FsspecStore, LocalStore
 
 from dalidr.errors import StoreError
 
-__all__ = ["StoreLocation", "locate"]
+__all__ = ["StoreLocation", "locate", "CORRUPT_CHUNK_ERRORS"]
+
+# What zarr and its codecs raise on corrupt bytes (checksum mismatch, truncated stream, bad JSON).
+CORRUPT_CHUNK_ERRORS = (ValueError, RuntimeError, IndexError, TypeError, OSError, EOFError,
+                        KeyError, MemoryError)
 
 
 @dataclass(frozen=True)

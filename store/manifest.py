@@ -1,14 +1,21 @@
 """The dataset manifest: which images a store belongs to, fingerprinted, stored without pickles.
 
-Per sample the manifest keeps its relative path, label, byte size and SHA-256 content hash (the
-fingerprint), plus its height and width: records store crops as fractions of the source image,
-and the store packs them back into source pixels (`store.encoding`), which needs the size.
+Per sample the manifest keeps its relative path, label, byte size and SHA-256 content hash, its
+height and width as PIL reports them (`dalidr.conventions`: records store crops as fractions of
+the source image, and the store packs them back into source pixels, `store.encoding`), and
+whether the teacher pass skipped it as unreadable (`--skip-bad`: never read, never served, never
+compared with the data).
 
 Stored in the `manifest/` group as plain arrays: paths as one uint8 array of UTF-8 bytes with
-int64 offsets (no object or variable-length string dtype, so nothing is ever unpickled and any
-zarr reader can decode it), the rest as fixed-width integers. The fingerprint, a SHA-256 over the
-four identifying fields, is also saved in the root attributes, so checking a store against a
-dataset costs one hash; the arrays are read only to name the first sample that differs.
+int64 offsets (a `PathList`; no object or variable-length string dtype, so nothing is ever
+unpickled and any zarr reader can decode it), the rest as fixed-width integers. The
+fingerprint, a SHA-256 over every column, is saved in the root attributes (which carry their own
+digest), so a manifest edited or damaged on disk is refused when it is read.
+
+Checking a store against a data root at every training start must not read the dataset
+(1.28M files, 140 GB): `check_listing` compares the listing's paths, labels and file sizes with
+the manifest, vectorised, and `check_sampled_content` hashes a small deterministic sample of
+files. `verify_content` hashes every file (`dalidr verify`).
 """
 
 from __future__ import annotations
@@ -24,39 +31,54 @@ import numpy as np
 import zarr
 from PIL import Image, UnidentifiedImageError
 
+from dalidr.dataset import DatasetListing
 from dalidr.errors import DatasetError, ImageError, StoreError
+from dalidr.hashing import mix64
+from dalidr.path_list import PathList
+from store.location import CORRUPT_CHUNK_ERRORS
 
-__all__ = ["Manifest", "scan_manifest", "write_manifest", "read_manifest"]
+__all__ = ["Manifest", "scan_manifest", "write_manifest", "read_manifest",
+           "MANIFEST_COLUMNS", "SAMPLED_HASHES"]
 
 _GROUP = "manifest"
 _CHUNK = 1 << 20
+# name -> (dtype on disk, trailing shape) of every manifest array besides the paths.
+MANIFEST_COLUMNS = {"label": ("<i4", ()), "size": ("<i8", ()), "sha256": ("u1", (32,)),
+                    "image_hw": ("<u2", (2,)), "skipped": ("u1", ())}
+# Files hashed at every loader start to check a store belongs to a data root.
+SAMPLED_HASHES = 32
 
 
 @dataclass(frozen=True, eq=False)
 class Manifest:
     """Per-sample identity of a dataset; sample i of the store is sample i of this list."""
 
-    # Paths relative to the dataset root, as given (compared exactly).
-    paths: tuple[str, ...]
+    # Paths relative to the dataset root, as listed (compared exactly).
+    paths: PathList
     # Class label per sample (-1: unlabelled).
     labels: np.ndarray
     # File size in bytes per sample.
     sizes: np.ndarray
-    # SHA-256 of each file's bytes, [N, 32] uint8.
+    # SHA-256 of each file's bytes, [N, 32] uint8 (zeros for a skipped sample).
     hashes: np.ndarray
-    # (height, width) of each decoded image, [N, 2]; records are drawn against these.
+    # (height, width) of each image as PIL reports it, [N, 2]; records are drawn against these.
     image_hw: np.ndarray
+    # Unreadable at the teacher pass (`--skip-bad`): never read or served, [N] bool.
+    skipped: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.paths)
+        object.__setattr__(self, "paths", PathList.from_strings(self.paths))
         object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64))
         object.__setattr__(self, "sizes", np.asarray(self.sizes, dtype=np.int64))
         object.__setattr__(self, "hashes", np.asarray(self.hashes, dtype=np.uint8))
         object.__setattr__(self, "image_hw", np.asarray(self.image_hw, dtype=np.int64))
+        skipped = np.zeros(n, bool) if self.skipped is None else np.asarray(self.skipped) != 0
+        object.__setattr__(self, "skipped", skipped)
         if n == 0:
             raise DatasetError("a manifest needs at least one sample")
         for name, shape in (("labels", (n,)), ("sizes", (n,)), ("hashes", (n, 32)),
-                            ("image_hw", (n, 2))):
+                            ("image_hw", (n, 2)), ("skipped", (n,))):
             if getattr(self, name).shape != shape:
                 raise DatasetError(f"manifest {name} has shape {getattr(self, name).shape}, "
                                    f"expected {shape} for {n} samples")
@@ -69,36 +91,123 @@ class Manifest:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _path_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        encoded = [p.encode("utf-8") for p in self.paths]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(b) for b in encoded], out=offsets[1:])
-        return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
-
     @property
     def fingerprint(self) -> str:
-        """SHA-256 over paths, labels, sizes and content hashes (not image sizes: derived)."""
-        data, offsets = self._path_arrays()
-        h = hashlib.sha256(b"dalidr-manifest-v1")
-        for part in (np.int64(len(self)), offsets, data, self.labels.astype("<i8"),
-                     self.sizes.astype("<i8"), self.hashes):
+        """SHA-256 over every column: paths, labels, sizes, hashes, image sizes, skip marks."""
+        h = hashlib.sha256(b"dalidr-manifest-v2")
+        h.update(self.paths.digest())
+        for part in (self.labels.astype("<i8"), self.sizes.astype("<i8"), self.hashes,
+                     self.image_hw.astype("<i8"), self.skipped.astype("u1")):
             h.update(np.ascontiguousarray(part).tobytes())
         return h.hexdigest()
+
+    @property
+    def served(self) -> np.ndarray:
+        """Indices of the samples that are read and served (not skipped)."""
+        return np.flatnonzero(~self.skipped)
 
     def first_difference(self, other: Manifest) -> str | None:
         """Describe the first sample where `other` differs from this manifest, or None."""
         if len(self) != len(other):
             return f"{len(self)} samples in one, {len(other)} in the other"
-        paths = [a != b for a, b in zip(self.paths, other.paths, strict=True)]
-        checks = (("path", np.array(paths, dtype=bool)),
+        first_path = self.paths.first_difference(other.paths)
+        paths = np.zeros(len(self), bool)
+        if first_path is not None:
+            paths[first_path] = True
+        checks = (("path", paths),
                   ("label", self.labels != other.labels),
                   ("byte size", self.sizes != other.sizes),
-                  ("content hash", (self.hashes != other.hashes).any(axis=1)))
+                  ("content hash", (self.hashes != other.hashes).any(axis=1)),
+                  ("image size", (self.image_hw != other.image_hw).any(axis=1)),
+                  ("skip mark", self.skipped != other.skipped))
         found = [(int(np.flatnonzero(bad)[0]), what) for what, bad in checks if bad.any()]
         if not found:
             return None
         i, what = min(found)
         return f"sample {i} ({self.paths[i]!r} vs {other.paths[i]!r}) differs in its {what}"
+
+    # ------------------------------------------------------------ against a data root
+
+    def check_listing(self, listing: DatasetListing) -> str | None:
+        """Metadata check against a listing of the data root (no file is opened): the same
+        paths and labels in the same order, and the same byte sizes where the listing has them.
+        Samples skipped by the teacher pass may have changed or gone. None: they agree."""
+        paths, labels, sizes = listing.paths, listing.labels, listing.sizes
+        if len(listing) != len(self) and self.skipped.any():
+            # Skipped files may have been deleted since: compare what the store serves.
+            keep = self.served
+            gone = set(self.paths[int(i)] for i in np.flatnonzero(self.skipped))
+            theirs = np.array([p not in gone for p in paths], dtype=bool)
+            mine = Manifest(PathList.from_strings(self.paths[int(i)] for i in keep),
+                            self.labels[keep], self.sizes[keep], self.hashes[keep],
+                            self.image_hw[keep])
+            sub = DatasetListing(listing.root, PathList.from_strings(
+                p for p, ok in zip(paths, theirs, strict=True) if ok), labels[theirs],
+                listing.classes, None if sizes is None else sizes[theirs])
+            return mine.check_listing(sub)
+        if len(listing) != len(self):
+            return (f"the store's manifest lists {len(self)} images, {listing.root} has "
+                    f"{len(listing)}")
+        found: list[tuple[int, str]] = []
+        first = self.paths.first_difference(paths)
+        if first is not None:
+            found.append((first, f"path {self.paths[first]!r} in the store, {paths[first]!r} "
+                                 "in the data"))
+        bad = np.flatnonzero(self.labels != labels)
+        if bad.size:
+            i = int(bad[0])
+            found.append((i, f"{self.paths[i]!r}: label {self.labels[i]} in the store, "
+                             f"{labels[i]} in the data"))
+        if sizes is not None:
+            bad = np.flatnonzero((self.sizes != sizes) & ~self.skipped)
+            if bad.size:
+                i = int(bad[0])
+                found.append((i, f"{self.paths[i]!r}: {self.sizes[i]} bytes in the store, "
+                                 f"{sizes[i]} in the data"))
+        if not found:
+            return None
+        i, what = min(found)
+        return f"sample {i} differs: {what}"
+
+    def sampled_indices(self, count: int = SAMPLED_HASHES) -> np.ndarray:
+        """A deterministic sample of served samples whose content is hashed at every start."""
+        served = self.served
+        if served.size <= count:
+            return served
+        keys = mix64(served.astype(np.uint64) ^ np.uint64(0x5A3D_11E5))
+        return np.sort(served[np.argsort(keys, kind="stable")[:count]])
+
+    def check_content(self, root: str | Path, indices: Sequence[int] | np.ndarray,
+                      workers: int = 8, progress: bool = False) -> list[str]:
+        """Hash the files of `indices` under `root`; one line per file that differs."""
+        root = Path(root)
+        indices = [int(i) for i in indices if not self.skipped[int(i)]]
+
+        def one(i: int) -> str | None:
+            path = root / self.paths[i]
+            try:
+                digest = _sha256_file(path)
+            except OSError as exc:
+                return f"sample {i} ({path}): cannot be read: {exc}"
+            if digest != self.hashes[i].tobytes():
+                return f"sample {i} ({path}): content differs from the store's manifest"
+            return None
+
+        with ThreadPoolExecutor(max(1, min(workers, len(indices) or 1))) as pool:
+            lines = pool.map(one, indices)
+            if progress:
+                from tqdm import tqdm
+
+                lines = tqdm(lines, total=len(indices), desc="verifying", unit="file")
+            return [line for line in lines if line]
+
+
+def _sha256_file(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.digest()
 
 
 def _scan_one(root: Path, rel: str) -> tuple[int, bytes, tuple[int, int]]:
@@ -108,29 +217,59 @@ def _scan_one(root: Path, rel: str) -> tuple[int, bytes, tuple[int, int]]:
     except OSError as exc:
         raise DatasetError(f"dataset file {path} cannot be read: {exc}") from exc
     try:
+        # PIL's size ignores EXIF orientation, as replay does (dalidr.conventions).
         with Image.open(path) as image:
             width, height = image.size
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageError(f"dataset file {path} is not a readable image: {exc}") from exc
+    if not data:
+        raise ImageError(f"dataset file {path} is empty")
     return len(data), hashlib.sha256(data).digest(), (height, width)
 
 
+def _scan_one_or_skip(root: Path, rel: str) -> tuple[int, bytes, tuple[int, int]] | int:
+    """A scanned file, or its byte size (-1: missing) when it is unreadable."""
+    try:
+        return _scan_one(root, rel)
+    except (ImageError, DatasetError):
+        try:
+            return os.stat(root / rel).st_size
+        except OSError:
+            return -1
+
+
 def scan_manifest(
-    root: str | Path, paths: Sequence[str], labels: Sequence[int], workers: int = 8
+    root: str | Path, paths: Sequence[str], labels: Sequence[int] | np.ndarray,
+    workers: int = 8, skip_bad: bool = False, progress: bool = False,
 ) -> Manifest:
-    """Hash, size and measure every file of a dataset (relative `paths` under `root`)."""
+    """Hash, size and measure every file of a dataset (relative `paths` under `root`).
+
+    With `skip_bad`, an unreadable file becomes a skipped sample instead of an error."""
     root = Path(root)
     if len(paths) != len(labels):
         raise DatasetError(f"{len(paths)} paths but {len(labels)} labels under {root}")
+    scan = _scan_one_or_skip if skip_bad else _scan_one
     with ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1))) as pool:
-        scanned = list(pool.map(lambda rel: _scan_one(root, rel), paths))
-    return Manifest(
-        paths=tuple(paths),
-        labels=np.asarray(labels, dtype=np.int64),
-        sizes=np.array([s for s, _, _ in scanned], dtype=np.int64),
-        hashes=np.frombuffer(b"".join(h for _, h, _ in scanned), dtype=np.uint8).reshape(-1, 32),
-        image_hw=np.array([hw for _, _, hw in scanned], dtype=np.int64),
-    )
+        results = pool.map(lambda rel: scan(root, rel), paths)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(paths), desc="hashing the dataset", unit="file")
+        scanned = list(results)
+    n = len(scanned)
+    sizes = np.zeros(n, np.int64)
+    hashes = np.zeros((n, 32), np.uint8)
+    image_hw = np.ones((n, 2), np.int64)  # a skipped sample's records are drawn for 1x1
+    skipped = np.zeros(n, bool)
+    for i, item in enumerate(scanned):
+        if isinstance(item, int):
+            sizes[i], skipped[i] = item, True
+        else:
+            sizes[i] = item[0]
+            hashes[i] = np.frombuffer(item[1], np.uint8)
+            image_hw[i] = item[2]
+    return Manifest(PathList.from_strings(paths), np.asarray(labels, np.int64), sizes, hashes,
+                    image_hw, skipped)
 
 
 def _column(group: zarr.Group, name: str, values: np.ndarray) -> None:
@@ -143,31 +282,63 @@ def _column(group: zarr.Group, name: str, values: np.ndarray) -> None:
 def write_manifest(root: zarr.Group, manifest: Manifest) -> None:
     """Create the `manifest/` group (once, at store creation)."""
     group = root.create_group(_GROUP)
-    data, offsets = manifest._path_arrays()
+    data, offsets = manifest.paths.data, manifest.paths.offsets
     _column(group, "path_bytes", data if data.size else np.zeros(0, np.uint8))
     _column(group, "path_offsets", offsets)
-    _column(group, "label", manifest.labels.astype(np.int32))
-    _column(group, "size", manifest.sizes)
-    _column(group, "sha256", manifest.hashes)
-    _column(group, "image_hw", manifest.image_hw.astype(np.uint16))
+    values = {"label": manifest.labels, "size": manifest.sizes, "sha256": manifest.hashes,
+              "image_hw": manifest.image_hw, "skipped": manifest.skipped}
+    for name, (dtype, _) in MANIFEST_COLUMNS.items():
+        _column(group, name, values[name].astype(dtype))
 
 
-def read_manifest(root: zarr.Group, where: str) -> Manifest:
-    """The manifest saved by `write_manifest`; StoreError naming what is missing or malformed."""
+def _read_arrays(root: zarr.Group, where: str, num_samples: int) -> dict[str, np.ndarray]:
+    """Every manifest array, its shape and dtype checked against the sample count before any
+    of it is read (a forged count cannot make this allocate more than the objects justify)."""
     try:
         group = root[_GROUP]
-        arrays = {name: group[name][...] for name in
-                  ("path_bytes", "path_offsets", "label", "size", "sha256", "image_hw")}
+        arrays = {name: group[name] for name in ("path_bytes", "path_offsets", *MANIFEST_COLUMNS)}
     except KeyError as exc:
         raise StoreError(f"{where}: manifest array {exc} is missing") from exc
-    offsets, data = arrays["path_offsets"], arrays["path_bytes"].tobytes()
-    if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != len(data) or (
-            np.diff(offsets) < 0).any():
-        raise StoreError(f"{where}: manifest/path_offsets does not index manifest/path_bytes")
+    except (ValueError, TypeError, OSError) as exc:
+        raise StoreError(f"{where}: manifest metadata is malformed: {exc}") from exc
+    expected = {"path_offsets": ("<i8", (num_samples + 1,)),
+                **{name: (dtype, (num_samples,) + shape)
+                   for name, (dtype, shape) in MANIFEST_COLUMNS.items()}}
+    for name, (dtype, shape) in expected.items():
+        array = arrays[name]
+        if array.dtype != np.dtype(dtype) or tuple(array.shape) != shape:
+            raise StoreError(f"{where}: manifest array {name!r} is {array.dtype}{list(array.shape)}"
+                             f", the store's {num_samples} samples need {np.dtype(dtype)}"
+                             f"{list(shape)}")
+    path_bytes = arrays["path_bytes"]
+    if path_bytes.dtype != np.uint8 or path_bytes.ndim != 1 or (
+            path_bytes.shape[0] > num_samples * 4096):
+        raise StoreError(f"{where}: manifest array 'path_bytes' is {path_bytes.dtype}"
+                         f"{list(path_bytes.shape)}; expected uint8, at most 4096 bytes a path")
+    out: dict[str, np.ndarray] = {}
+    for name, array in arrays.items():
+        try:
+            out[name] = np.asarray(array[...])
+        except CORRUPT_CHUNK_ERRORS as exc:
+            raise StoreError(f"{where}: manifest array {name!r} is corrupt: {exc}") from exc
+    return out
+
+
+def read_manifest(root: zarr.Group, where: str, num_samples: int, fingerprint: str) -> Manifest:
+    """The manifest saved by `write_manifest`, checked against the store's attributes (count
+    and fingerprint); StoreError naming what is missing, malformed or altered."""
+    arrays = _read_arrays(root, where, num_samples)
     try:
-        bounds = zip(offsets[:-1], offsets[1:], strict=True)
-        paths = tuple(data[a:b].decode("utf-8") for a, b in bounds)
-        return Manifest(paths, arrays["label"], arrays["size"], arrays["sha256"],
-                        arrays["image_hw"])
-    except (UnicodeDecodeError, DatasetError) as exc:
+        paths = PathList(arrays["path_bytes"], arrays["path_offsets"])
+        unsafe = paths.unsafe_index()
+        if unsafe is not None:
+            raise StoreError(f"{where}: manifest path {unsafe} is not a relative path inside the "
+                             "data root (absolute, '..', empty or not UTF-8); refusing the store")
+        manifest = Manifest(paths, arrays["label"], arrays["size"], arrays["sha256"],
+                            arrays["image_hw"], arrays["skipped"])
+    except (ValueError, DatasetError) as exc:
         raise StoreError(f"{where}: malformed manifest: {exc}") from exc
+    if manifest.fingerprint != fingerprint:
+        raise StoreError(f"{where}: the manifest's arrays do not match the store's fingerprint "
+                         "(edited or damaged on disk); run `dalidr inspect` on it")
+    return manifest

@@ -19,12 +19,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dalidr.dataset import DatasetListing
 from dalidr.errors import DatasetError, StoreError
 from dalidr.records import record_dtype
 from store.config import StoreConfig
 from store.encoding import decode_records, dequantise_probs
-from store.layout import CLASSES, CORRUPT_CHUNK_ERRORS, PROB_GAPS, StoreLayout, open_layout
-from store.manifest import Manifest
+from store.layout import (
+    CLASSES,
+    CORRUPT_CHUNK_ERRORS,
+    PROB_GAPS,
+    StoreLayout,
+    group_digest,
+    open_layout,
+)
+from store.manifest import SAMPLED_HASHES, Manifest
 from store.plan import EpochPlan, PlanSpec, UnevenShards, plan_epoch
 
 __all__ = ["TopKTargets", "EpochData", "StoreReader"]
@@ -66,6 +74,7 @@ class StoreReader:
         self.layout: StoreLayout = open_layout(url, read_only=True)
         self.uneven = uneven
         self._present: set[int] = set()  # committed blocks whose shard objects were seen
+        self._rows: np.ndarray | None = None  # the commit map, read when first needed
         if dataset is not None:
             self.check_dataset(dataset)
 
@@ -85,20 +94,46 @@ class StoreReader:
     def num_blocks(self) -> int:
         return self.layout.num_blocks
 
-    def check_dataset(self, dataset: Manifest) -> None:
-        """DatasetError naming the first differing sample unless `dataset` is the store's."""
-        if dataset.fingerprint == self.layout.fingerprint:
-            return
-        difference = self.layout.manifest.first_difference(dataset)
-        raise DatasetError(
-            f"store {self.url} was made for another dataset (fingerprint "
-            f"{self.layout.fingerprint[:12]}, the dataset's is {dataset.fingerprint[:12]}): "
-            f"{difference or 'the manifest arrays disagree with the stored fingerprint'}"
-        )
+    @property
+    def manifest(self) -> Manifest:
+        """The store's manifest (read and checked against its fingerprint once)."""
+        return self.layout.manifest
+
+    def check_dataset(self, dataset: Manifest | DatasetListing,
+                      sampled_hashes: int = SAMPLED_HASHES) -> None:
+        """DatasetError naming the first differing sample unless `dataset` is the store's.
+
+        A `Manifest` (every file hashed) is compared whole. A `DatasetListing` costs metadata
+        only: paths, labels and file sizes against the manifest, then the content hashes of
+        `sampled_hashes` files chosen deterministically (`dalidr verify` hashes them all)."""
+        if isinstance(dataset, Manifest):
+            if dataset.fingerprint == self.layout.fingerprint:
+                return
+            difference = self.manifest.first_difference(dataset)
+            raise DatasetError(
+                f"store {self.url} was made for another dataset (fingerprint "
+                f"{self.layout.fingerprint[:12]}, the dataset's is {dataset.fingerprint[:12]}): "
+                f"{difference or 'the manifest arrays disagree with the stored fingerprint'}"
+            )
+        difference = self.manifest.check_listing(dataset)
+        if difference is None and sampled_hashes > 0:
+            bad = self.manifest.check_content(
+                dataset.root, self.manifest.sampled_indices(sampled_hashes))
+            if bad:
+                difference = (f"{bad[0]} ({len(bad)} of {sampled_hashes} sampled files differ; "
+                              f"`dalidr verify {self.url} --data {dataset.root}` checks all)")
+        if difference is not None:
+            raise DatasetError(f"store {self.url} was not made from {dataset.root}: "
+                               f"{difference}")
+
+    def _commit_rows(self, refresh: bool = False) -> np.ndarray:
+        if self._rows is None or refresh:
+            self._rows = self.layout.commit_rows()
+        return self._rows
 
     def committed(self) -> np.ndarray:
         """Per block, whether it is complete (only complete blocks are ever read)."""
-        return self.layout.commits() != 0
+        return self._commit_rows(refresh=True)[:, 0] != 0
 
     def committed_samples(self) -> np.ndarray:
         """Indices of the samples in committed blocks."""
@@ -114,7 +149,9 @@ class StoreReader:
         blocks = np.unique(blocks)
         if all(int(b) in self._present for b in blocks):
             return  # committed blocks stay committed: no need to read the commit map again
-        done = self.committed()
+        done = self._commit_rows()[:, 0] != 0
+        if not done[blocks].all():
+            done = self.committed()
         missing = blocks[~done[blocks]]
         if missing.size:
             b = int(missing[0])
@@ -182,13 +219,29 @@ class StoreReader:
         rows = samples[part] - run.start * cfg.block_size
         column = slots[part] - group * cfg.slot_group
 
+        chunks = {name: self._read(name, run, group) for name in self.layout.data_names}
+        self._verify(chunks, run, group)
+
         def pick(name: str) -> np.ndarray:
-            return self._read(name, run, group)[rows, column]
+            return chunks[name][rows, column]
 
         columns = {spec.name: pick(f"records/{spec.name}") for spec in self.layout.columns}
         out[0][part] = decode_records(columns, cfg.recipe, samples[part], self.layout.image_hw)
         out[1][part] = pick(CLASSES)
         out[2][part] = dequantise_probs(pick(PROB_GAPS), cfg.prob_levels)
+
+    def _verify(self, chunks: dict[str, np.ndarray], run: range, group: int) -> None:
+        """StoreError unless every block's slice of `chunks` matches its commit-map digest."""
+        rows = self._commit_rows()
+        lo = self.layout.block_range(run.start).start
+        for block in run:
+            r = self.layout.block_range(block)
+            part = {name: values[r.start - lo:r.stop - lo] for name, values in chunks.items()}
+            if group_digest(part, block, group) != int(rows[block, 1 + group]):
+                raise StoreError(f"{self.url}: block {block} (samples {r.start}..{r.stop - 1}), "
+                                 f"slot group {group}: the data does not match its commit digest "
+                                 "(damaged, or a chunk copied from elsewhere); run `dalidr "
+                                 "inspect` on the store")
 
     def read_block(self, block: int) -> tuple[np.ndarray, TopKTargets]:
         """All views of one committed block: records [n, slots], targets [n, slots, k]."""
@@ -204,10 +257,15 @@ class StoreReader:
                 raise StoreError(f"{self.url}: array {name!r}, shard of block {block} is "
                                  f"corrupt: {exc}") from exc
 
-        columns = {spec.name: whole(f"records/{spec.name}") for spec in self.layout.columns}
+        arrays = {name: whole(name) for name in self.layout.data_names}
+        for group in range(cfg.num_groups):
+            slots = cfg.group_slots(group)
+            self._verify({name: values[:, slots.start:slots.stop]
+                          for name, values in arrays.items()}, range(block, block + 1), group)
+        columns = {spec.name: arrays[f"records/{spec.name}"] for spec in self.layout.columns}
         records = decode_records(columns, cfg.recipe, samples, self.layout.image_hw)
-        targets = TopKTargets(whole(CLASSES).astype(np.int32),
-                              dequantise_probs(whole(PROB_GAPS), cfg.prob_levels))
+        targets = TopKTargets(arrays[CLASSES].astype(np.int32),
+                              dequantise_probs(arrays[PROB_GAPS], cfg.prob_levels))
         return records, targets
 
     # ------------------------------------------------------------------ epochs

@@ -30,11 +30,12 @@ from store.layout import (
     StoreLayout,
     block_digest,
     create_layout,
+    group_digest,
     open_layout,
 )
 from store.manifest import Manifest
 
-__all__ = ["StoreWriter", "create_store", "BlockProducer"]
+__all__ = ["StoreWriter", "create_store", "BlockProducer", "commit_row"]
 
 # Given a block's samples, returns its records [n, slots], classes [n, slots, k] and
 # probabilities [n, slots, k] (the teacher's top-k, in any order).
@@ -129,7 +130,18 @@ class StoreWriter:
             self.layout.location.remove_partials(self.layout.shard_key(name, block))
         for name in self.layout.data_names:
             self.layout.array(name)[samples.start:samples.stop] = arrays[name]
-        self.layout.array(COMMIT)[block] = np.uint64(block_digest(arrays))
+        self.layout.array(COMMIT)[block] = commit_row(self.config, arrays, block)
+
+
+def commit_row(config: StoreConfig, arrays: dict[str, np.ndarray], block: int) -> np.ndarray:
+    """A block's commit-map row: its digest, then the digest of every slot group's slice."""
+    row = np.empty(1 + config.num_groups, dtype=np.uint64)
+    row[0] = block_digest(arrays)
+    for group in range(config.num_groups):
+        slots = config.group_slots(group)
+        row[1 + group] = group_digest({name: values[:, slots.start:slots.stop]
+                                       for name, values in arrays.items()}, block, group)
+    return row
 
 
 class _RecordNames(Sequence[str]):

@@ -228,7 +228,7 @@ def test_mismatched_data_or_model_fails_fast(built, tmp_path) -> None:
         ReinforcedLoader(built.url, built.root, LoaderConfig(), num_classes=10,
                          manifest=built.manifest)
     other = build_store(tmp_path, images=24, seed=5)  # other JPEGs under the same layout
-    with pytest.raises(DatasetError, match="another dataset.*sample 0"):
+    with pytest.raises(DatasetError, match="was not made from .*sample 0 differs"):
         ReinforcedLoader(built.url, other.root, LoaderConfig())
     with pytest.raises(OptionError, match="'p'"):
         LoaderConfig(p=1.5)
