@@ -107,6 +107,8 @@ def list_dataset(root: str | Path, file_list: str | Path | None = None, *,
         return _list(root, file_list)[0]
 
 
+_CHUNK_LINES = 1 << 16  # file list lines parsed per compact chunk
+
 # (path relative to the root, st_mtime_ns) of every directory or file list a listing read:
 # the listing is still valid while none of them changed.
 _Stamps = list[tuple[str, int]]
@@ -177,25 +179,41 @@ def _walk_images(folder: str, rel: str, names: list[str], sizes: list[int],
 
 
 def _from_file_list(root: Path, file_list: Path) -> DatasetListing:
+    """Parsed line by line into compact chunks, so no Python string per path outlives its
+    chunk of `_CHUNK_LINES` (memory stays near the PathList's for ImageNet-sized lists)."""
     if not file_list.is_file():
         raise DatasetError(f"file list {file_list} does not exist")
+    parts: list[PathList] = []
+    labels: list[np.ndarray] = []
     paths: list[str] = []
-    labels: list[str] = []
-    for number, line in enumerate(file_list.read_text().splitlines(), start=1):
-        parts = line.rsplit(maxsplit=1)
-        if (len(parts) == 2 and parts[1].isdigit() and parts[1].isascii()
-                and not parts[0].lstrip().startswith("#")):
-            rel = parts[0]
-            if rel.startswith("/") or "/../" in f"/{rel}/":
-                raise DatasetError(f"{file_list}:{number}: {rel!r} is not a path inside {root}")
-            paths.append(rel)
-            labels.append(parts[1])
-        elif line.strip() and not line.lstrip().startswith("#"):
-            raise DatasetError(
-                f"{file_list}:{number}: expected '<relative path> <label>', got {line!r}"
-            )
-    if not paths:
+    values: list[str] = []
+
+    def flush() -> None:
+        if paths:
+            parts.append(PathList.from_strings(paths))
+            labels.append(np.asarray(values, dtype=np.int64))
+            paths.clear()
+            values.clear()
+
+    with open(file_list, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            fields = line.rsplit(maxsplit=1)
+            if (len(fields) == 2 and fields[1].isdigit() and fields[1].isascii()
+                    and not fields[0].lstrip().startswith("#")):
+                rel = fields[0]
+                if rel.startswith("/") or "/../" in f"/{rel}/":
+                    raise DatasetError(
+                        f"{file_list}:{number}: {rel!r} is not a path inside {root}")
+                paths.append(rel)
+                values.append(fields[1])
+                if len(paths) >= _CHUNK_LINES:
+                    flush()
+            elif line.strip() and not line.lstrip().startswith("#"):
+                raise DatasetError(f"{file_list}:{number}: expected '<relative path> <label>', "
+                                   f"got {line.rstrip(chr(10))!r}")
+    flush()
+    if not parts:
         raise DatasetError(f"file list {file_list} lists no images")
-    values = np.asarray(labels, dtype=np.int64)
-    return DatasetListing(root, PathList.from_strings(paths), values,
-                          tuple(str(c) for c in range(int(values.max()) + 1)))
+    label = np.concatenate(labels)
+    return DatasetListing(root, PathList.concatenate(parts), label,
+                          tuple(str(c) for c in range(int(label.max()) + 1)))
