@@ -60,7 +60,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `tests` impor
 
 import numpy as np
 
-from bench.machine import describe_machine, summary
+from bench.machine import describe_machine, foreign_cpu_share, load_snapshot, summary
 
 IMAGENET = 1_281_167
 IMAGENET_21K = 14_197_122
@@ -398,11 +398,15 @@ def run_child(args: argparse.Namespace) -> None:
 def _child(argv: list[str], step: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(_REPO), "DALIDR_NODE_CACHE": "off"}
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--step", step]
+    before = load_snapshot()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=_REPO)
+    foreign = foreign_cpu_share(before, load_snapshot())
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"step {step} failed:\n{done.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    out = json.loads(lines[-1][len("RESULT "):])
+    out["foreign_cpu_share"] = foreign  # other processes' share of the CPUs meanwhile
+    return out
 
 
 # ------------------------------------------------------------------ projections and table

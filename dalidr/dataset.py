@@ -5,7 +5,15 @@ sample index of a file is the same on every machine and in every process; the st
 records that listing. Listing a tree reads directories only: one `scandir` per folder, whose
 entries also give each file's byte size (a `stat`, no open, no read), which is what a loader
 compares with a store's manifest at start (content hashes are checked on a sample; see
-`store.manifest`). Paths are held as a compact `PathList`, labels and sizes as numpy arrays.
+`store.manifest`). Paths are held as a compact `PathList`, labels and sizes as numpy arrays
+(about 60 bytes per sample: 80 MB for ImageNet, against ~250 MB as Python strings and lists).
+
+Many ranks, one listing: under `torchrun` (or with `DALIDR_NODE_CACHE` set) the first process
+of a node lists and stores the arrays in a node-local file, and the others map it
+(`dalidr.node_cache`; trade-offs there). The stored listing is reused while every directory it
+read keeps its mtime (for a file list: the list's mtime), so it notices added, removed and
+renamed files, not a file rewritten in place with another size; the loaders' sampled hashes
+and `dalidr verify` are the content checks.
 """
 
 from __future__ import annotations
