@@ -6,7 +6,7 @@ records that listing. Listing a tree reads directories only: one `scandir` per f
 entries also give each file's byte size (a `stat`, no open, no read), which is what a loader
 compares with a store's manifest at start (content hashes are checked on a sample; see
 `store.manifest`). Paths are held as a compact `PathList`, labels and sizes as numpy arrays
-(about 60 bytes per sample: 80 MB for ImageNet, against ~250 MB as Python strings and lists).
+(about 55 bytes per sample: 70 MB for ImageNet, against ~200 MB as Python strings and ints).
 
 Many ranks, one listing: under `torchrun` (or with `DALIDR_NODE_CACHE` set) the first process
 of a node lists and stores the arrays in a node-local file, and the others map it
