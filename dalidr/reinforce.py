@@ -150,7 +150,7 @@ def _device(name: str) -> torch.device:
 
 
 def _num_classes(listing: DatasetListing, file_list: Path | None) -> int:
-    return len(listing.classes) if file_list is None else max(listing.labels) + 1
+    return len(listing.classes) if file_list is None else int(listing.labels.max()) + 1
 
 
 # --- the store: create once (rank 0), open everywhere -------------------------------------

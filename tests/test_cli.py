@@ -48,4 +48,4 @@ def test_bad_options_are_reported_not_raised(tmp_path, capsys) -> None:
     assert "dataset root" in capsys.readouterr().err
     (tmp_path / "data" / "a").mkdir(parents=True)
     assert main(["views", "--data", str(tmp_path / "data"), "--recipe", "rrc+zz"]) == 2
-    assert "no JPEG files" in capsys.readouterr().err
+    assert "no image files" in capsys.readouterr().err
