@@ -60,7 +60,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `tests` impor
 
 import numpy as np
 
-from bench.machine import describe_machine, foreign_cpu_share, load_snapshot, summary
+from bench.machine import describe_machine, load_snapshot, summary
 
 IMAGENET = 1_281_167
 IMAGENET_21K = 14_197_122
@@ -395,12 +395,24 @@ def run_child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out))
 
 
+def _foreign_share(start: Any, end: Any, children: resource.struct_rusage) -> float | None:
+    """Other processes' share of all CPUs while a step ran: the machine's busy time less the
+    step's own (an exited child's CPU time is in RUSAGE_CHILDREN, not in /proc)."""
+    if start is None or end is None or end.wall <= start.wall:
+        return None
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    tick = os.sysconf("SC_CLK_TCK")
+    own = ((now.ru_utime + now.ru_stime) - (children.ru_utime + children.ru_stime)) * tick
+    capacity = (end.wall - start.wall) * tick * (os.cpu_count() or 1)
+    return min(max((end.machine_busy - start.machine_busy - own) / capacity, 0.0), 1.0)
+
+
 def _child(argv: list[str], step: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(_REPO), "DALIDR_NODE_CACHE": "off"}
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--step", step]
-    before = load_snapshot()
+    before, children = load_snapshot(), resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=_REPO)
-    foreign = foreign_cpu_share(before, load_snapshot())
+    foreign = _foreign_share(before, load_snapshot(), children)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"step {step} failed:\n{done.stderr[-4000:]}")
