@@ -14,7 +14,9 @@ with the same batch size and the same number of threads/workers:
 3. torchvision: a `torch.utils.data.DataLoader` whose Dataset applies the same records with PIL
    and torchvision (crop, resize, flip, the two RandAugment ops, erase, normalise): what you
    would write without dalidr;
-4. sampler: `draw_records` records/s on one core, for every recipe variant.
+4. sampler: `draw_records` records/s on one core, for every recipe variant;
+5. Equalize: seconds per image of replay's Equalize (PIL's table through DALI's numba plugin,
+   `dalidr.equalize`) and of DALI's stock `fn.equalize`, over decode + resize alone.
 
 Both DALI pipelines are driven the same way: `prefetch_queue_depth=2`, two batches fed before the
 first `run()` and one after each, so the executor always has the next batch. The machine may be
@@ -454,6 +456,54 @@ def print_table(results: dict[str, Any], targets: list[dict[str, Any]], args: ar
         print(f"  {target['name']:36s} measured {measured:>18s}  {verdict}")
 
 
+def time_equalize(jpegs: list[np.ndarray], side: int, args: argparse.Namespace,
+                  device_id: int | None) -> dict[str, Any]:
+    """Seconds per image of Equalize as replay runs it (PIL's table, `dalidr.equalize`) and of
+    DALI's stock `fn.equalize` (OpenCV's table), on decoded images at the output side: each
+    pipeline's time less that of the same decode + resize alone, in interleaved rounds."""
+    from dalidr.equalize import pil_equalize
+    from dalidr.replay import DECODE_ARGS
+
+    batch = [jpegs[i % len(jpegs)] for i in range(args.batch)]
+
+    def build(kind: str) -> Pipeline:
+        @pipeline_def(batch_size=args.batch, num_threads=args.threads, device_id=device_id,
+                      prefetch_queue_depth=1)
+        def _pipeline() -> Any:
+            data = fn.external_source(name="jpegs", dtype=types.UINT8, no_copy=True)
+            images = fn.decoders.image(data, device="cpu" if device_id is None else "mixed",
+                                       **DECODE_ARGS)
+            images = fn.resize(images, size=[side, side], antialias=True)
+            if kind == "pil_table":
+                images = pil_equalize(images)
+            elif kind == "dali_opencv":
+                images = fn.equalize(images)
+            return images
+
+        pipe = _pipeline()
+        pipe.build()
+        return pipe
+
+    kinds = ("decode_resize", "pil_table", "dali_opencv")
+    pipes = {kind: build(kind) for kind in kinds}
+    runs: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for round_ in range(args.runs + 1):
+        for kind in kinds[round_ % 3:] + kinds[:round_ % 3]:
+            start = time.perf_counter()
+            for _ in range(args.batches):
+                pipes[kind].feed_input("jpegs", batch)
+                (out,) = pipes[kind].run()
+                if device_id is not None:
+                    out.as_cpu()
+            if round_ > 0:  # the first round builds caches and compiles
+                runs[kind].append((time.perf_counter() - start) / (args.batches * args.batch))
+    base = statistics.median(runs["decode_resize"])
+    return {"side": side, "decode_resize_s_per_image": base,
+            "pil_table_s_per_image": statistics.median(runs["pil_table"]) - base,
+            "dali_opencv_s_per_image": statistics.median(runs["dali_opencv"]) - base,
+            "runs": runs}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.perf_counter()
@@ -524,6 +574,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     key = recipe.variant.value
     results["sampler"] = {"records_per_run": args.sampler_records, "recipe": key,
                           "records_per_s": variants[key]["records_per_s"], "variants": variants}
+
+    results["equalize"] = time_equalize(jpegs, recipe.output_size, args, device_id)
+    eq = results["equalize"]
+    print(f"Equalize at {eq['side']} px: PIL's table (replay) "
+          f"{1e3 * eq['pil_table_s_per_image']:.3f} ms/image, DALI's fn.equalize "
+          f"{1e3 * eq['dali_opencv_s_per_image']:.3f} ms/image (decode + resize alone "
+          f"{1e3 * eq['decode_resize_s_per_image']:.3f} ms/image)")
 
     targets = []
     for name, num, den, threshold in TARGETS:

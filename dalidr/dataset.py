@@ -27,18 +27,15 @@ from typing import Any
 import numpy as np
 
 from dalidr.errors import DatasetError
+from dalidr.image_formats import IMAGE_EXTENSIONS, has_image_extension
 from dalidr.node_cache import cache_key, node_cache_dir, shared_arrays
 from dalidr.path_list import PathList
 
 __all__ = ["DatasetListing", "list_dataset", "IMAGE_SUFFIXES", "is_image_name"]
 
 # torchvision's ImageFolder extensions (`IMG_EXTENSIONS`), compared case-insensitively as it does.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def is_image_name(name: str) -> bool:
-    """Whether a file name has one of the ImageFolder extensions (any case)."""
-    return name.lower().endswith(IMAGE_SUFFIXES)
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS
+is_image_name = has_image_extension
 
 
 @dataclass(frozen=True, eq=False)

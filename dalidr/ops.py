@@ -25,6 +25,8 @@ from nvidia.dali import fn, math, types
 from nvidia.dali.auto_aug.core import augmentation
 from nvidia.dali.auto_aug.core._augmentation import Augmentation
 
+from dalidr.equalize import pil_equalize
+
 __all__ = ["OpSpec", "OPS", "NUM_OPS", "OP_IDS", "replay_ops"]
 
 _GREY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
@@ -182,7 +184,8 @@ def auto_contrast(data, _):
 
 @augmentation
 def equalize(data, _):
-    return fn.equalize(data)
+    # PIL's ImageOps.equalize, exactly (DALI's fn.equalize is OpenCV's, another table).
+    return pil_equalize(data)
 
 
 @dataclass(frozen=True)

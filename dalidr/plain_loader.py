@@ -26,7 +26,7 @@ from dalidr.image_sizes import ImageSizes
 from dalidr.loader_config import Augment, LastBatch, LoaderConfig
 from dalidr.recipe import Recipe
 from dalidr.records import COORD_SCALE, draw_records
-from dalidr.replay import Output, ReplaySpec, replay_graph
+from dalidr.replay import DECODE_ARGS, Output, ReplaySpec, replay_graph
 from store.plan import PlanSpec, UnevenShards, plan_epoch
 
 __all__ = ["PlainLoader"]
@@ -112,11 +112,11 @@ class PlainLoader(_DaliLoader):
                                 ReplaySpec(self.recipe, output=Output.UINT8_HWC), device)
         decode = "mixed" if device == "gpu" else "cpu"
         if self.augment is Augment.EVAL:
-            images = fn.decoders.image(jpegs, output_type=types.RGB, device=decode)
+            images = fn.decoders.image(jpegs, device=decode, **DECODE_ARGS)
             return fn.resize(images, resize_shorter=round(self.size / _EVAL_CROP),
                              antialias=True, interp_type=types.INTERP_LINEAR)
         images = fn.decoders.image_random_crop(
-            jpegs, output_type=types.RGB, device=decode, random_area=[0.08, 1.0],
+            jpegs, device=decode, **DECODE_ARGS, random_area=[0.08, 1.0],
             random_aspect_ratio=[3.0 / 4.0, 4.0 / 3.0], num_attempts=10)
         images = fn.resize(images, size=[self.size, self.size], antialias=True,
                            interp_type=types.INTERP_LINEAR)

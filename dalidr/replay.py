@@ -7,7 +7,10 @@ teacher saw (paper Sec. 2: parameters are stored, images are re-created). It run
 
 Per view, in the order of the paper's code (apple/ml-dr, torchvision transforms):
 1. crop: the stored fractions become source pixels (`round(fraction * side)`), and only that
-   region is decoded (`decoders.image_slice`, ROI decoding where the decoder supports it);
+   region is decoded (`decoders.image_slice`, ROI decoding where the decoder supports it).
+   Images decode as PIL decodes them (`dalidr.conventions.DECODE_CONVENTION`, `DECODE_ARGS`):
+   RGB, EXIF orientation ignored, whatever the format (`dalidr.image_formats`), so the size the
+   sampler drew the crop for (PIL's `Image.open(path).size`) is the size decoded here;
 2. resize to the output side (linear, antialiased, as torchvision's RandomResizedCrop);
 3. horizontal flip, folded into the resize as a mirrored region of interest;
 4. RandAugment: each stored (op id, signed magnitude bin) goes through `auto_aug.select`, which
@@ -32,6 +35,7 @@ from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline
 
 from dalidr.errors import ImageError, OptionError
+from dalidr.image_formats import check_image
 from dalidr.ops import replay_ops
 from dalidr.recipe import Recipe
 from dalidr.records import COORD_SCALE, MixMode, record_dtype, validate_records
@@ -45,7 +49,16 @@ __all__ = [
     "replay_pipeline",
     "Replayer",
     "check_jpeg",
+    "DECODE_ARGS",
+    "PEEK_ARGS",
 ]
+
+# How every dalidr pipeline decodes an image (dalidr.conventions.DECODE_CONVENTION): RGB, and
+# EXIF orientation ignored, as PIL, torchvision's ImageFolder and the paper's code (DALI's
+# default would rotate). Pass to every `fn.decoders.*` and to `fn.peek_image_shape`
+# (`PEEK_ARGS`).
+DECODE_ARGS: dict[str, object] = {"output_type": types.RGB, "adjust_orientation": False}
+PEEK_ARGS: dict[str, object] = {"adjust_orientation": False}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -103,7 +116,7 @@ def _view(
     """
     recipe, side = spec.recipe, spec.side
     crop = inputs[prefix + "crop"]
-    source_hw = fn.peek_image_shape(jpegs, dtype=types.FLOAT)[0:2]
+    source_hw = fn.peek_image_shape(jpegs, dtype=types.FLOAT, **PEEK_ARGS)[0:2]
     anchor, extent = _pixels(crop[0:2], source_hw), _pixels(crop[2:4], source_hw)
     if decoded is None:
         images = fn.decoders.image_slice(
@@ -113,8 +126,8 @@ def _view(
             axis_names="HW",
             normalized_anchor=False,
             normalized_shape=False,
-            output_type=types.RGB,
             device="mixed" if device == "gpu" else "cpu",
+            **DECODE_ARGS,
         )
     else:
         images = fn.slice(
@@ -253,18 +266,10 @@ def replay_pipeline(
     return pipe
 
 
-_SOI = b"\xff\xd8"
-_EOI = b"\xff\xd9"
-
-
 def check_jpeg(data: np.ndarray | bytes, where: str) -> None:
-    """Raise ImageError naming `where` unless `data` looks like a whole JPEG."""
-    raw = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
-    if len(raw) < 4 or bytes(raw[:2]) != _SOI:
-        raise ImageError(f"{where}: not a JPEG file (no start-of-image marker)")
-    tail = bytes(raw[-64:]).rstrip(b"\x00")
-    if not tail.endswith(_EOI):
-        raise ImageError(f"{where}: truncated JPEG (no end-of-image marker)")
+    """Raise ImageError naming `where` unless replay decodes `data` (any format of
+    `dalidr.image_formats.REPLAY_FORMATS`, whole); kept under its old name for the loaders."""
+    check_image(data, where)
 
 
 class Replayer:

@@ -6,12 +6,16 @@ cross a block. Each batch carries the distinct JPEGs of its views once, with an 
 `view_pipeline` uses to fan the decoded images out to every view (`fn.permute_batch`), so an
 image is decoded once for all of its slots in the batch (Dataset Reinforcement Sec. 2.2: many
 views per image). Every member view is rendered by `dalidr.replay.replay_graph`, the code the
-training loader runs. Unreadable files are refused with their path, or with `--skip-bad`
-recorded so the store marks their views skipped.
+training loader runs. Images decode as PIL decodes them (`dalidr.replay.DECODE_ARGS`: EXIF
+orientation ignored), whatever their format. Unreadable files, and JPEGs whose image data
+libjpeg reports missing (`dalidr.image_formats.jpeg_damage`), are refused with their path, or
+with `--skip-bad` recorded so the store marks their views skipped (with a warning naming
+each); JPEGs libjpeg merely complains about are served, with a warning naming the path.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dalidr.errors import ImageError
+from dalidr.image_formats import jpeg_damage
 from dalidr.recipe import Recipe
 from dalidr.records import draw_records
 from dalidr.teacher import TeacherView
@@ -68,6 +73,7 @@ class ViewSource:
         self.open: dict[int, BlockState] = {}  # registered blocks, in order
         self.in_flight: deque[ViewBatch] = deque()
         self.tiny = _tiny_jpeg()
+        self.checked = np.zeros(len(paths), dtype=bool)  # damage checked (once per file)
         self.fields = list(_fields(self.config.recipe))
         self._iter = self._batches()
 
@@ -77,16 +83,31 @@ class ViewSource:
         path = self.paths[sample]
         if sample in self.known_bad:
             return None
+        where = f"sample {sample} ({path})"
         try:
             data = np.fromfile(path, dtype=np.uint8)
-            check_jpeg(data, f"sample {sample} ({path})")
+            check_jpeg(data, where)
+            if not self.checked[sample]:
+                self._check_damage(data, where)
+                self.checked[sample] = True
             return data
         except (OSError, ImageError) as exc:
             if not self.skip_bad:
                 raise ImageError(f"sample {sample} ({path}) cannot be read: {exc}; rerun with "
                                  "--skip-bad to record it as skipped") from exc
+            warnings.warn(f"skipping {where}: {exc}", stacklevel=2)
             self.known_bad.add(sample)
             return None
+
+    @staticmethod
+    def _check_damage(data: np.ndarray, where: str) -> None:
+        """Refuse JPEGs whose image data libjpeg reports missing; warn of other complaints."""
+        damage = jpeg_damage(data, where)
+        if damage is None:
+            return
+        if damage.corrupt:
+            raise ImageError(str(damage))
+        warnings.warn(str(damage), stacklevel=3)
 
     def _batches(self) -> Iterator[tuple[ViewBatch, tuple[Any, ...]]]:
         cfg, recipe = self.config, self.config.recipe
@@ -139,9 +160,9 @@ def _fields(recipe: Recipe) -> tuple[str, ...]:
 
 def view_pipeline(recipe: Recipe, views: tuple[TeacherView, ...], source: ViewSource,
                    batch_size: int, num_threads: int, device_id: int | None) -> Any:
-    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import fn, pipeline_def
 
-    from dalidr.replay import Output, ReplaySpec, replay_graph
+    from dalidr.replay import DECODE_ARGS, Output, ReplaySpec, replay_graph
 
     device = "cpu" if device_id is None else "gpu"
     output = Output.FLOAT_CHW if device_id is None else Output.UINT8_HWC
@@ -154,7 +175,7 @@ def view_pipeline(recipe: Recipe, views: tuple[TeacherView, ...], source: ViewSo
         outs = fn.external_source(source=source, num_outputs=count, batch=True)
         unique, index = outs[0], outs[1]
         decoded = fn.decoders.image(unique, device="mixed" if device == "gpu" else "cpu",
-                                    output_type=types.RGB)
+                                    **DECODE_ARGS)
         decoded = fn.permute_batch(decoded, indices=index)
         jpegs = fn.permute_batch(unique, indices=index)
         partner = outs[2] if recipe.has_mix else None
@@ -173,10 +194,12 @@ def decodes(data: np.ndarray) -> bool:
     """Whether DALI's CPU decoder accepts one whole image (used to find a bad batch's culprit)."""
     from nvidia.dali import fn, pipeline_def, types
 
+    from dalidr.replay import DECODE_ARGS
+
     @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
     def _probe() -> Any:
         return fn.decoders.image(fn.external_source(name="x", dtype=types.UINT8),
-                                 output_type=types.RGB)
+                                 **DECODE_ARGS)
 
     pipe = _probe()
     pipe.build()

@@ -22,30 +22,36 @@ __all__ = ["register", "add_inspect_parser", "add_verify_parser", "add_subset_pa
 def _inspect(args: argparse.Namespace) -> int:
     report = inspect_store(args.store, verify=not args.no_verify)
     print(format_report(report))
+    status = 1 if report.problems else 0
+    if args.data is not None:
+        status = max(status, _check_data(args))
+    return status
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    """`verify`, and `inspect --data`: every served file of the data root against the store."""
+    from dalidr.dataset import list_dataset
+    from store.reader import StoreReader
+    from store.verify import verify_data
+
+    manifest = StoreReader(args.store).manifest
+    listing = None if args.manifest_paths else list_dataset(args.data, args.file_list)
+    report = verify_data(manifest, args.data, listing, workers=args.workers,
+                         progress=sys.stderr.isatty() and not args.no_progress)
+    for line in report.warnings:
+        print(f"warning: {line}")
+    for line in report.problems:
+        print(line)
+    print(f"{args.store}: {report.files} files of {args.data} checked"
+          + (f" ({report.skipped} skipped by the teacher pass, not read)" if report.skipped
+             else "")
+          + (f"; {len(report.problems)} problem(s)" if report.problems
+             else "; every file matches the store"))
     return 1 if report.problems else 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from dalidr.dataset import list_dataset
-    from store.reader import StoreReader
-
-    reader = StoreReader(args.store)
-    manifest = reader.manifest
-    problems: list[str] = []
-    if not args.manifest_paths:
-        difference = manifest.check_listing(list_dataset(args.data, args.file_list))
-        if difference is not None:
-            problems.append(f"listing: {difference}")
-    served = manifest.served
-    problems += manifest.check_content(args.data, served, workers=args.workers,
-                                       progress=sys.stderr.isatty() and not args.no_progress)
-    for line in problems:
-        print(line)
-    skipped = len(manifest) - len(served)
-    print(f"{args.store}: {len(served)} files of {args.data} hashed"
-          + (f" ({skipped} skipped by the teacher pass, not checked)" if skipped else "")
-          + (f"; {len(problems)} problem(s)" if problems else "; every file matches the store"))
-    return 1 if problems else 0
+    return _check_data(args)
 
 
 def _subset(args: argparse.Namespace) -> int:
@@ -64,25 +70,33 @@ def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("store", help="store path or fsspec URL (file://, memory://, s3://, ...)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the integrity check (reads every chunk)")
+    _add_data_options(parser, required=False)
     parser.set_defaults(run=_inspect)
     return parser
+
+
+def _add_data_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--data", required=required, default=None,
+                        help="the dataset root the store was made from: hash every file, "
+                             "check its format, report damaged JPEG data by path")
+    parser.add_argument("--file-list", default=None, help="'<path> <label>' lines, if the store "
+                        "was made from a file list")
+    parser.add_argument("--manifest-paths", action="store_true",
+                        help="check the manifest's paths without listing the tree")
+    parser.add_argument("--workers", type=int, default=8, help="files checked at once")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_verify_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "verify", help="hash every file of a data root against a store's manifest",
         description="Full content check of a data root against a store: the listing (paths, "
-                    "labels, sizes) and the SHA-256 of every file the store serves, in "
-                    "parallel, naming every mismatch. Loaders only check a sample at start.",
+                    "labels, sizes), the SHA-256 and format of every file the store serves, "
+                    "and damaged JPEG data, in parallel, naming every problem. Loaders only "
+                    "check a sample at start.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("store", help="store path or URL")
-    parser.add_argument("--data", required=True, help="the dataset root the store was made from")
-    parser.add_argument("--file-list", default=None, help="'<path> <label>' lines, if the store "
-                        "was made from a file list")
-    parser.add_argument("--manifest-paths", action="store_true",
-                        help="hash the manifest's paths without listing the tree")
-    parser.add_argument("--workers", type=int, default=8, help="files hashed at once")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_data_options(parser, required=True)
     parser.set_defaults(run=_verify)
     return parser
 

@@ -7,10 +7,14 @@ flip coin, RandAugment as (op index, float magnitude from torchvision's magnitud
 output size, negated at random for signed ops) or None when skipped, `RandomErasing`'s
 (10 tries, x = row) on the output or None / -1 when skipped, MixUp's lambda (Beta / div_by)
 and CutMix's (lambda, x1, y1, x2, y2) box with numpy integers, and the partner `id2` with a
-paired view. Parameters are compressed as the paper's `Compose.compress` lays them out; each
-sample file is `torch.save((index, views), pickle_protocol=4)`, optionally gzip-compressed or a
-joblib dump, beside a `config.pth.tar`. Probabilities are a random top-k (unsorted, as
-`argpartition` leaves them): only their transport is under test.
+paired view. Parameters are compressed as the paper's `Compose.compress` lays them out, or, with
+`MldrSpec(compress=False)` (the paper's `reinforce.compress: false`), kept as the dictionary its
+`Compose` returns: every transform's (own, partner) pair (the generator always draws a
+partner), RandAugment ops by torchvision name, empty tuples for the parameterless transforms,
+MixUp's lambda, CutMix's (lambda, (x1, y1, x2, y2)), the crop pair added last and `id2` when a
+view is mixed. Each sample file is `torch.save((index, views), pickle_protocol=4)`, optionally
+gzip-compressed or a joblib dump, beside a `config.pth.tar`. Probabilities are a random top-k
+(unsorted, as `argpartition` leaves them): only their transport is under test.
 Trade-off: drawing per sample rather than per view (torchvision's own `get_params`, one torch
 call per number) makes ImageNet+'s 400 views per image cheap to build (bench/mldr_loader.py)
 at the cost of restating the two box samplers here; the file format is unchanged.
@@ -58,6 +62,8 @@ class MldrSpec:
     cutmix_p: float = 0.5
     # File formats, cycled over the samples.
     formats: tuple[str, ...] = ("torch",)
+    # The paper's reinforce.compress: parameter lists (True) or its dictionaries (False).
+    compress: bool = True
 
 
 def mldr_config(spec: MldrSpec) -> dict[str, Any]:
@@ -77,7 +83,7 @@ def mldr_config(spec: MldrSpec) -> dict[str, Any]:
         aug["cutmix"] = {"enable": True, "alpha": 1.0, "p": spec.cutmix_p}
     return {"dataset": "test", "num_classes": spec.num_classes, "seed": None,
             "teacher": {"name": "test-teacher"},
-            "reinforce": {"num_samples": spec.slots, "topk": spec.topk, "compress": True,
+            "reinforce": {"num_samples": spec.slots, "topk": spec.topk, "compress": spec.compress,
                           "joblib": False, "gzip": True, "image_augmentation": aug}}
 
 
@@ -153,16 +159,52 @@ def _names(spec: MldrSpec) -> list[str]:
     return names + (["random_erase"] if spec.erase_p > 0 else [])
 
 
+_OP_NAMES = tuple(T.RandAugment()._augmentation_space(31, (8, 8)).keys())
+
+
+def _uncompressed(spec: MldrSpec, own: dict[str, Any], other: dict[str, Any],
+                  partner: int | None, mixup: float | None, cutmix: tuple | None
+                  ) -> dict[str, Any]:
+    """One view as the paper's generator keeps it with `compress: false` (its `Compose`'s
+    dictionary, in the order it fills it: the crop pair comes last, from the loader)."""
+
+    def named(ra: Any) -> Any:
+        return None if ra is None else [(_OP_NAMES[op], magnitude) for op, magnitude in ra]
+
+    out: dict[str, Any] = {"uint8": ((), ())}
+    out["random_horizontal_flip"] = (own["random_horizontal_flip"],
+                                     other["random_horizontal_flip"])
+    if spec.randaug:
+        out["rand_augment"] = (named(own["rand_augment"]), named(other["rand_augment"]))
+    out["to_tensor"] = ((), ())
+    if spec.erase_p > 0:
+        out["random_erase"] = (own["random_erase"], other["random_erase"])
+    out["normalize"] = ((), ())
+    if spec.mixing:
+        out["mixup"], out["cutmix"] = mixup, cutmix
+    out["random_resized_crop"] = (own["random_resized_crop"], other["random_resized_crop"])
+    if partner is not None:
+        out["id2"] = partner
+    return out
+
+
 def draw_params(index: int, image_hw: np.ndarray, spec: MldrSpec,
-                rng: np.random.Generator) -> list[list[Any]]:
-    """Every view's compressed parameter list of sample `index`, as the paper's generator
-    stores them (a skipped erase is None in even slots, -1s in odd ones; the partner's the
-    other way round)."""
+                rng: np.random.Generator) -> list[Any]:
+    """Every view's parameters of sample `index`, as the paper's generator stores them: the
+    compressed list (a skipped erase is None in even slots, -1s in odd ones; the partner's the
+    other way round), or with `spec.compress` False its dictionary."""
     n, names = spec.slots, _names(spec)
     odd = np.arange(n) % 2 == 1
     own = _views(rng, np.broadcast_to(image_hw[index], (n, 2)), spec, odd)
     if not spec.mixing:
-        return [[view[name] for name in names] for view in own]
+        if spec.compress:
+            return [[view[name] for name in names] for view in own]
+        # The generator draws a partner's views even without mixing; from a side stream, so
+        # the own views are the compressed files' for the same seed.
+        side = np.random.default_rng([index, 0x5EED])
+        partners = side.integers(len(image_hw), size=n)
+        other = _views(side, image_hw[partners], spec, ~odd)
+        return [_uncompressed(spec, own[s], other[s], None, None, None) for s in range(n)]
     partners = rng.integers(len(image_hw), size=n)
     other = _views(rng, image_hw[partners], spec, ~odd)
     with_mixup = rng.random(n) < spec.mixup_p
@@ -173,12 +215,17 @@ def draw_params(index: int, image_hw: np.ndarray, spec: MldrSpec,
     centre = rng.integers(spec.size, size=(2, n))
     low = np.clip(centre - cut // 2, 0, spec.size)  # x1, y1 (x: rows), numpy ints
     high = np.clip(centre + cut // 2, 0, spec.size)  # x2, y2
-    params = []
+    params: list[Any] = []
     for s in range(n):
         mixup = float(mixup_lam[s]) if with_mixup[s] else None
         cutmix = [float(cutmix_lam[s]), low[0, s], low[1, s], high[0, s], high[1, s]] \
             if with_cutmix[s] else None
-        if mixup is None and cutmix is None:
+        mixed = mixup is not None or cutmix is not None
+        if not spec.compress:
+            box = None if cutmix is None else (cutmix[0], tuple(cutmix[1:]))
+            params.append(_uncompressed(spec, own[s], other[s],
+                                        int(partners[s]) if mixed else None, mixup, box))
+        elif not mixed:
             params.append([None] + [own[s][name] for name in names] + [None, None])
         else:
             params.append([int(partners[s])] + [[own[s][name], other[s][name]]

@@ -61,10 +61,13 @@ TOLERANCE: dict[str, tuple[float, float]] = {
     "Solarize": ROUNDING,
     # PIL truncates the stretched value, DALI rounds: 0.59 / 0.011.
     "AutoContrast": ROUNDING,
-    # PIL's histogram steps ((n - last bin) // 255) vs DALI's OpenCV lookup table
-    # ((cdf - cdf_min) * 255 / (n - cdf_min)): the same equalisation, up to 8.5 levels on
-    # average and most pixels a few levels apart (tests/test_ops.py: 8 / 0.75 vs torchvision).
-    "Equalize": (10.0, 0.9),
+    # PIL's own table (dalidr.equalize, exact on the same input: tests/test_ops.py), so what
+    # is left is the resize's rounding seen through the table: 0.34-0.56 / 0.04 on most views.
+    # PIL's step, (n - count of the top value) // 255, is about 16 at 64 x 64: two or three
+    # pixels at 255 that the resizes round differently can move it by one, which rescales
+    # that channel's whole table by 1/16 (measured 3.0 / 0.30, one channel 8 levels off). At
+    # 224 x 224 the step is about 196 and such a flip costs well under a level.
+    "Equalize": (3.5, 0.35),
 }
 
 
@@ -183,9 +186,6 @@ def test_mixed_erased_and_skipped_views_replay_like_the_papers_reapply(tmp_path:
             params = view["params"]
             id2, own, other, mixup, cutmix = unpack(params, True, _names(spec))
             ops = [op for part in (own, other) for op, _ in (part.get("rand_augment") or [])]
-            # Equalize's known gap is amplified by any following op: checked per op above.
-            if OP_NAMES.index("Equalize") in ops:
-                continue
             kind = ("mixup+cutmix" if mixup is not None and cutmix is not None else
                     "mixup" if mixup is not None else "cutmix" if cutmix is not None else
                     "unmixed")

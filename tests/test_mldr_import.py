@@ -3,6 +3,7 @@ unrepresentable sources, and the imported store served by the loader."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -189,3 +190,52 @@ def test_cli_imports_in_parallel_and_the_loader_serves_it(source, tmp_path, caps
         images, targets = next(iter(loader))
     assert images.shape == (8, 3, SPEC.size, SPEC.size) and targets.shape == (8, 10)
     assert torch.allclose(targets.sum(1), torch.ones(8), atol=1e-3)
+
+
+@pytest.mark.parametrize("mixing", [True, False], ids=["mixing", "no-mixing"])
+def test_uncompressed_files_import_as_the_compressed_ones(tmp_path: Path, mixing: bool) -> None:
+    """`reinforce.compress: false` (RandAugment ops stored by name, every transform's (own,
+    partner) pair in a dictionary) imports to the same records as the compressed lists."""
+    make_corpus(tmp_path / "images", 8, seed=4)
+    listing = list_dataset(tmp_path / "images")
+    manifest = scan_manifest(listing.root, listing.paths, listing.labels)
+    stores = []
+    for compress in (True, False):
+        spec = MldrSpec(size=48, slots=6, topk=4, num_classes=10, mixing=mixing,
+                        compress=compress, formats=("torch", "gzip"))
+        rdata = tmp_path / f"rdata-{compress}"
+        written = write_mldr_dataset(rdata, listing, manifest.image_hw, spec, seed=2)
+        if not compress:
+            params = written[0][0]["params"]
+            assert isinstance(params, dict) and params["to_tensor"] == ((), ())
+            assert any(isinstance(view["params"]["rand_augment"][0], list)
+                       and isinstance(view["params"]["rand_augment"][0][0][0], str)
+                       for views in written for view in views)
+        url = str(tmp_path / f"store-{compress}.zarr")
+        report = import_mldr(ImportConfig(rdata, tmp_path / "images", url, workers=1,
+                                          block_size=4, progress=False))
+        assert report.views_converted == 8 * 6
+        stores.append(_all_blocks(url))
+    (_, records, classes, probs), (_, records2, classes2, probs2) = stores
+    np.testing.assert_array_equal(records2, records)
+    np.testing.assert_array_equal(classes2, classes)
+    np.testing.assert_array_equal(probs2, probs)
+    assert (records["ops"] != 0).any()
+    if mixing:
+        assert (records["mix"] != int(MixMode.NONE)).any()
+
+
+def test_an_unknown_op_name_is_named(source, tmp_path: Path) -> None:
+    folder, _, _ = source
+    rdata = _copy_source(folder, tmp_path / "rdata")
+    spec = dataclasses.replace(SPEC, compress=False, mixing=False)
+    torch.save(mldr_config(spec), rdata / "config.pth.tar")
+    views = [{"params": {"uint8": ((), ()), "random_horizontal_flip": (False, True),
+                         "rand_augment": ([("Colour", 0.3), ("Equalize", 0.0)], None),
+                         "to_tensor": ((), ()), "random_erase": (None, None),
+                         "normalize": ((), ()), "random_resized_crop": ((0, 0, 8, 8),
+                                                                        (0, 0, 8, 8))},
+              "prob": ([0.5, 0.2, 0.1, 0.1], [1, 2, 3, 4])}] * SPEC.slots
+    save_sample((0, views), rdata / "0.pth.tar")
+    with pytest.raises(DatasetError, match=r"0\.pth\.tar.*'Colour' is not one of \['Identity'"):
+        import_mldr(_config(folder, rdata, str(tmp_path / "s.zarr")))

@@ -44,9 +44,8 @@ TOLERANCE: dict[str, tuple[float, float]] = {
     "Posterize": EXACT,
     "Solarize": (0.05, 0.002),
     "AutoContrast": (1.0, 0.0),
-    # DALI follows OpenCV's lookup table, (cdf - cdf_min) * 255 / (n - cdf_min); torchvision
-    # follows PIL's, which steps by (n - last bin) // 255: the same equalisation, a few levels.
-    "Equalize": (8.0, 0.75),
+    # PIL's table in integer arithmetic (dalidr.equalize), as torchvision's: exact.
+    "Equalize": EXACT,
 }
 
 

@@ -10,7 +10,8 @@ image (1/65535) and signed magnitude bins. `parse_view` reads one stored view in
   round back to the same pixels through replay's own float32 rounding (for the partner: of the
   partner's image); a crop reaching outside the image names the `--images` mismatch;
 - flip (bool) -> `flip`;
-- RandAugment `[(op index, float magnitude), ...]` or None (skipped) -> `ops` and signed
+- RandAugment `[(op index, float magnitude), ...]` (compressed files; uncompressed ones keep
+  the op's torchvision name in place of its index) or None (skipped) -> `ops` and signed
   magnitude bins, found in torchvision's magnitude table for the output size (the table the
   paper drew from, `magnitude_bins`); a skipped RandAugment becomes Identity ops;
 - RandomErasing `(x, y, h, w)` with x the row, on the output, or None / x = -1 (skipped) ->
@@ -49,7 +50,7 @@ import numpy as np
 import torch
 
 from dalidr.mldr.source import MldrSource
-from dalidr.ops import NUM_OPS
+from dalidr.ops import NUM_OPS, OP_IDS
 from dalidr.recipe import Recipe
 from dalidr.records import COORD_SCALE, MixMode, record_dtype
 
@@ -76,6 +77,16 @@ def _ints(value: Any, count: int) -> list[int]:
     if any(v != int(v) for v in out):
         raise TypeError(f"{value!r:.60} holds non-integers")
     return [int(v) for v in out]
+
+
+def _op_id(op: Any) -> int:
+    """A stored RandAugment op: its index (compressed files) or its torchvision name
+    (`reinforce.compress: false` keeps `RandAugment`'s own `(name, magnitude)` pairs)."""
+    if isinstance(op, str):
+        if op not in OP_IDS:
+            raise TypeError(f"RandAugment op {op!r:.40} is not one of {list(OP_IDS)}")
+        return OP_IDS[op]
+    return _ints([op], 1)[0]
 
 
 def magnitude_bins(recipe: Recipe) -> dict[int, tuple[np.ndarray, bool]]:
@@ -183,7 +194,7 @@ def _fill_view(views: ParsedViews, row: int, slot: int, prefix: str, params: Map
         for i, pair in enumerate(ra):
             if not isinstance(pair, Sequence) or len(pair) != 2:
                 raise TypeError(f"rand_augment op {i} is {pair!r:.60}")
-            a[prefix + "ops"][row, slot, i] = _ints([pair[0]], 1)[0]
+            a[prefix + "ops"][row, slot, i] = _op_id(pair[0])
             a[prefix + "mags"][row, slot, i] = _number(pair[1])
     erase = params.get("random_erase")
     if erase is not None:

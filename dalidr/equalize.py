@@ -1,0 +1,147 @@
+"""Equalize as the paper's code defines it (PIL's `ImageOps.equalize`), as one DALI operator.
+
+The paper's code (apple/ml-dr) applies torchvision's RandAugment to PIL images, so its
+Equalize is PIL's `ImageOps.equalize`, which torchvision's tensor `equalize` follows too. Per
+channel, with `h` the 256-bin histogram, `total` the pixel count and `last` the count of the
+highest value present:
+
+    step = (total - last) // 255
+    lut[v] = min(255, (step // 2 + h[0] + ... + h[v - 1]) // step)      (identity if step == 0)
+
+DALI's `fn.equalize` is OpenCV's `equalizeHist`, another table (about 6 uint8 levels apart on
+photographs), and DALI has no histogram or per-sample lookup-table operator, so this module
+runs the definition above, in integer arithmetic and therefore exactly, through DALI's numba
+plugin (`nvidia.dali.plugin.numba.NumbaFunction`): a compiled function per sample on the CPU,
+a CUDA kernel per sample on the GPU (one block per channel: a shared-memory histogram, the
+table, then the lookup). The table is built by `_lut_from_histogram`, one function compiled for
+both targets. No Python runs per sample. Trade-off: numba is a dependency, and compiling the
+operator costs about two seconds once per process and device (the operator is cached).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import cuda, int32, njit
+from nvidia.dali import fn, types
+from nvidia.dali.data_node import DataNode
+from nvidia.dali.pipeline import do_not_convert
+
+__all__ = ["pil_equalize", "equalize_reference"]
+
+_THREADS = 256  # GPU threads per block (one block per channel); must be 256, one per bin
+
+
+def _lut_from_histogram(hist: Any, lut: Any, total: int) -> None:
+    """PIL's equalize table from one channel's 256-bin histogram (njit and CUDA device code)."""
+    last = 255
+    while last > 0 and hist[last] == 0:
+        last -= 1
+    step = (total - hist[last]) // 255
+    if step == 0:
+        for v in range(256):
+            lut[v] = v
+        return
+    acc = step // 2
+    for v in range(256):
+        q = acc // step
+        lut[v] = q if q < 255 else 255
+        acc += hist[v]
+
+
+def equalize_reference(image: np.ndarray) -> np.ndarray:
+    """The same table in numpy, for one uint8 HWC image (tests and documentation)."""
+    out = np.empty_like(image)
+    for c in range(image.shape[2]):
+        hist = np.bincount(image[:, :, c].ravel(), minlength=256)
+        lut = np.empty(256, dtype=np.int64)
+        _lut_from_histogram(hist, lut, image.shape[0] * image.shape[1])
+        out[:, :, c] = lut[image[:, :, c]]
+    return out
+
+
+_lut_cpu = njit(_lut_from_histogram)
+_lut_gpu = cuda.jit(device=True)(_lut_from_histogram)
+
+
+def _equalize_cpu(out: Any, image: Any) -> None:
+    """One HWC sample, compiled with njit (the plugin calls it per sample from C++)."""
+    height, width, channels = image.shape
+    hist = np.zeros(256, dtype=np.int64)
+    lut = np.zeros(256, dtype=np.uint8)
+    for c in range(channels):
+        hist[:] = 0
+        for y in range(height):
+            for x in range(width):
+                hist[image[y, x, c]] += 1
+        _lut_cpu(hist, lut, height * width)
+        for y in range(height):
+            for x in range(width):
+                out[y, x, c] = lut[image[y, x, c]]
+
+
+def _equalize_gpu(out: Any, image: Any) -> None:
+    """One HWC sample as a CUDA kernel: block c equalizes channel c with _THREADS threads."""
+    c = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    hist = cuda.shared.array(256, dtype=int32)
+    lut = cuda.shared.array(256, dtype=int32)
+    height, width, channels = image.shape
+    total = height * width
+    hist[t] = 0
+    cuda.syncthreads()
+    if c < channels:
+        i = t
+        while i < total:
+            y = i // width
+            cuda.atomic.add(hist, image[y, i - y * width, c], 1)
+            i += _THREADS
+    cuda.syncthreads()
+    if t == 0 and c < channels:
+        _lut_gpu(hist, lut, total)
+    cuda.syncthreads()
+    if c < channels:
+        i = t
+        while i < total:
+            y = i // width
+            out[y, i - y * width, c] = lut[image[y, i - y * width, c]]
+            i += _THREADS
+
+
+_OPERATORS: dict[tuple[str, int | None], Any] = {}
+
+
+@do_not_convert
+def _operator(device: str, device_id: int | None) -> Any:
+    """The compiled operator for a device, made once per process (compiling takes seconds)."""
+    key = (device, device_id if device == "gpu" else None)
+    if key not in _OPERATORS:
+        from nvidia.dali.plugin.numba import NumbaFunction
+
+        common = dict(
+            out_types=[types.UINT8], in_types=[types.UINT8], outs_ndim=[3], ins_ndim=[3]
+        )
+        if device == "gpu":
+            _OPERATORS[key] = NumbaFunction(
+                device="gpu",
+                run_fn=_equalize_gpu,
+                blocks=[3, 1, 1],
+                threads_per_block=[_THREADS, 1, 1],
+                **common,
+            )
+        else:
+            _OPERATORS[key] = NumbaFunction(
+                device="cpu", run_fn=_equalize_cpu, batch_processing=False, **common
+            )
+    return _OPERATORS[key]
+
+
+def pil_equalize(images: DataNode) -> DataNode:
+    """PIL's `ImageOps.equalize` of each uint8 HWC image (3 channels at most), CPU or GPU."""
+    from nvidia.dali.pipeline import Pipeline
+
+    pipeline = Pipeline.current()
+    device_id = pipeline.device_id if pipeline is not None else None
+    # The plugin's output has no layout; the ops after it (erase) look axes up by name.
+    return fn.reshape(_operator(images.device, device_id)(images), layout="HWC")
