@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -46,12 +46,21 @@ from kernels.kl_loss import densify_topk
 __all__: list[str] = []  # package-internal: `dalidr.loader` and `dalidr.plain_loader` use it
 
 
+class RecordSource(Protocol):
+    """An epoch's records made per batch: `source[a:b]` is the records of samples a..b-1."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, part: slice) -> np.ndarray: ...
+
+
 @dataclass(frozen=True, eq=False)
 class _Epoch:
     """One rank's epoch, everything but the JPEG bytes, in training order."""
 
     samples: np.ndarray  # [n] int64
-    records: np.ndarray | None  # [n] records, or None (plain loader)
+    # [n] records, or something sliced into them per batch (`records[part]`), or None.
+    records: np.ndarray | RecordSource | None
     classes: np.ndarray  # [n, k] int64
     probs: np.ndarray  # [n, k] float32
 

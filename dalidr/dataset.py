@@ -5,19 +5,30 @@ sample index of a file is the same on every machine and in every process; the st
 records that listing. Listing a tree reads directories only: one `scandir` per folder, whose
 entries also give each file's byte size (a `stat`, no open, no read), which is what a loader
 compares with a store's manifest at start (content hashes are checked on a sample; see
-`store.manifest`). Paths are held as a compact `PathList`, labels and sizes as numpy arrays.
+`store.manifest`). Paths are held as a compact `PathList`, labels and sizes as numpy arrays
+(about 55 bytes per sample: 70 MB for ImageNet, against ~200 MB as Python strings and ints).
+
+Many ranks, one listing: under `torchrun` (or with `DALIDR_NODE_CACHE` set) the first process
+of a node lists and stores the arrays in a node-local file, and the others map it
+(`dalidr.node_cache`; trade-offs there). The stored listing is reused while every directory it
+read keeps its mtime (for a file list: the list's mtime), so it notices added, removed and
+renamed files, not a file rewritten in place with another size; the loaders' sampled hashes
+and `dalidr verify` are the content checks.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dalidr.errors import DatasetError
 from dalidr.image_formats import IMAGE_EXTENSIONS, has_image_extension
+from dalidr.node_cache import cache_key, node_cache_dir, shared_arrays
 from dalidr.path_list import PathList
 
 __all__ = ["DatasetListing", "list_dataset", "IMAGE_SUFFIXES", "is_image_name"]
@@ -61,70 +72,153 @@ class DatasetListing:
         return self.root / self.paths[index]
 
 
-def list_dataset(root: str | Path, file_list: str | Path | None = None) -> DatasetListing:
-    """An ImageFolder tree (`root/<class>/<image>`), or `file_list` lines `<path> <label>`."""
+def list_dataset(root: str | Path, file_list: str | Path | None = None, *,
+                 share: bool = True) -> DatasetListing:
+    """An ImageFolder tree (`root/<class>/<image>`), or `file_list` lines `<path> <label>`.
+
+    With `share` (the default) and a node cache in effect (`dalidr.node_cache`: under
+    `torchrun`, or `DALIDR_NODE_CACHE` set), one process per node lists and the others map its
+    result; the listing is reused while no listed directory (nor the file list) has changed."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a directory")
+    directory = node_cache_dir() if share else None
+    if directory is None:
+        return _list(root, file_list)[0]
+    source = "" if file_list is None else os.path.realpath(file_list)
+    key = cache_key("listing", os.path.realpath(root), source)
+
+    def produce() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        listing, stamps = _list(root, file_list)
+        header = {"root": os.path.realpath(root), "file_list": source,
+                  "classes": list(listing.classes), "stamps": stamps}
+        arrays = {"path_bytes": listing.paths.data, "path_offsets": listing.paths.offsets,
+                  "labels": listing.labels}
+        if listing.sizes is not None:
+            arrays["sizes"] = listing.sizes
+        return header, arrays
+
+    def is_valid(header: dict[str, Any]) -> bool:
+        return (header.get("root") == os.path.realpath(root)
+                and header.get("file_list") == source and _unchanged(root, header["stamps"]))
+
+    try:
+        header, arrays = shared_arrays(directory, key, is_valid, produce)
+        return DatasetListing(root, PathList(arrays["path_bytes"], arrays["path_offsets"]),
+                              arrays["labels"], tuple(header["classes"]), arrays.get("sizes"))
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        warnings.warn(f"dataset {root}: node cache {directory} unusable ({exc}); "
+                      "listing in this process", stacklevel=2)
+        return _list(root, file_list)[0]
+
+
+_CHUNK_LINES = 1 << 16  # file list lines parsed per compact chunk
+
+# (path relative to the root, st_mtime_ns) of every directory or file list a listing read:
+# the listing is still valid while none of them changed.
+_Stamps = list[tuple[str, int]]
+
+
+def _unchanged(root: Path, stamps: _Stamps) -> bool:
+    try:
+        return all(os.stat(os.path.join(root, rel)).st_mtime_ns == int(mtime)
+                   for rel, mtime in stamps)
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def _list(root: Path, file_list: str | Path | None) -> tuple[DatasetListing, _Stamps]:
     if file_list is not None:
-        return _from_file_list(root, Path(file_list))
-    classes = sorted(e.name for e in os.scandir(root)
-                     if e.is_dir() and not e.name.startswith("."))
+        path = Path(file_list)
+        stamp = path.stat().st_mtime_ns if path.is_file() else 0
+        return _from_file_list(root, path), [(os.path.realpath(path), stamp)]
+    return _walk_tree(root)
+
+
+def _walk_tree(root: Path) -> tuple[DatasetListing, _Stamps]:
+    """One scandir per folder; each image's size from its directory entry's stat."""
+    stamps: _Stamps = [("", os.stat(root).st_mtime_ns)]
+    with os.scandir(root) as entries:
+        classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise DatasetError(
             f"dataset root {root} has no class folders (expected root/<class>/<image>.jpg)"
         )
-    paths: list[str] = []
+    parts: list[PathList] = []
+    sizes: list[np.ndarray] = []
     counts: list[int] = []
-    sizes: list[int] = []
     for name in classes:
-        found = sorted(_walk_images(root / name, name))
-        paths += [rel for rel, _ in found]
-        sizes += [size for _, size in found]
-        counts.append(len(found))
-    if not paths:
+        names: list[str] = []
+        found: list[int] = []
+        _walk_images(os.path.join(root, name), name, names, found, stamps)
+        order = sorted(range(len(names)), key=names.__getitem__)
+        parts.append(PathList.from_strings([names[i] for i in order]))
+        sizes.append(np.asarray(found, dtype=np.int64)[order])
+        counts.append(len(names))
+    if not sum(counts):
         raise DatasetError(f"dataset root {root} has class folders but no image files "
                            f"({', '.join(IMAGE_SUFFIXES)})")
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), counts)
-    return DatasetListing(root, PathList.from_strings(paths), labels, tuple(classes),
-                          np.asarray(sizes, dtype=np.int64))
+    return DatasetListing(root, PathList.concatenate(parts), labels, tuple(classes),
+                          np.concatenate(sizes)), stamps
 
 
-def _walk_images(folder: Path, rel: str) -> list[tuple[str, int]]:
-    """(relative path, byte size) of every image file below `folder` (following links)."""
-    out: list[tuple[str, int]] = []
+def _walk_images(folder: str, rel: str, names: list[str], sizes: list[int],
+                 stamps: _Stamps) -> None:
+    """Append (relative path, byte size) of every image file below `folder` (following
+    links), and the folder's mtime (taken before reading it, so a later change shows)."""
+    subfolders: list[tuple[str, str]] = []
     try:
-        entries = list(os.scandir(folder))
+        stamps.append((rel, os.stat(folder).st_mtime_ns))
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    subfolders.append((entry.path, f"{rel}/{entry.name}"))
+                elif entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+                    names.append(f"{rel}/{entry.name}")
+                    sizes.append(entry.stat().st_size)
     except OSError as exc:
         raise DatasetError(f"dataset folder {folder} cannot be listed: {exc}") from exc
-    for entry in entries:
-        if entry.is_dir():
-            out += _walk_images(Path(entry.path), f"{rel}/{entry.name}")
-        elif is_image_name(entry.name) and entry.is_file():
-            out.append((f"{rel}/{entry.name}", entry.stat().st_size))
-    return out
+    for path, sub in subfolders:
+        _walk_images(path, sub, names, sizes, stamps)
 
 
 def _from_file_list(root: Path, file_list: Path) -> DatasetListing:
+    """Parsed line by line into compact chunks, so no Python string per path outlives its
+    chunk of `_CHUNK_LINES` (memory stays near the PathList's for ImageNet-sized lists)."""
     if not file_list.is_file():
         raise DatasetError(f"file list {file_list} does not exist")
+    parts: list[PathList] = []
+    labels: list[np.ndarray] = []
     paths: list[str] = []
-    labels: list[int] = []
-    for number, line in enumerate(file_list.read_text().splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
-            raise DatasetError(
-                f"{file_list}:{number}: expected '<relative path> <label>', got {line!r}"
-            )
-        rel = parts[0]
-        if rel.startswith("/") or ".." in Path(rel).parts:
-            raise DatasetError(f"{file_list}:{number}: {rel!r} is not a path inside {root}")
-        paths.append(rel)
-        labels.append(int(parts[1]))
-    if not paths:
+    values: list[str] = []
+
+    def flush() -> None:
+        if paths:
+            parts.append(PathList.from_strings(paths))
+            labels.append(np.asarray(values, dtype=np.int64))
+            paths.clear()
+            values.clear()
+
+    with open(file_list, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            fields = line.rsplit(maxsplit=1)
+            if (len(fields) == 2 and fields[1].isdigit() and fields[1].isascii()
+                    and not fields[0].lstrip().startswith("#")):
+                rel = fields[0]
+                if rel.startswith("/") or "/../" in f"/{rel}/":
+                    raise DatasetError(
+                        f"{file_list}:{number}: {rel!r} is not a path inside {root}")
+                paths.append(rel)
+                values.append(fields[1])
+                if len(paths) >= _CHUNK_LINES:
+                    flush()
+            elif line.strip() and not line.lstrip().startswith("#"):
+                raise DatasetError(f"{file_list}:{number}: expected '<relative path> <label>', "
+                                   f"got {line.rstrip(chr(10))!r}")
+    flush()
+    if not parts:
         raise DatasetError(f"file list {file_list} lists no images")
-    num_classes = max(labels) + 1
-    return DatasetListing(root, PathList.from_strings(paths), np.asarray(labels, np.int64),
-                          tuple(str(c) for c in range(num_classes)))
+    label = np.concatenate(labels)
+    return DatasetListing(root, PathList.concatenate(parts), label,
+                          tuple(str(c) for c in range(int(label.max()) + 1)))

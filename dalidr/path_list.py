@@ -36,12 +36,27 @@ class PathList(Sequence[str]):
     def from_strings(cls, paths: Iterable[str]) -> PathList:
         if isinstance(paths, PathList):
             return paths
-        encoded = [p.encode("utf-8") for p in paths]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        if encoded:
-            np.cumsum(np.fromiter((len(b) for b in encoded), np.int64, len(encoded)),
-                      out=offsets[1:])
-        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
+        strings = paths if isinstance(paths, (list, tuple)) else list(paths)
+        joined = "".join(strings).encode("utf-8")
+        offsets = np.zeros(len(strings) + 1, dtype=np.int64)
+        if strings:
+            # ASCII (the common case): byte lengths are string lengths, no per-path encode.
+            ascii_only = len(joined) == sum(map(len, strings))
+            lengths = map(len, strings) if ascii_only else (
+                len(p.encode("utf-8")) for p in strings)
+            np.cumsum(np.fromiter(lengths, np.int64, len(strings)), out=offsets[1:])
+        return cls(np.frombuffer(joined, dtype=np.uint8), offsets)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[PathList]) -> PathList:
+        """One list of every path of `parts`, in order."""
+        if not parts:
+            return cls.from_strings([])
+        data = np.concatenate([p.data for p in parts])
+        starts = np.cumsum([0] + [p.data.size for p in parts[:-1]])
+        offsets = np.concatenate([np.zeros(1, np.int64)] + [
+            p.offsets[1:] + start for p, start in zip(parts, starts, strict=True)])
+        return cls(data, offsets)
 
     def __len__(self) -> int:
         return self.offsets.size - 1

@@ -22,11 +22,11 @@ from nvidia.dali.data_node import DataNode
 from dalidr.dali_loader import _DaliLoader, _Epoch, _one_hot_topk
 from dalidr.dataset import list_dataset
 from dalidr.errors import DatasetError, OptionError
+from dalidr.image_sizes import ImageSizes
 from dalidr.loader_config import Augment, LastBatch, LoaderConfig
 from dalidr.recipe import Recipe
 from dalidr.records import COORD_SCALE, draw_records
 from dalidr.replay import DECODE_ARGS, Output, ReplaySpec, replay_graph
-from store.manifest import scan_manifest
 from store.plan import PlanSpec, UnevenShards, plan_epoch
 
 __all__ = ["PlainLoader"]
@@ -63,8 +63,8 @@ class PlainLoader(_DaliLoader):
         self.recipe = None if recipe is None else recipe.replace(output_size=size,
                                                                  teacher_size=None)
         self.has_partner = self.recipe is not None and self.recipe.has_mix
-        self.image_hw = (None if recipe is None else
-                         scan_manifest(listing.root, listing.paths, listing.labels).image_hw)
+        # Image sizes for the fresh crops: read from headers per batch, cached beside the data.
+        self.image_hw = None if recipe is None else ImageSizes(listing)
         uneven = UnevenShards.PAD if config.last_batch is LastBatch.DROP else UnevenShards.DROP
         self._spec = PlanSpec(len(listing), 1, 1, 64, config.seed, uneven)
         self._pipe = self._build()
@@ -82,15 +82,16 @@ class PlainLoader(_DaliLoader):
         if self.recipe is None:
             classes, probs = _one_hot_topk(self.labels[samples], 1, self.num_classes)
             return _Epoch(samples, None, classes, probs)
-        records = draw_records(self.recipe, self.config.seed + _STREAM_ONLINE, samples,
-                               np.array([epoch]), self.image_hw)[:, 0]
+        assert self.image_hw is not None
+        records = _DrawnRecords(self.recipe, self.config.seed + _STREAM_ONLINE, epoch, samples,
+                                self.image_hw)
         if not self.recipe.has_mix:
             classes, probs = _one_hot_topk(self.labels[samples], 1, self.num_classes)
             return _Epoch(samples, records, classes, probs)
         # Two-hot: lambda on the sample's label, the rest on the partner's (summed when equal).
         own = self.labels[samples]
-        other = self.labels[records["partner"].astype(np.int64)]
-        lam = records["lam"].astype(np.float32) / COORD_SCALE
+        other = self.labels[records.partners]
+        lam = records.lam.astype(np.float32) / COORD_SCALE
         classes, probs = _one_hot_topk(own, 2, self.num_classes)
         same = other == own
         classes[~same, 1] = other[~same]
@@ -120,3 +121,31 @@ class PlainLoader(_DaliLoader):
         images = fn.resize(images, size=[self.size, self.size], antialias=True,
                            interp_type=types.INTERP_LINEAR)
         return fn.flip(images, horizontal=fn.random.coin_flip(probability=0.5))
+
+
+class _DrawnRecords:
+    """An epoch's fresh records, drawn per batch (`records[part]`), so image sizes are read
+    only for the samples (and partners) of the batches served; a mix's partners and lambdas
+    do not depend on sizes and are drawn for the whole epoch up front (for the targets)."""
+
+    def __init__(self, recipe: Recipe, seed: int, epoch: int, samples: np.ndarray,
+                 sizes: ImageSizes) -> None:
+        self.recipe, self.seed, self.epoch, self.samples = recipe, seed, epoch, samples
+        self.sizes = sizes
+        self.partners = np.zeros(0, dtype=np.int64)
+        self.lam = np.zeros(0, dtype=np.uint16)
+        if recipe.has_mix:
+            coarse = draw_records(recipe, seed, samples, np.array([epoch]),
+                                  sizes.placeholder())[:, 0]
+            self.partners = coarse["partner"].astype(np.int64)
+            self.lam = coarse["lam"]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        samples = self.samples[part]
+        needed = samples if not self.recipe.has_mix else np.concatenate(
+            [samples, self.partners[part]])
+        return draw_records(self.recipe, self.seed, samples, np.array([self.epoch]),
+                            self.sizes.full(needed))[:, 0]

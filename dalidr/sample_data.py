@@ -19,7 +19,7 @@ from PIL import Image
 
 from dalidr.errors import DatasetError
 
-__all__ = ["bundled_photos", "make_corpus", "encode_jpeg"]
+__all__ = ["bundled_photos", "make_corpus", "encode_jpeg", "link_tree"]
 
 
 def bundled_photos() -> list[Path]:
@@ -89,3 +89,26 @@ def make_corpus(
         tmp.write_bytes(encode_jpeg(out, quality, subsampling))
         tmp.replace(path)
     return paths
+
+
+def link_tree(root: str | os.PathLike[str], sources: list[Path], count: int,
+              classes: int) -> Path:
+    """An ImageNet-shaped ImageFolder tree of `count` hard links to `sources` (cycled) in
+    `classes` folders: `n<c:08d>/n<c:08d>_<j>.JPEG` links `sources[(c * ceil(count / classes)
+    + j) % len(sources)]`. Per-file costs at scale without the bytes; links that exist are
+    kept, so a tree is made once and reused."""
+    root = Path(root)
+    if not sources or classes < 1:
+        raise DatasetError("link_tree needs at least one source file and one class")
+    per_class = -(-count // classes)
+    made = 0
+    for c in range(classes):
+        folder = root / f"n{c:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(min(per_class, count - made)):
+            try:
+                os.link(sources[made % len(sources)], folder / f"n{c:08d}_{j}.JPEG")
+            except FileExistsError:
+                pass
+            made += 1
+    return root

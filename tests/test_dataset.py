@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import mmap
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 
+from dalidr import node_cache
 from dalidr.dataset import list_dataset
 from dalidr.errors import DatasetError
-from dalidr.sample_data import make_corpus
+from dalidr.sample_data import link_tree, make_corpus
 
 
 def test_image_folder_is_listed_in_a_fixed_order(tmp_path) -> None:
@@ -42,3 +52,108 @@ def test_extensions_are_torchvisions_in_any_case(tmp_path) -> None:
     listing = list_dataset(tmp_path)
     assert odd.relative_to(tmp_path).as_posix() in list(listing.paths)
     assert len(listing) == 3
+
+
+def _tree(tmp_path: Path, count: int = 60, classes: int = 4) -> Path:
+    sources = make_corpus(tmp_path / "src", 5)
+    return link_tree(tmp_path / "data", sources, count, classes)
+
+
+_CHILD = """
+import json, os, sys
+from dalidr.dataset import list_dataset
+scandirs = []
+sys.addaudithook(lambda event, args: scandirs.append(1) if event == "os.scandir" else None)
+listing = list_dataset(sys.argv[1])
+print(json.dumps({"scandirs": len(scandirs), "n": len(listing),
+                  "digest": listing.paths.digest().hex(), "sizes": listing.sizes.tolist()}))
+"""
+
+
+def test_ranks_of_a_node_share_one_listing(tmp_path) -> None:
+    """Two processes started together as torchrun's local ranks: one walks, one maps."""
+    root = _tree(tmp_path, 200, 5)
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd()), "LOCAL_WORLD_SIZE": "2",
+           "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    env.pop(node_cache.ENV, None)
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(root)], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    alone = list_dataset(root, share=False)
+    folders = 1 + len(alone.classes)  # one walk: the root and each class folder
+    assert sorted(o["scandirs"] for o in outs) == [0, folders]
+    for out in outs:
+        assert out["n"] == 200 and out["digest"] == alone.paths.digest().hex()
+        assert out["sizes"] == alone.sizes.tolist()
+    assert list((tmp_path / "tmp").rglob("*.bin"))  # the cache is node-local (under TMPDIR)
+
+
+def _mapped(array: np.ndarray) -> bool:
+    while isinstance(array, np.ndarray):
+        array = array.base
+    return isinstance(array, mmap.mmap)
+
+
+def _count_scandirs(monkeypatch, root: Path) -> list[str]:
+    """Folders of `root` listed from now on."""
+    calls: list[str] = []
+    real = os.scandir
+
+    def counting(path):  # type: ignore[no-untyped-def]
+        if str(path).startswith(str(root)):
+            calls.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", counting)
+    return calls
+
+
+def test_shared_listing_is_reused_until_the_tree_changes(tmp_path, monkeypatch) -> None:
+    root = _tree(tmp_path)
+    monkeypatch.setenv(node_cache.ENV, str(tmp_path / "cache"))
+    calls = _count_scandirs(monkeypatch, root)
+    first = list_dataset(root)
+    assert len(calls) == 5 and len(first) == 60
+    again = list_dataset(root)
+    assert len(calls) == 5  # mapped, not walked
+    assert again.paths == first.paths and (again.sizes == first.sizes).all()
+    assert _mapped(again.paths.data) and _mapped(again.sizes)  # pages shared, not copied
+    # A new image in a class folder changes its mtime: listed afresh.
+    os.link(root / first.paths[0], root / "n00000002" / "extra.jpg")
+    changed = list_dataset(root)
+    assert len(calls) == 10 and len(changed) == 61
+    expected = list(changed.paths)
+    assert "n00000002/extra.jpg" in expected
+    # A damaged cache file is listed afresh, never trusted. (The cache is only ever replaced,
+    # never written in place: the listings mapped from it stay valid.)
+    (cache,) = (tmp_path / "cache").glob("*.bin")
+    damaged = cache.with_suffix(".damaged")
+    damaged.write_bytes(b"DALIDR-NODE-CACHE-1\n" + b"\xff" * 40)
+    damaged.replace(cache)
+    assert list(changed.paths) == expected
+    assert list(list_dataset(root).paths) == expected and len(calls) == 15
+    # A lock left by a process that is gone does not block.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.split()[0]
+    cache.unlink()
+    cache.with_suffix(".lock").write_text(f"{socket.gethostname()} {dead}")
+    assert list(list_dataset(root).paths) == expected and len(calls) == 20
+    assert not cache.with_suffix(".lock").exists()
+    # Off: no cache is read or written.
+    monkeypatch.setenv(node_cache.ENV, "off")
+    cache.unlink()
+    list_dataset(root)
+    assert not cache.exists() and len(calls) == 25
+
+
+def test_file_list_listing_is_shared_and_follows_the_list(tmp_path, monkeypatch) -> None:
+    root = _tree(tmp_path)
+    monkeypatch.setenv(node_cache.ENV, str(tmp_path / "cache"))
+    listed = tmp_path / "list.txt"
+    listed.write_text("n00000000/n00000000_0.JPEG 3\nn00000001/n00000001_1.JPEG 1\n")
+    assert list(list_dataset(root, listed).labels) == [3, 1]
+    listed.write_text("n00000000/n00000000_0.JPEG 3\n")
+    os.utime(listed, ns=(1, 2))  # an mtime that differs whatever the clock's resolution
+    assert list(list_dataset(root, listed).labels) == [3]

@@ -27,7 +27,9 @@ from dalidr.loader import (
     SparseTargets,
     Targets,
 )
+from dalidr.plain_loader import _STREAM_ONLINE
 from dalidr.recipe import recipe
+from dalidr.records import draw_records
 from dalidr.replay import Output, Replayer, ReplaySpec
 from kernels.kl_loss import Densify, densify_topk
 from store.reader import StoreReader
@@ -272,6 +274,12 @@ def test_plain_loader_with_a_recipe_replays_fresh_draws_each_epoch(built, preset
             for step, (images, targets) in enumerate(loader):
                 part = slice(step * BATCH, (step + 1) * BATCH)
                 records = data.records[part]
+                # Drawn per batch with sizes read from headers: exactly the draw against the
+                # manifest's sizes (which hash and open every file).
+                eager = draw_records(loader.recipe, config.seed + _STREAM_ONLINE,
+                                     data.samples[part], np.array([epoch]),
+                                     built.manifest.image_hw)[:, 0]
+                assert records.tobytes() == eager.tobytes()
                 partners = ([jpegs[int(p)] for p in records["partner"]]
                             if chosen.has_mix else None)
                 want = replayer([jpegs[int(i)] for i in data.samples[part]], records, partners,
@@ -287,7 +295,7 @@ def test_plain_loader_with_a_recipe_replays_fresh_draws_each_epoch(built, preset
                     want_own = np.where(other == own, 1.0, lam)
                     np.testing.assert_allclose(probs[:, 0], want_own, atol=1e-6)
                 served.append(images)
-            epochs.append((data.records.copy(), torch.cat(served)))
+            epochs.append((data.records[0:len(data.samples)], torch.cat(served)))
     assert not np.array_equal(epochs[0][0], epochs[1][0])  # fresh draws each epoch
     if chosen.has_mix:
         assert (epochs[0][0]["mix"] != 0).any()
