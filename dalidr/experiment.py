@@ -368,13 +368,12 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     if teacher is not None:
         members = [f"{s.name}@{s.checkpoint}" if s.checkpoint else s.name
                    for s in parse_teacher(teacher)]
+        evals = [_evaluate(config, data, config.out / "teacher-eval" / f"member-{i}",
+                           teacher=m) for i, m in enumerate(members)]
         table["teacher_members_top1"] = {
-            m: 100 * _evaluate(config, data, config.out / "teacher-eval" / f"member-{i}",
-                               teacher=m)["top1"]
-            for i, m in enumerate(members)
-        }
-        ensemble = _evaluate(config, data, config.out / "teacher-eval" / "ensemble",
-                             teacher=teacher)
+            m: 100 * e["top1"] for m, e in zip(members, evals, strict=True)}
+        ensemble = evals[0] if len(members) == 1 else _evaluate(
+            config, data, config.out / "teacher-eval" / "ensemble", teacher=teacher)
         table["teacher_ensemble"] = {"top1": 100 * ensemble["top1"],
                                      "ece": 100 * ensemble["ece"],
                                      "reliability_png": ensemble["reliability_png"]}
