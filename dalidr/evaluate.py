@@ -1,4 +1,4 @@
-"""`dalidr eval`: accuracy and calibration of a trained student.
+"""`dalidr eval`: accuracy and calibration of a trained student or of a teacher ensemble.
 
 Reports top-1 and top-5 accuracy, the negative log-likelihood and the expected calibration
 error with 15 equal-width confidence bins (paper Sec. 3.3 reports that models trained on
@@ -8,7 +8,11 @@ confidence per bin) as a PNG with matplotlib.
 Images go through `PlainLoader` in evaluation mode (resize the shorter side to size / 0.875,
 centre crop, normalise), the same DALI machinery training uses; the model is rebuilt from the
 checkpoint's metadata (timm name, class count, image size, normalisation), read with
-`torch.load(weights_only=True)`. Trade-off: probabilities of the whole evaluation set are kept
+`torch.load(weights_only=True)`. An ensemble (`--teacher NAME@CKPT,...`, built by
+`dalidr.teacher` exactly as the teacher pass builds it) is scored as the log of its members'
+mean softmax (MEAL V2 eq. 1; `dalidr.ensemble.EnsembleLogits`), at the side its `dalidr train`
+checkpoints were trained at unless `--size` says otherwise. A progress bar counts batches
+(`dalidr.progress`). Trade-off: probabilities of the whole evaluation set are kept
 in memory ([N, C] float32: 5 GB for ImageNet's 1.28 M training images, 200 MB for its 50 000
 validation images) so metrics are exact rather than streamed approximations.
 """

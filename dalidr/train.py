@@ -7,14 +7,20 @@ Sec. 3: training on ImageNet+ costs what training on ImageNet costs):
 - `erm`: `PlainLoader` (DALI random resized crop + flip), one-hot labels; with `--augment` a
   recipe drawn afresh each epoch and replayed by `dalidr.replay` (strong augmentation for
   teachers, and the store's own augmentation distribution for a fair `kd` baseline);
-- `kd`: the same images, targets from the teacher ensemble run on every batch (`dalidr.teacher`,
-  `NAME[@CKPT],...`; the online-distillation baseline, as costly as a teacher forward per step);
+- `kd`: the same images, targets from the teacher ensemble run on every batch
+  (`dalidr.ensemble.MeanSoftmax` over `dalidr.teacher`, `NAME[@CKPT],...`; the
+  online-distillation baseline, as costly as a teacher forward per step);
 - `dr`: `ReinforcedLoader` over a store, targets the stored teacher top-k.
 All three minimise `dalidr.losses.kl_loss` (on one-hot targets, the cross-entropy), optionally
 plus MEAL V2's discriminator term.
 
-A timm student by name; SGD (Nesterov) or AdamW; cosine or step decay after a linear warmup,
-stepped per iteration; bf16 autocast and channels_last on the GPU; optional `torch.compile`.
+A timm student by name, from scratch, from timm's weights (`--pretrained`) or from a local
+checkpoint (`--init`: a timm state dict or a `dalidr train` checkpoint, read by the teacher's
+loader `dalidr.teacher.load_weights`, strictly, with the class count checked: MEAL V2 Sec. 3
+starts its students from "a good initialization"); SGD (Nesterov) or AdamW; cosine or step
+decay after a linear warmup, stepped per iteration; bf16 autocast and channels_last on the
+GPU; optional `torch.compile`. Options, data, store, student and teacher are all checked
+before the output folder is created, so a run refused on its inputs leaves nothing behind.
 Checkpoints (`<out>/last.pt`, written atomically at each epoch end and every `--save-every`
 steps) hold weights, optimiser, schedule, discriminator and the loader's (epoch, step), saved
 with `torch.save` and read back with `torch.load(weights_only=True)`: nothing is unpickled.
@@ -22,8 +28,10 @@ Resuming mid-epoch serves exactly the batches that remained (the loaders are det
 (seed, epoch, step); ERM's DALI draws without `--augment` are not, so such a resume re-draws
 its augmentations).
 
-Each epoch logs images/s and the data wait (time blocked waiting for the loader) and its share
-of the epoch; `--summary` writes them as JSON.
+Each epoch draws a progress bar (steps, rate, ETA, running loss; `dalidr.progress`: off with
+`--no-progress` or when stderr is not a terminal) and logs a line with images/s and the data
+wait (time blocked waiting for the loader) and its share of the epoch; `--summary` writes them
+as JSON.
 """
 
 from __future__ import annotations
