@@ -276,7 +276,7 @@ def _reinforce(config: ExperimentConfig, data: ExperimentData, teacher: str,
             data=data.train.root, teacher=teacher,
             recipe=load_recipe(recipe).replace(teacher_size=config.size), slots=config.slots,
             k=config.topk, out=str(store), file_list=data.train_list, seed=config.seed,
-            batch_size=256, block_size=256, num_threads=2,
+            batch_size=256, block_size=256,
             progress=progress_wanted(config.progress)))
         marker.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
     report = inspect_store(str(store), verify=True)
