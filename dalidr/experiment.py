@@ -109,13 +109,6 @@ def _log(config: ExperimentConfig, text: str) -> None:
     print(f"[{config.out.name}] {text}", flush=True)
 
 
-def _check_model(option: str, name: str) -> None:
-    import timm
-
-    if not timm.is_model(name):
-        raise OptionError(f"{option} {name!r} is not a timm model (timm.list_models())")
-
-
 def _listing(option: str, root: Path, file_list: Path | None) -> DatasetListing:
     try:
         return list_dataset(root, file_list)
@@ -126,6 +119,8 @@ def _listing(option: str, root: Path, file_list: Path | None) -> DatasetListing:
 def check_experiment(config: ExperimentConfig) -> ExperimentData | None:
     """Every option and the user's data, before anything is written: OptionError/DatasetError
     naming the option. Returns the user's data (None: the built-in data, exported later)."""
+    from dalidr.train import check_model_name
+
     for option, value in (("--epochs", config.student_epochs), ("--slots", config.slots),
                           ("--topk", config.topk), ("--batch-size", config.batch_size),
                           ("--size", config.size)):
@@ -140,17 +135,17 @@ def check_experiment(config: ExperimentConfig) -> ExperimentData | None:
     if not config.students:
         raise OptionError("--students is empty; give at least one timm architecture")
     for name in config.students:
-        _check_model("--students", name)
+        check_model_name("--students", name)
     if config.teacher is not None:
         from dalidr.teacher import parse_teacher
 
         for spec in parse_teacher(config.teacher):
-            _check_model("--teacher", spec.name)
+            check_model_name("--teacher", spec.name)
             if spec.checkpoint is not None and not spec.checkpoint.is_file():
                 raise OptionError(f"--teacher checkpoint {spec.checkpoint} does not exist")
     else:
         for name in config.teachers:
-            _check_model("--teachers", name)
+            check_model_name("--teachers", name)
         if config.teachers:
             OptionError.unless(config.teacher_epochs >= 1, "--teacher-epochs",
                                config.teacher_epochs, ">= 1")

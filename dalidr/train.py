@@ -68,7 +68,7 @@ from dalidr.losses import (
 from dalidr.recipe import load_recipe
 
 __all__ = ["Mode", "OptimizerName", "Schedule", "TrainConfig", "train", "check_config",
-           "register", "load_training_checkpoint", "CHECKPOINT_NAME"]
+           "check_model_name", "register", "load_training_checkpoint", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -245,16 +245,22 @@ def check_config(config: TrainConfig) -> None:
         raise OptionError(f"--p is {config.p}; valid: 0 <= p <= 1")
 
 
+def check_model_name(option: str, name: str) -> None:
+    """OptionError naming `option` (with close matches) unless `name` is a timm model."""
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise OptionError(f"{option} {name!r} is not a timm model (timm.list_models()){hint}")
+
+
 def _student(config: TrainConfig, num_classes: int) -> nn.Module:
     import timm
 
     from dalidr.teacher import load_weights
 
-    if not timm.is_model(config.model):
-        close = difflib.get_close_matches(config.model, timm.list_models(), n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise OptionError(f"--model {config.model!r} is not a timm model "
-                          f"(timm.list_models()){hint}")
+    check_model_name("--model", config.model)
     model = timm.create_model(config.model, pretrained=config.pretrained,
                               num_classes=num_classes)
     if config.init is not None:
