@@ -157,6 +157,8 @@ def check_experiment(config: ExperimentConfig) -> ExperimentData | None:
     if config.train is None or config.test is None:
         if config.teacher_train is not None:
             raise OptionError("--teacher-train needs --train and --test (your own data)")
+        OptionError.unless(config.topk <= 10, "--topk", config.topk,
+                           "1..10 (the built-in data's classes)")
         return None
     train = _listing("--train", config.train, config.train_list)
     test = _listing("--test", config.test, config.test_list)
