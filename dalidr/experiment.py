@@ -24,8 +24,10 @@ store's committed blocks). Every option and input is checked before the output f
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,16 +212,16 @@ def _done(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _train(config: ExperimentConfig, name: str, model: str, mode: str, epochs: int,
+def _train(config: ExperimentConfig, step: str, name: str, model: str, mode: str, epochs: int,
            listing: DatasetListing, file_list: Path | None, **extra: Any) -> dict[str, Any]:
     from dalidr.train import CHECKPOINT_NAME, Mode, OptimizerName, TrainConfig, train
 
     folder = config.out / name
     summary = folder / "summary.json"
     if (done := _done(summary)) is not None:
-        _log(config, f"{name}: cached ({summary})")
+        _log(config, f"{step} {name}: cached ({summary})")
         return done
-    _log(config, f"{name}: training {model} ({mode}, {epochs} epochs)")
+    _log(config, f"{step} {name}: training {model} ({mode}, {epochs} epochs)")
     resume = (folder / CHECKPOINT_NAME).is_file()
     start = time.perf_counter()
     train(TrainConfig(
@@ -257,7 +259,7 @@ def _recipe_file(config: ExperimentConfig, base: str) -> Path:
     return path
 
 
-def _reinforce(config: ExperimentConfig, data: ExperimentData, teacher: str,
+def _reinforce(config: ExperimentConfig, step: str, data: ExperimentData, teacher: str,
                recipe: Path) -> Path:
     from dalidr.progress import progress_wanted
     from dalidr.recipe import load_recipe
@@ -267,7 +269,8 @@ def _reinforce(config: ExperimentConfig, data: ExperimentData, teacher: str,
     store = config.out / "store"
     marker = config.out / "store.done.json"
     if _done(marker) is None:
-        _log(config, f"reinforce: teacher {teacher}, {config.slots} slots, top-{config.topk}")
+        _log(config, f"{step} reinforce: teacher {teacher}, {config.slots} slots, "
+                     f"top-{config.topk}")
         t0 = time.perf_counter()
         reinforce(ReinforceConfig(
             data=data.train.root, teacher=teacher,
@@ -283,15 +286,16 @@ def _reinforce(config: ExperimentConfig, data: ExperimentData, teacher: str,
     return store
 
 
-def _teacher(config: ExperimentConfig, data: ExperimentData, strong: Path) -> str | None:
+def _teacher(config: ExperimentConfig, steps: Callable[[], str], data: ExperimentData,
+             strong: Path) -> str | None:
     """The ensemble spec: the given one, or members trained here (each its own seed)."""
     if config.teacher is not None:
         return config.teacher
     members = []
     for i, arch in enumerate(config.teachers):
         # Each member its own seed: a member trained like an `erm` student would be its copy.
-        _train(config, f"teacher-{i}", arch, "erm", config.teacher_epochs, data.teacher_train,
-               data.teacher_train_list, augment=str(strong))
+        _train(config, steps(), f"teacher-{i}", arch, "erm", config.teacher_epochs,
+               data.teacher_train, data.teacher_train_list, augment=str(strong))
         members.append(f"{arch}@{config.out / f'teacher-{i}' / 'last.pt'}")
     return ",".join(members) or None
 
@@ -332,10 +336,17 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
 
     strong = _recipe_file(config, config.recipe)  # teachers, the store and online kd
     plain = _recipe_file(config, "rrc")  # erm students: the same crops and flips, no more
-    teacher = _teacher(config, data, strong)
+    total = ((0 if config.teacher else len(config.teachers)) + ("dr" in config.modes)
+             + len(config.students) * len(config.modes))
+    counter = itertools.count(1)
+
+    def steps() -> str:
+        return f"step {next(counter)}/{total}"
+
+    teacher = _teacher(config, steps, data, strong)
     store = None
     if "dr" in config.modes and teacher is not None:
-        store = _reinforce(config, data, teacher, strong)
+        store = _reinforce(config, steps(), data, teacher, strong)
     extra: dict[str, dict[str, Any]] = {
         "erm": {"augment": str(plain)},
         "kd": {"teacher": teacher, "teacher_size": config.size, "augment": str(strong)},
@@ -345,8 +356,8 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     for arch in config.students:
         for mode in config.modes:
             name = f"student-{arch}-{mode}"
-            summary = _train(config, name, arch, mode, config.student_epochs, data.train,
-                             data.train_list, **extra[mode])
+            summary = _train(config, steps(), name, arch, mode, config.student_epochs,
+                             data.train, data.train_list, **extra[mode])
             result = _evaluate(config, data, config.out / name / "eval",
                                checkpoint=config.out / name / "last.pt")
             rows[name] = _student_row(arch, mode, summary, result)
