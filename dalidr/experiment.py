@@ -118,6 +118,15 @@ def _listing(option: str, root: Path, file_list: Path | None) -> DatasetListing:
         raise DatasetError(f"{option}: {exc}") from exc
 
 
+def _check_teacher_fits(config: ExperimentConfig, num_classes: int) -> None:
+    """A given ensemble is built once (and dropped): every checkpoint must fit its
+    architecture and the class count before anything is written."""
+    if config.teacher is not None:
+        from dalidr.teacher import build_teacher
+
+        build_teacher(config.teacher, num_classes, size=config.size)
+
+
 def check_experiment(config: ExperimentConfig) -> ExperimentData | None:
     """Every option and the user's data, before anything is written: OptionError/DatasetError
     naming the option. Returns the user's data (None: the built-in data, exported later)."""
@@ -161,6 +170,7 @@ def check_experiment(config: ExperimentConfig) -> ExperimentData | None:
             raise OptionError("--teacher-train needs --train and --test (your own data)")
         OptionError.unless(config.topk <= 10, "--topk", config.topk,
                            "1..10 (the built-in data's classes)")
+        _check_teacher_fits(config, 10)
         return None
     train = _listing("--train", config.train, config.train_list)
     test = _listing("--test", config.test, config.test_list)
@@ -175,6 +185,7 @@ def check_experiment(config: ExperimentConfig) -> ExperimentData | None:
                                "they must be the same, in the same order")
     OptionError.unless(config.topk <= len(train.classes), "--topk", config.topk,
                        f"1..{len(train.classes)} (the number of classes)")
+    _check_teacher_fits(config, len(train.classes))
     return ExperimentData(f"{train.root}", train, test, teacher_train, config.train_list,
                           config.test_list,
                           config.teacher_train_list if config.teacher_train else

@@ -95,6 +95,21 @@ def test_bad_options_leave_nothing_behind(user_data, tmp_path, capsys, extra, me
     assert not out.exists()
 
 
+def test_a_given_teacher_that_does_not_fit_is_refused_up_front(user_data, tmp_path,
+                                                               capsys) -> None:
+    import timm
+    import torch
+
+    five = tmp_path / "five.pt"
+    torch.save(timm.create_model("resnet10t", num_classes=5).state_dict(), five)
+    out = tmp_path / "never"
+    assert main(["experiment", "--train", str(user_data / "train"), "--test",
+                 str(user_data / "test"), "--teacher", f"resnet10t@{five}", "--topk", "2",
+                 "--out", str(out)]) == 2
+    assert "predicts 5 classes but the dataset has 3" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_mismatched_classes_are_refused(user_data, tmp_path, capsys) -> None:
     test = tmp_path / "test"
     make_corpus(test, 2, seed=2, long_side=(32, 40))  # two of the three classes
