@@ -239,9 +239,9 @@ def _train(config: ExperimentConfig, step: str, name: str, model: str, mode: str
         mode=Mode(mode), data=str(listing.root), out=str(folder), model=model,
         file_list=None if file_list is None else str(file_list), epochs=epochs,
         batch_size=config.batch_size, size=config.size, optimizer=OptimizerName.ADAMW,
-        lr=config.lr, weight_decay=0.05, warmup_epochs=1, seed=config.seed,
-        summary=str(summary), save_every=50, resume=resume, progress=config.progress,
-        **extra))
+        lr=config.lr, weight_decay=0.05, warmup_epochs=1, summary=str(summary),
+        save_every=50, resume=resume, progress=config.progress,
+        **{"seed": config.seed, **extra}))
     result = json.loads(summary.read_text())
     result["wall_s"] = None if resume else time.perf_counter() - start
     summary.write_text(json.dumps(result, indent=2))
@@ -306,7 +306,8 @@ def _teacher(config: ExperimentConfig, steps: Callable[[], str], data: Experimen
     for i, arch in enumerate(config.teachers):
         # Each member its own seed: a member trained like an `erm` student would be its copy.
         _train(config, steps(), f"teacher-{i}", arch, "erm", config.teacher_epochs,
-               data.teacher_train, data.teacher_train_list, augment=str(strong))
+               data.teacher_train, data.teacher_train_list, augment=str(strong),
+               seed=config.seed + 1 + i)
         members.append(f"{arch}@{config.out / f'teacher-{i}' / 'last.pt'}")
     return ",".join(members) or None
 

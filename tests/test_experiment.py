@@ -49,6 +49,10 @@ def test_experiment_on_a_users_image_folder(trained_run, user_data, capsys) -> N
         assert 0 <= row["top1"] <= 100 and row["train_s"] > 0
         assert Path(row["reliability_png"]).is_file()
     assert table["store_bytes_per_record"] > 0
+    # Each member its own seed (else it would be a copy of the erm student).
+    seeds = {name: json.loads((out / name / "summary.json").read_text())["config"]["seed"]
+             for name in ("teacher-0", "student-resnet10t-erm")}
+    assert seeds == {"teacher-0": 1, "student-resnet10t-erm": 0}
     assert list(table["teacher_members_top1"]) == [f"resnet10t@{out / 'teacher-0' / 'last.pt'}"]
     assert 0 <= table["teacher_ensemble"]["top1"] <= 100
     for png in (table["fig1_png"], table["teacher_views_png"],
