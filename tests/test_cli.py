@@ -66,11 +66,11 @@ def test_python_m_dalidr_is_the_console_script() -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run([sys.executable, "-m", "dalidr", "--help"], capture_output=True,
-                          text=True, env=env, cwd=root, timeout=120)
+                          text=True, env=env, cwd=root, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "experiment" in done.stdout and "reinforce" in done.stdout
     done = subprocess.run([sys.executable, "-m", "dalidr", "train", "--help"],
-                          capture_output=True, text=True, env=env, cwd=root, timeout=120)
+                          capture_output=True, text=True, env=env, cwd=root, timeout=600)
     assert done.returncode == 0, done.stderr
     help_text = " ".join(done.stdout.split())
     assert "--epochs EPOCHS (default: 1)" in help_text and "--lr LR (default: 0.1)" in help_text
