@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,7 +29,15 @@ import numpy as np
 
 from bench.machine import describe_machine, summary
 
-__all__ = ["driver_cuda_version", "decode_one", "main"]
+__all__ = ["ROUTE_NEEDS_CUDA", "driver_cuda_version", "decode_one", "main"]
+
+# The CUDA version each bundle route's DALI needs from the driver (bench/gpu/pack.sh).
+ROUTE_NEEDS_CUDA = {"cuda120": (12, 0), "cuda130": (13, 0)}
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")[:2]
+    return int(major), int(minor)
 
 
 def driver_cuda_version() -> str | None:
@@ -80,9 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(machine))
     report: dict[str, Any] = {"benchmark": "sanity", "device": args.device,
                               "driver_cuda": driver_cuda_version(), "machine": machine}
+    route = os.environ.get("GPU_BUNDLE_ROUTE")
+    report["bundle_route"] = route
     print(f"driver supports CUDA {report['driver_cuda']}; torch built for CUDA "
-          f"{machine['gpu']['cuda_runtime']}")
+          f"{machine['gpu']['cuda_runtime']}; bundle route {route or 'none (DALI installed)'}")
     ok = True
+    needed = ROUTE_NEEDS_CUDA.get(route or "")
+    if args.device == "gpu" and needed and report["driver_cuda"] and \
+            _version(report["driver_cuda"]) < needed:
+        report["route_error"] = (f"bundle route {route} needs a driver for CUDA "
+                                 f"{needed[0]}.{needed[1]}, this one supports "
+                                 f"{report['driver_cuda']}: carry the cuda120 bundle instead")
+        print(report["route_error"])
+        ok = False
     try:
         report["decode"] = decode_one(args.device)
         print(f"decoded one JPEG on {args.device}: {report['decode']['shape']} in "
