@@ -81,13 +81,36 @@ def test_an_operator_without_its_backend_is_named() -> None:
         ("NoSuchOperator", "gpu")]
 
 
-def test_bundle_imports_on_python_312() -> None:
-    bundle = ROOT / ".gpu-bundle"
+def test_photos_folder_makes_the_same_corpus(tmp_path: Path, monkeypatch) -> None:
+    """The bundle carries the photographs for a machine without scikit-learn/matplotlib."""
+    import shutil
+
+    from dalidr.errors import DatasetError
+    from dalidr.sample_data import PHOTOS_ENV, bundled_photos, make_corpus
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in bundled_photos():
+        shutil.copy(path, photos)
+    want = [p.read_bytes() for p in make_corpus(tmp_path / "a", 4, seed=9)]
+    monkeypatch.setenv(PHOTOS_ENV, str(photos))
+    assert [p.parent for p in bundled_photos()] == [photos] * 3
+    assert [p.read_bytes() for p in make_corpus(tmp_path / "b", 4, seed=9)] == want
+    (photos / "flower.jpg").unlink()
+    with pytest.raises(DatasetError, match="flower.jpg"):
+        bundled_photos()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["cuda130", "cuda120"])
+def test_bundle_imports_on_python_312(route: str) -> None:
+    bundle = ROOT / ".gpu-bundle" / route
     if not list(bundle.glob("part-*")):
-        pytest.skip("no bundle built here (bench/gpu/pack.sh)")
+        pytest.skip(f"no {route} bundle built here (bench/gpu/pack.sh --route {route})")
     run = subprocess.run(["bash", str(ROOT / "bench/gpu/verify_bundle.sh"), str(bundle)],
                          capture_output=True, text=True, timeout=600)
     if run.returncode == 77:
         pytest.skip(run.stderr.strip() or "no Python 3.12 here")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"unpacked route {route}" in run.stdout
     assert "python 3.12" in run.stdout and "DALI 2.4" in run.stdout, run.stdout

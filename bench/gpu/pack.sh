@@ -6,19 +6,20 @@
 # scikit-learn and matplotlib, which ship them). The bundle is one xz-compressed tar split into
 # parts that each fit one device call beside the working tree (64 MiB per call in all).
 #
-# Routes (see bench/gpu/README.md for the measurements behind the default):
-#   cuda120  nvidia-dali-cuda120 (NPP, nvJPEG, cuFFT linked in): needs a CUDA 12 capable driver.
-#            What users install by default (pyproject.toml), and what the default bundle holds.
-#   cuda130  nvidia-dali-cuda130 with the libraries it loads at run time (nvImageCodec, nvJPEG 13
-#            and the three NPP libraries it opens): smaller, but needs a driver for CUDA 13 (>= 580).
+# Routes (bench/gpu/README.md has the measurements behind the default):
+#   cuda130  (default) nvidia-dali-cuda130 with the libraries it loads at run time (nvImageCodec,
+#            nvJPEG 13 and the three NPP libraries it opens): 173 MB, 3 calls; needs a driver for
+#            CUDA 13 (R580 or newer).
+#   cuda120  nvidia-dali-cuda120 (NPP, nvJPEG, cuFFT linked in): 214 MB, 4 calls; any driver for
+#            CUDA 12 or 13. What users install (pyproject.toml); the fallback for an older driver.
 #
 # Usage, from the project's root:
-#   bench/gpu/pack.sh [--route cuda120|cuda130] [--verify]
-# The parts land in .gpu-bundle/ (git-ignored) with SHA256SUMS and BUNDLE.txt; --verify then
+#   bench/gpu/pack.sh [--route cuda130|cuda120] [--verify]
+# The parts land in .gpu-bundle/ROUTE/ (git-ignored) with SHA256SUMS and BUNDLE.txt; --verify then
 # unpacks them and imports DALI (CPU mode), zarr and numcodecs with a Python 3.12
 # (bench/gpu/verify_bundle.sh). PART_MB overrides the part size (default: what fits one call).
 set -euo pipefail
-route=cuda120
+route=cuda130
 verify=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
 done
 root=$(git rev-parse --show-toplevel)
 cd "$root"
-out=.gpu-bundle
+out=.gpu-bundle/$route
 call_mib=64   # what one device call carries: the working tree plus the carried paths
 case "$route" in
   cuda120) dali=(nvidia-dali-cuda120==2.4.0 "nvidia-nvimgcodec-cu12>=0.9,<0.10"
@@ -75,7 +76,9 @@ find "$site" -name __pycache__ -type d -prune -exec rm -rf {} +
 # DALI's libraries carry their full symbol tables (.symtab/.strtab, ~60 MB), which nothing reads
 # at run time (the dynamic linker uses .dynsym); CUDA kernels (.nv_fatbin) are loaded sections
 # and stay. Checked: the CPU test suite's replay and op tests pass on stripped libraries.
-if [ "${STRIP:-1}" = 1 ]; then
+if [ "${STRIP:-1}" = 1 ] && ! command -v strip >/dev/null; then
+  echo "no strip (binutils) here: the bundle keeps DALI's symbol tables (~5 % larger)" >&2
+elif [ "${STRIP:-1}" = 1 ]; then
   find "$site/nvidia/dali" -maxdepth 2 \( -name 'libdali*.so' -o -path '*/.libs/*.so*' \) \
     -type f -exec strip --strip-all {} +
 fi
@@ -123,8 +126,8 @@ last=$(( parts - 1 ))
 for i in $(seq 0 "$last"); do
   n=$(printf '%02d' "$i")
   if [ "$i" -lt "$last" ]; then
-    echo "  carry [\".gpu-bundle/part-$n\", \".gpu-bundle/SHA256SUMS\"]  command: bash bench/gpu/stash.sh $n"
+    echo "  carry [\"$out/part-$n\", \"$out/SHA256SUMS\"]  command: bash bench/gpu/stash.sh $n"
   else
-    echo "  carry [\".gpu-bundle/part-$n\", \".gpu-bundle/SHA256SUMS\"]  command: bash bench/gpu/stash.sh $n && bash bench/gpu/check.sh"
+    echo "  carry [\"$out/part-$n\", \"$out/SHA256SUMS\"]  command: bash bench/gpu/stash.sh $n && bash bench/gpu/check.sh"
   fi
 done

@@ -3,13 +3,13 @@
 # bench/gpu/unpack.sh does there) and runs bench/gpu/bundle_check.py with a Python 3.12 whose
 # only packages are numpy, PyYAML and typing_extensions (what the GPU machine has with torch and
 # timm), the bundle's site/ first on PYTHONPATH.
-# Usage: bench/gpu/verify_bundle.sh [BUNDLE_FOLDER=.gpu-bundle]
+# Usage: bench/gpu/verify_bundle.sh [BUNDLE_FOLDER=.gpu-bundle/cuda130]
 # The Python 3.12: $PY312, else python3.12 on PATH, else pyenv's. Its venv with numpy is made
 # once in BUNDLE_FOLDER/py312 (needs the package registry the first time). Exit 77: no Python
 # 3.12 or no bundle here (a test skips on it).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-folder=$(cd "${1:-$root/.gpu-bundle}" 2>/dev/null && pwd) || { echo "no bundle folder ${1:-.gpu-bundle}" >&2; exit 77; }
+folder=$(cd "${1:-$root/.gpu-bundle/cuda130}" 2>/dev/null && pwd) || { echo "no bundle folder ${1:-.gpu-bundle/cuda130}" >&2; exit 77; }
 ls "$folder"/part-* >/dev/null 2>&1 || { echo "no parts in $folder: run bench/gpu/pack.sh" >&2; exit 77; }
 py=${PY312:-}
 if [ -z "$py" ]; then
