@@ -19,14 +19,18 @@ this order, each step a subprocess killed (its whole process group) at its budge
 6. agreement: `bench/gpu/agreement.py`: the stored targets against the teacher recomputed on the
    loader's GPU output (top-1 agreement, KL).
 
-Budgets on an H100/H200 with 16 cores (seconds; each is the step's hard timeout). They were
-estimated from the same steps timed here on 2 shared CPU cores with `--device cpu --quick`
-(see bench/gpu/README.md for those timings) and from what the GPU work itself needs:
+Budgets on an H100/H200 with 16 cores (seconds; each is the step's hard timeout). Estimated
+from two things. (a) The fixed cost of each step, measured with the rehearsal on this project's
+2-core AMD EPYC (`check.sh --device cpu --quick`, load ~3; under load ~8 about 2.8x these):
+sanity 15.6, pytest 12.7, replay 17.8, teacher 11.8, train_overhead 12.1, agreement 12.3 s
+(85 s in all). At those sizes the work is negligible: this is interpreter start and imports
+(torch + DALI + timm: ~5 s of CPU per process), DALI graph building and model creation, which a
+16-core host does in about half the time. (b) The GPU work at full size, from rates:
   sanity 40: Python, torch and DALI imports and CUDA start (~10 s), one mixed decode (nvJPEG
       start, ~2 s), nine GPU graphs defined but not built (~12 s on 2 slow cores, less here);
-  pytest 110: collecting the suite (~10 s), ~30 small GPU-vs-CPU replays (each pipeline build
-      ~1-3 s: RandAugment graphs dominate), three 24-image teacher passes with resnet10t, the
-      loader test, ~60 Triton kernel cases (compiling each specialisation ~0.5-1 s);
+  pytest 110: collecting the suite (~10 s), 10 replay pipelines built once each (1-3 s apiece:
+      RandAugment graphs dominate) and fed ~40 batches of 8, three 24-image teacher passes
+      with resnet10t, the loader tests, ~60 Triton kernel cases (~0.5-1 s of compiling each);
   replay 80: 1024 JPEGs made (~8 s), 3 loaders x 4 rounds of (warm-up + 16 timed batches of 256)
       at thousands of images/s on the GPU, the torchvision loader's 16 workers at ~150
       images/s each being the slow part (~40 s), the sampler on 256k records (~5 s);
