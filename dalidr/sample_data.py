@@ -19,7 +19,7 @@ from PIL import Image
 
 from dalidr.errors import DatasetError
 
-__all__ = ["PHOTOS_ENV", "bundled_photos", "make_corpus", "encode_jpeg"]
+__all__ = ["bundled_photos", "make_corpus", "encode_jpeg"]
 
 
 PHOTOS_ENV = "DALIDR_PHOTOS"  # a folder with copies of the photographs (no sklearn/matplotlib)
