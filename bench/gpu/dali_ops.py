@@ -79,14 +79,27 @@ def _plain() -> Any:
                                     mirror=fn.random.coin_flip())
 
 
-def gpu_graph_ops() -> dict[str, set[tuple[str, str]]]:
-    """Graph name -> (schema, device) of its operators, for every graph a GPU run builds."""
-    graphs: dict[str, set[tuple[str, str]]] = {}
+def gpu_graph_ops(errors: dict[str, str] | None = None) -> dict[str, set[tuple[str, str]]]:
+    """Graph name -> (schema, device) of its operators, for every graph a GPU run builds.
+
+    A graph that cannot even be defined raises, or, given `errors`, is recorded there (graph
+    name -> the exception) and left out, so that a report can name every such graph."""
+    definitions: dict[str, tuple[Callable[[], Any], bool]] = {}
     for name, preset in PRESETS.items():
         for once in (False, True):
             label = f"replay {name}" + (" (decoded once, teacher pass)" if once else "")
-            graphs[label] = _ops_of(_define(_replay(preset, once), conditionals=True))
-    graphs["plain DALI ResNet-50"] = _ops_of(_define(_plain, conditionals=False))
+            definitions[label] = (_replay(preset, once), True)
+    definitions["plain DALI ResNet-50"] = (_plain, False)
+    graphs: dict[str, set[tuple[str, str]]] = {}
+    for label, (body, conditionals) in definitions.items():
+        try:
+            graphs[label] = _ops_of(_define(body, conditionals))
+        except Exception as exc:  # noqa: BLE001 - reported per graph when asked to
+            if errors is None:
+                raise
+            # DALI wraps the cause in a long trace; its last line names it.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            errors[label] = f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:500]
     return graphs
 
 
@@ -100,7 +113,10 @@ def missing_backends(ops: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def main() -> int:
-    graphs = gpu_graph_ops()
+    errors: dict[str, str] = {}
+    graphs = gpu_graph_ops(errors)
+    for label, error in errors.items():
+        print(f"graph {label!r} could not be defined: {error}")
     every = set().union(*graphs.values())
     placed = sorted((n, d) for n, d in every if d in ("gpu", "mixed"))
     print(f"{len(placed)} operators placed on gpu/mixed in {len(graphs)} graphs:")
@@ -110,6 +126,8 @@ def main() -> int:
     if missing:
         print("no backend in the installed DALI for: " + ", ".join(f"{n} ({d})"
                                                                 for n, d in missing))
+        return 1
+    if errors:
         return 1
     print("every operator has its backend in the installed DALI")
     return 0
