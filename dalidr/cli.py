@@ -1,31 +1,39 @@
 """The `dalidr` command line: one subcommand per job.
 
-- `dalidr demo`: the embedded default job, end to end on Fashion-MNIST (`dalidr/experiment.py`).
+- `dalidr experiment`: the paper's comparison (erm / kd / dr students, teachers, the teacher
+  pass, evaluation) end to end on a user's ImageFolder trees or the built-in Fashion-MNIST
+  (`dalidr/experiment.py`); `dalidr demo` is the same with the embedded demo's defaults.
 - `dalidr gallery`: every recipe replayed on bundled real JPEGs, one PNG grid each.
 - `dalidr views`: replayed views of a user's ImageFolder tree, as a PNG grid.
 - `dalidr inspect` / `dalidr subset`: reinforcement stores (`store/cli.py`).
 - `dalidr reinforce`, `dalidr train`, `dalidr eval`: registered by their own modules.
+
+`python -m dalidr` is the same command line (`dalidr/__main__.py`). Every `--help` shows each
+option's default (`_DefaultsFormatter`, applied to every subcommand through `_Parser`).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import enum
 import importlib
 import importlib.util
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from dalidr.errors import DalidrError
-from dalidr.experiment import DemoConfig, run_demo
+from dalidr.errors import DalidrError, OptionError
+from dalidr.experiment import MODES, DemoConfig, ExperimentConfig, run_demo
 from dalidr.ops import OPS
 from dalidr.recipe import PRESETS, Recipe, load_recipe
 from dalidr.records import MixMode, draw_records, record_dtype
 
-__all__ = ["main", "render_views"]
+__all__ = ["main", "render_views", "sample_across_classes"]
 
 # Modules that add subcommands with `register(subparsers)`, each owning its job's options.
 _SUBCOMMAND_MODULES = (
@@ -49,7 +57,7 @@ def _captions(records: np.ndarray, recipe: Recipe) -> list[str]:
             parts.append(MixMode(int(record["mix"])).name.lower())
         if record["flip"]:
             parts.append("flip")
-        out.append(" ".join(parts)[:28])
+        out.append(" ".join(parts))
     return out
 
 
@@ -61,6 +69,7 @@ def render_views(
     seed: int,
     out: Path,
     title: str,
+    titles: Sequence[str] | None = None,
 ) -> tuple[Path, float]:
     """Replay `slots` views of every image and save them as a grid; returns (path, images/s)."""
     from dalidr.grid import save_grid
@@ -79,13 +88,17 @@ def render_views(
     rate = count * slots / (time.perf_counter() - start)
     by_sample = [np.stack([rows[s][i] for s in range(slots)]) for i in range(count)]
     by_caption = [[captions[s][i] for s in range(slots)] for i in range(count)]
-    titles = [f"{title} #{i}" for i in range(count)]
-    return save_grid(by_sample, out, titles, by_caption), rate
+    row_titles = [f"{title} #{i}" if titles is None else f"{titles[i]} ({title})"
+                  for i in range(count)]
+    return save_grid(by_sample, out, row_titles, by_caption), rate
 
 
 def _gallery(args: argparse.Namespace) -> int:
     from dalidr.sample_data import make_corpus
 
+    for option, value in (("--images", args.images), ("--slots", args.slots)):
+        OptionError.unless(value >= 1, option, value, ">= 1")
+    OptionError.unless(16 <= args.size <= 4096, "--size", args.size, "16..4096")
     out = Path(args.out)
     paths = make_corpus(out / "corpus", args.images, seed=args.seed)
     jpegs = [np.fromfile(p, dtype=np.uint8) for p in paths]
@@ -103,20 +116,62 @@ def _gallery(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    config = DemoConfig(
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _path(text: str | None) -> Path | None:
+    return None if text is None else Path(text)
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    config = ExperimentConfig(
         out=Path(args.out),
+        train=_path(args.train),
+        test=_path(args.test),
+        train_list=_path(args.train_list),
+        test_list=_path(args.test_list),
+        teacher_train=_path(args.teacher_train),
+        teacher_train_list=_path(args.teacher_train_list),
         train_per_class=args.train_per_class,
         test_per_class=args.test_per_class,
         teacher_train_per_class=args.teacher_train_per_class,
+        size=args.size,
+        crop_scale=(args.crop_scale[0], args.crop_scale[1]),
+        teacher=args.teacher,
+        teachers=_names(args.teachers),
         teacher_epochs=args.teacher_epochs,
+        students=_names(args.students),
+        modes=_names(args.modes),
         student_epochs=args.student_epochs,
+        recipe=args.recipe,
         slots=args.slots,
+        topk=args.topk,
+        batch_size=args.batch_size,
+        lr=args.lr,
         seed=args.seed,
+        progress=not args.no_progress,
         allow_apt=not args.no_apt,
     )
     run_demo(config)
     return 0
+
+
+def sample_across_classes(labels: Sequence[int] | np.ndarray, count: int,
+                          seed: int) -> np.ndarray:
+    """`count` sample indices spread over the classes: one per class in turn (classes in
+    order, each class's samples drawn without replacement from `seed`), then again."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < min(count, len(labels)):
+        for pool in pools:
+            if depth < len(pool) and len(chosen) < count:
+                chosen.append(int(pool[depth]))
+        depth += 1
+    return np.array(chosen, dtype=np.int64)
 
 
 def _views(args: argparse.Namespace) -> int:
@@ -124,48 +179,135 @@ def _views(args: argparse.Namespace) -> int:
 
     from dalidr.dataset import list_dataset
 
+    for option, value in (("--images", args.images), ("--slots", args.slots)):
+        OptionError.unless(value >= 1, option, value, ">= 1")
+    recipe = load_recipe(args.recipe)
     listing = list_dataset(args.data)
-    chosen = list(range(min(args.images, len(listing))))
-    files = [listing.root / listing.paths[i] for i in chosen]
+    chosen = sample_across_classes(listing.labels, args.images, args.seed)
+    files = [listing.root / listing.paths[int(i)] for i in chosen]
     jpegs = [np.fromfile(p, dtype=np.uint8) for p in files]
     image_hw = np.array([Image.open(p).size[::-1] for p in files])
-    recipe = load_recipe(args.recipe)
-    path, _ = render_views(
-        jpegs, image_hw, recipe, args.slots, args.seed, Path(args.out), recipe.variant.value
-    )
+    labels = np.asarray(listing.labels)
+    path, _ = render_views(jpegs, image_hw, recipe, args.slots, args.seed, Path(args.out),
+                           recipe.variant.value,
+                           titles=[listing.classes[int(labels[i])] for i in chosen])
     print(path)
     return 0
 
 
+def _add_experiment_options(parser: argparse.ArgumentParser, out: str) -> None:
+    defaults = ExperimentConfig()
+    data = parser.add_argument_group("data (your own, or the built-in Fashion-MNIST)")
+    data.add_argument("--train", default=None, metavar="ROOT",
+                      help="training ImageFolder root (or the root of --train-list's paths); "
+                           "with --test. Default: built-in Fashion-MNIST")
+    data.add_argument("--test", default=None, metavar="ROOT", help="test ImageFolder root")
+    data.add_argument("--train-list", default=None, metavar="FILE",
+                      help="'<path> <label>' lines under --train instead of class folders")
+    data.add_argument("--test-list", default=None, metavar="FILE",
+                      help="'<path> <label>' lines under --test")
+    data.add_argument("--teacher-train", default=None, metavar="ROOT",
+                      help="data the teachers train on, same classes (default: --train)")
+    data.add_argument("--teacher-train-list", default=None, metavar="FILE")
+    data.add_argument("--train-per-class", type=int, default=defaults.train_per_class,
+                      help="built-in data: training images per class")
+    data.add_argument("--test-per-class", type=int, default=defaults.test_per_class,
+                      help="built-in data: test images per class")
+    data.add_argument("--teacher-train-per-class", type=int,
+                      default=defaults.teacher_train_per_class,
+                      help="built-in data: teachers' training images per class")
+    data.add_argument("--no-apt", action="store_true",
+                      help="built-in data: never apt-get install dataset-fashion-mnist "
+                           "(use scikit-learn's digits)")
+    teach = parser.add_argument_group("teacher")
+    teach.add_argument("--teacher", default=None, metavar="NAME@CKPT,...",
+                       help="use this ensemble as is (timm state dicts or `dalidr train` "
+                            "checkpoints) instead of training --teachers")
+    teach.add_argument("--teachers", default=",".join(defaults.teachers), metavar="NAMES",
+                       help="timm members to train with the strong recipe")
+    teach.add_argument("--teacher-epochs", type=int, default=defaults.teacher_epochs)
+    runs = parser.add_argument_group("students and the store")
+    runs.add_argument("--students", default=",".join(defaults.students), metavar="NAMES",
+                      help="timm student architectures")
+    runs.add_argument("--modes", default=",".join(defaults.modes),
+                      help=f"comma-separated subset of {','.join(MODES)}")
+    runs.add_argument("--student-epochs", "--epochs", dest="student_epochs", type=int,
+                      default=defaults.student_epochs, help="epochs of every student")
+    runs.add_argument("--size", type=int, default=defaults.size, help="image side, every model")
+    runs.add_argument("--crop-scale", type=float, nargs=2, default=defaults.crop_scale,
+                      metavar=("LOW", "HIGH"), help="random-resized-crop area range")
+    runs.add_argument("--recipe", default=defaults.recipe,
+                      help=f"store/teacher/kd recipe: preset ({', '.join(PRESETS)})")
+    runs.add_argument("--slots", type=int, default=defaults.slots, help="stored views per image")
+    runs.add_argument("--topk", type=int, default=defaults.topk,
+                      help="teacher classes kept per view")
+    runs.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    runs.add_argument("--lr", type=float, default=defaults.lr, help="AdamW peak learning rate")
+    runs.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--out", default=out, help="output folder (rerun to resume)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (also off when stderr is not a terminal)")
+    parser.set_defaults(run=_experiment)
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows every option's default (unless its text already names one)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        shown = _default_text(action)
+        if shown and not action.help:
+            action = copy.copy(action)
+            action.help = shown
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = _default_text(action)
+        if not shown or "default" in text.lower():
+            return text
+        return f"{text} {shown}"
+
+
+def _default_text(action: argparse.Action) -> str:
+    default = action.default
+    if (not action.option_strings or default is None or default is argparse.SUPPRESS
+            or isinstance(default, bool)):
+        return ""
+    if isinstance(default, enum.Enum):
+        default = default.value
+    elif isinstance(default, tuple | list):
+        default = " ".join(str(v) for v in default)
+    return f"(default: {default})".replace("%", "%%")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help (and every subcommand's) shows the defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dalidr", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="dalidr", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
+    experiment = sub.add_parser(
+        "experiment", help="erm / kd / dr students on your data: teachers, teacher pass, eval",
+        description="The paper's comparison end to end on your ImageFolder trees (--train, "
+                    "--test) or the built-in Fashion-MNIST: teachers (trained or --teacher), "
+                    "the teacher pass, students in each mode, evaluation, a table, JSON and "
+                    "plots. Every step is cached: rerun to resume.")
+    _add_experiment_options(experiment, "runs/experiment")
     demo = sub.add_parser(
-        "demo", help="the whole system end to end on Fashion-MNIST (CPU, minutes)"
-    )
-    defaults = DemoConfig()
-    demo.add_argument("--out", default=str(defaults.out), help="output folder")
-    demo.add_argument("--train-per-class", type=int, default=defaults.train_per_class)
-    demo.add_argument("--test-per-class", type=int, default=defaults.test_per_class)
-    demo.add_argument("--teacher-train-per-class", type=int,
-                      default=defaults.teacher_train_per_class,
-                      help="teachers' training images per class (default: the students')")
-    demo.add_argument("--teacher-epochs", type=int, default=defaults.teacher_epochs)
-    demo.add_argument("--student-epochs", type=int, default=defaults.student_epochs)
-    demo.add_argument("--slots", type=int, default=defaults.slots)
-    demo.add_argument("--seed", type=int, default=defaults.seed)
-    demo.add_argument(
-        "--no-apt",
-        action="store_true",
-        help="never apt-get install dataset-fashion-mnist (use sklearn digits)",
-    )
-    demo.set_defaults(run=_demo)
+        "demo", help="the embedded default job: `dalidr experiment` on Fashion-MNIST (minutes)",
+        description="`dalidr experiment` with the demo's defaults (the README's main job).")
+    _add_experiment_options(demo, str(DemoConfig().out))
 
     gallery = sub.add_parser("gallery", help="every recipe replayed on bundled real JPEGs, PNGs")
     gallery.add_argument("--out", default="runs/gallery", help="output folder")
-    gallery.add_argument("--images", type=int, default=6, help="images per grid (default: 6)")
-    gallery.add_argument("--slots", type=int, default=6, help="views per image (default: 6)")
+    gallery.add_argument("--images", type=int, default=6, help="images per grid")
+    gallery.add_argument("--slots", type=int, default=6, help="views per image")
     gallery.add_argument("--size", type=int, default=160, help="output side in pixels")
     gallery.add_argument("--seed", type=int, default=0)
     gallery.set_defaults(run=_gallery)
@@ -175,10 +317,11 @@ def _parser() -> argparse.ArgumentParser:
     views.add_argument(
         "--recipe", default="rrc+ra/re", help=f"preset ({', '.join(PRESETS)}) or YAML/JSON file"
     )
-    views.add_argument("--images", type=int, default=8)
-    views.add_argument("--slots", type=int, default=8)
-    views.add_argument("--seed", type=int, default=0)
-    views.add_argument("--out", default="runs/views.png")
+    views.add_argument("--images", type=int, default=8,
+                       help="images, sampled across the classes in turn")
+    views.add_argument("--slots", type=int, default=8, help="views per image")
+    views.add_argument("--seed", type=int, default=0, help="seed of the sample and the views")
+    views.add_argument("--out", default="runs/views.png", help="PNG path")
     views.set_defaults(run=_views)
 
     for module_name in _SUBCOMMAND_MODULES:

@@ -1,38 +1,44 @@
-"""Experiments end to end: teachers, the teacher pass, students in several modes, evaluation.
+"""`dalidr experiment`: the paper's comparison end to end on any dataset.
 
-`dalidr demo` (the embedded default job, `DemoConfig()`: a 2-core CPU in minutes) and
-`bench/reproduce.py` (the paper's claim on the full Fashion-MNIST) are two configurations of
-`run_experiment`. The paper's claim (Dataset Reinforcement, Fig. 1, Tables 1 and 4): students
-trained on the reinforced data against students trained on the original data and with online
-distillation, at the same epochs.
-On Fashion-MNIST (Debian's `dataset-fashion-mnist`, converted to an ImageFolder of JPEGs, the
-format users bring; scikit-learn's digits where apt is not allowed) the steps are:
-1. train a small teacher ensemble (`dalidr train --mode erm`, one run per member), or reuse it;
-2. reinforce (`dalidr reinforce`: the ensemble labels every stored view);
-3. train each student architecture in each mode (`erm`, `kd`, `dr`), same epochs and batch;
-4. evaluate (`dalidr eval`: top-1, ECE, a reliability diagram each) and the teacher ensemble;
-then print one table and save a PNG of replayed views with the teacher's top-3.
+Dataset Reinforcement (Fig. 1, Tables 1 and 4): students trained on the reinforced data
+against students trained on the original data (`erm`) and with online distillation (`kd`), at
+the same epochs. On a user's ImageFolder trees (or file lists; `--train`, `--test`) or on the
+built-in Fashion-MNIST (Debian's `dataset-fashion-mnist` exported as JPEGs; scikit-learn's
+digits where apt is not allowed) the steps are:
+1. the teacher ensemble: given (`--teacher NAME@CKPT,...`) or trained here, one `erm` run per
+   member with the strong recipe drawn afresh each epoch (the paper's teachers are trained
+   with strong augmentation; Sec. 2.3: on as much data as there is, `teacher_train`);
+2. the teacher pass (`reinforce`: the ensemble labels every stored view);
+3. each student architecture in each mode (`erm`, `kd`, `dr`), same epochs, batch and optimiser;
+4. evaluation of every student (top-1, ECE, a reliability diagram each), of every teacher
+   member and of the ensemble (MEAL V2 eq. 1, mean softmax);
+then one table, `results.json`, a Fig. 1-style plot and a picture of replayed views captioned
+with the teacher's top-3 (`dalidr/experiment_report.py`).
 
-Every step calls the same command-line entry points a user would, and every step is cached:
-a finished step is skipped (its JSON summary exists), a half-finished one resumes (training
-from its checkpoint, the teacher pass from the store's committed blocks).
+`dalidr demo` is this with its defaults (`DemoConfig()`: a 2-core CPU in minutes) and
+`bench/reproduce.py` the full-scale configuration. Steps call the library (`train`,
+`reinforce`, `run_eval`) directly and are cached: a finished step is skipped (its JSON summary
+exists), a half-finished one resumes (training from its checkpoint, the teacher pass from the
+store's committed blocks). Every option and input is checked before the output folder is made.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from dalidr.dataset import DatasetListing, list_dataset
+from dalidr.errors import DatasetError, OptionError
 
-from dalidr.errors import DalidrError, DatasetError
-from dalidr.teacher import Ensemble, build_teacher
+__all__ = ["MODES", "ExperimentConfig", "DemoConfig", "ExperimentData", "check_experiment",
+           "run_experiment", "run_demo"]
 
-__all__ = ["ExperimentConfig", "DemoConfig", "run_experiment", "run_demo"]
+MODES = ("erm", "kd", "dr")
 
 
 @dataclass(frozen=True)
@@ -41,22 +47,31 @@ class ExperimentConfig:
 
     # Output folder for data, checkpoints, the store, reports and pictures.
     out: Path = Path("runs/demo")
-    # Images per class exported from Fashion-MNIST's train and test splits.
+    # The user's data: training and test ImageFolder roots (or the roots of the file lists'
+    # relative paths). None: the built-in Fashion-MNIST export below.
+    train: Path | None = None
+    test: Path | None = None
+    train_list: Path | None = None
+    test_list: Path | None = None
+    # Data the teachers train on (same classes); None: the training set.
+    teacher_train: Path | None = None
+    teacher_train_list: Path | None = None
+    # Built-in data only: images per class exported from Fashion-MNIST's train and test
+    # splits, and for the teachers (None: the students' set). More teacher data (up to 6000,
+    # all of it) is the paper's first guideline (Sec. 2.3): teachers trained on larger data
+    # than the reinforced dataset; the students' set is a subset of it, the test split unseen.
     train_per_class: int = 200
     test_per_class: int = 100
-    # Images per class the teachers train on; None: the students' training set. More (up to
-    # 6000, all of it) is the paper's first guideline (Sec. 2.3): teachers trained on larger
-    # data than the reinforced dataset, as its IG-ResNext teachers were; the students' set is
-    # a subset of it and the test split is never seen.
     teacher_train_per_class: int | None = 600
-    # Image side used by every model (Fashion-MNIST is 28 px).
+    # Image side used by every model and view (Fashion-MNIST is 28 px).
     size: int = 32
     # Random-resized-crop area range of every training view (teachers, students, the store).
     # ImageNet's (0.08, 1) leaves 8 px of a 28 px garment; for small images the paper's own
     # CIFAR-100 configs use a light random crop instead, which (0.35, 1) approximates.
     crop_scale: tuple[float, float] = (0.35, 1.0)
-    # Teacher ensemble members (timm names) and their training epochs; members are trained
-    # with the strong recipe (`recipe`, drawn afresh each epoch), as the paper's teachers are.
+    # A given teacher ensemble `NAME@CKPT,...` (used as is); None: train `teachers` here.
+    teacher: str | None = None
+    # Teacher members to train (timm names) and their epochs, with the strong `recipe`.
     teachers: tuple[str, ...] = ("resnet10t", "resnet14t")
     teacher_epochs: int = 4
     # Student architectures, the modes each is trained in, and their epochs (the same for all).
@@ -70,22 +85,114 @@ class ExperimentConfig:
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
-    # Whether `apt-get install dataset-fashion-mnist` may run when the data is missing.
+    # Progress bars on the long steps (when stderr is a terminal).
+    progress: bool = True
+    # Built-in data only: whether `apt-get install dataset-fashion-mnist` may run.
     allow_apt: bool = True
 
 
 DemoConfig = ExperimentConfig
 
 
-def _cli(args: list[str]) -> None:
-    from dalidr.cli import main
+@dataclass(frozen=True)
+class ExperimentData:
+    """Where an experiment's three datasets are, and what they are called."""
 
-    code = main([str(a) for a in args])
-    if code != 0:
-        raise DalidrError(f"`dalidr {' '.join(str(a) for a in args)}` exited with {code}")
+    source: str
+    train: DatasetListing
+    test: DatasetListing
+    teacher_train: DatasetListing
+    train_list: Path | None = None
+    test_list: Path | None = None
+    teacher_train_list: Path | None = None
 
 
-def _export_data(config: ExperimentConfig) -> tuple[Path, Path, Path, str]:
+def _log(config: ExperimentConfig, text: str) -> None:
+    print(f"[{config.out.name}] {text}", flush=True)
+
+
+def _listing(option: str, root: Path, file_list: Path | None) -> DatasetListing:
+    try:
+        return list_dataset(root, file_list)
+    except DatasetError as exc:
+        raise DatasetError(f"{option}: {exc}") from exc
+
+
+def _check_teacher_fits(config: ExperimentConfig, num_classes: int) -> None:
+    """A given ensemble is built once (and dropped): every checkpoint must fit its
+    architecture and the class count before anything is written."""
+    if config.teacher is not None:
+        from dalidr.teacher import build_teacher
+
+        build_teacher(config.teacher, num_classes, size=config.size)
+
+
+def check_experiment(config: ExperimentConfig) -> ExperimentData | None:
+    """Every option and the user's data, before anything is written: OptionError/DatasetError
+    naming the option. Returns the user's data (None: the built-in data, exported later)."""
+    from dalidr.train import check_model_name
+
+    for option, value in (("--epochs", config.student_epochs), ("--slots", config.slots),
+                          ("--topk", config.topk), ("--batch-size", config.batch_size),
+                          ("--size", config.size)):
+        OptionError.unless(value >= 1, option, value, ">= 1")
+    OptionError.unless(config.lr > 0, "--lr", config.lr, "> 0")
+    low, high = config.crop_scale
+    OptionError.unless(0 < low <= high <= 1, "--crop-scale", config.crop_scale,
+                       "0 < LOW <= HIGH <= 1")
+    unknown = [m for m in config.modes if m not in MODES]
+    if unknown or not config.modes:
+        raise OptionError.choice("--modes", ",".join(config.modes), f"a list of {MODES}")
+    if not config.students:
+        raise OptionError("--students is empty; give at least one timm architecture")
+    for name in config.students:
+        check_model_name("--students", name)
+    if config.teacher is not None:
+        from dalidr.teacher import parse_teacher
+
+        for spec in parse_teacher(config.teacher):
+            check_model_name("--teacher", spec.name)
+            if spec.checkpoint is not None and not spec.checkpoint.is_file():
+                raise OptionError(f"--teacher checkpoint {spec.checkpoint} does not exist")
+    else:
+        for name in config.teachers:
+            check_model_name("--teachers", name)
+        if config.teachers:
+            OptionError.unless(config.teacher_epochs >= 1, "--teacher-epochs",
+                               config.teacher_epochs, ">= 1")
+        elif set(config.modes) - {"erm"}:
+            raise OptionError("modes kd and dr need a teacher: --teacher NAME@CKPT,... or "
+                              "--teachers NAME,... to train one")
+    if (config.train is None) != (config.test is None):
+        raise OptionError("--train and --test go together (or neither: built-in Fashion-MNIST)")
+    if config.train is None or config.test is None:
+        if config.teacher_train is not None:
+            raise OptionError("--teacher-train needs --train and --test (your own data)")
+        OptionError.unless(config.topk <= 10, "--topk", config.topk,
+                           "1..10 (the built-in data's classes)")
+        _check_teacher_fits(config, 10)
+        return None
+    train = _listing("--train", config.train, config.train_list)
+    test = _listing("--test", config.test, config.test_list)
+    teacher_train = train
+    if config.teacher_train is not None:
+        teacher_train = _listing("--teacher-train", config.teacher_train,
+                                 config.teacher_train_list)
+    for option, listing in (("--test", test), ("--teacher-train", teacher_train)):
+        if listing.classes != train.classes:
+            raise DatasetError(f"{option} {listing.root} has classes {list(listing.classes)[:8]} "
+                               f"but --train {train.root} has {list(train.classes)[:8]}; "
+                               "they must be the same, in the same order")
+    OptionError.unless(config.topk <= len(train.classes), "--topk", config.topk,
+                       f"1..{len(train.classes)} (the number of classes)")
+    _check_teacher_fits(config, len(train.classes))
+    return ExperimentData(f"{train.root}", train, test, teacher_train, config.train_list,
+                          config.test_list,
+                          config.teacher_train_list if config.teacher_train else
+                          config.train_list)
+
+
+def _export_builtin(config: ExperimentConfig) -> ExperimentData:
     from dalidr.fashion_mnist import (
         CLASSES,
         ensure_package,
@@ -108,336 +215,209 @@ def _export_data(config: ExperimentConfig) -> tuple[Path, Path, Path, str]:
     for split, folder, per_class in splits:
         images, labels = load(split)
         export_image_folder(images, labels, data / folder, classes, per_class)
-    return data / "train", data / "test", teacher_train, source
+    return ExperimentData(source, list_dataset(data / "train"), list_dataset(data / "test"),
+                          list_dataset(teacher_train))
 
 
 def _done(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _train(
-    config: ExperimentConfig,
-    name: str,
-    model: str,
-    mode: str,
-    epochs: int,
-    train: Path,
-    extra: list[str],
-) -> dict[str, Any]:
+def _train(config: ExperimentConfig, step: str, name: str, model: str, mode: str, epochs: int,
+           listing: DatasetListing, file_list: Path | None, **extra: Any) -> dict[str, Any]:
+    from dalidr.train import CHECKPOINT_NAME, Mode, OptimizerName, TrainConfig, train
+
     folder = config.out / name
     summary = folder / "summary.json"
     if (done := _done(summary)) is not None:
-        print(f"[{config.out.name}] {name}: cached ({summary})")
+        _log(config, f"{step} {name}: cached ({summary})")
         return done
-    print(f"[{config.out.name}] {name}: training {model} ({mode}, {epochs} epochs)", flush=True)
-    resume = ["--resume"] if (folder / "last.pt").is_file() else []
+    _log(config, f"{step} {name}: training {model} ({mode}, {epochs} epochs)")
+    resume = (folder / CHECKPOINT_NAME).is_file()
     start = time.perf_counter()
-    _cli(
-        [
-            "train",
-            "--mode",
-            mode,
-            "--data",
-            train,
-            "--model",
-            model,
-            "--out",
-            folder,
-            "--epochs",
-            epochs,
-            "--batch-size",
-            config.batch_size,
-            "--size",
-            config.size,
-            "--optimizer",
-            "adamw",
-            "--lr",
-            config.lr,
-            "--weight-decay",
-            0.05,
-            "--warmup-epochs",
-            1,
-            "--seed",
-            config.seed,
-            "--summary",
-            summary,
-            "--save-every",
-            50,
-            *resume,
-            *extra,
-        ]
-    )
+    train(TrainConfig(
+        mode=Mode(mode), data=str(listing.root), out=str(folder), model=model,
+        file_list=None if file_list is None else str(file_list), epochs=epochs,
+        batch_size=config.batch_size, size=config.size, optimizer=OptimizerName.ADAMW,
+        lr=config.lr, weight_decay=0.05, warmup_epochs=1, summary=str(summary),
+        save_every=50, resume=resume, progress=config.progress,
+        **{"seed": config.seed, **extra}))
     result = json.loads(summary.read_text())
-    result["wall_s"] = time.perf_counter() - start if not resume else None
+    result["wall_s"] = None if resume else time.perf_counter() - start
     summary.write_text(json.dumps(result, indent=2))
     return result
 
 
-def _evaluate(config: ExperimentConfig, name: str, test: Path) -> dict[str, Any]:
-    out = config.out / name / "eval"
+def _evaluate(config: ExperimentConfig, data: ExperimentData, out: Path, *,
+              checkpoint: Path | None = None, teacher: str | None = None) -> dict[str, Any]:
+    from dalidr.evaluate import EvalConfig, run_eval
+
     if (done := _done(out / "eval.json")) is not None:
         return done
-    _cli(
-        [
-            "eval",
-            "--checkpoint",
-            config.out / name / "last.pt",
-            "--data",
-            test,
-            "--out",
-            out,
-            "--size",
-            config.size,
-        ]
-    )
-    return json.loads((out / "eval.json").read_text())
+    return run_eval(EvalConfig(
+        data=str(data.test.root), out=str(out),
+        checkpoint=None if checkpoint is None else str(checkpoint), teacher=teacher,
+        file_list=None if data.test_list is None else str(data.test_list), size=config.size,
+        progress=config.progress))
 
 
 def _recipe_file(config: ExperimentConfig, base: str) -> Path:
-    """`base` at the experiment's size and crop scale, as a YAML file the CLI reads."""
+    """`base` at the experiment's size and crop scale, as a YAML file (kept with the run)."""
     name = base.replace("/", "-").replace("*", "x")
     path = config.out / f"recipe-{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
     low, high = config.crop_scale
-    path.write_text(
-        f"base: {base}\noutput_size: {config.size}\ncrop_scale: [{low}, {high}]\n"
-    )
+    path.write_text(f"base: {base}\noutput_size: {config.size}\ncrop_scale: [{low}, {high}]\n")
     return path
 
 
-def _teacher_views_png(config: ExperimentConfig, store: Path, train: Path, count: int = 6) -> Path:
-    """Replayed stored views of a few images, captioned with the teacher's top-3."""
-    from dalidr.dataset import list_dataset
-    from dalidr.grid import save_grid
-    from dalidr.replay import Replayer, ReplaySpec
-    from store import StoreReader
+def _reinforce(config: ExperimentConfig, step: str, data: ExperimentData, teacher: str,
+               recipe: Path) -> Path:
+    from dalidr.progress import progress_wanted
+    from dalidr.recipe import load_recipe
+    from dalidr.reinforce import ReinforceConfig, reinforce
+    from store import inspect_store
 
-    reader = StoreReader(str(store))
-    recipe = reader.config.recipe
-    listing = list_dataset(train)
-    rng = np.random.default_rng(config.seed)
-    samples = np.sort(rng.choice(len(listing), size=min(count, len(listing)), replace=False))
-    slots = np.arange(reader.config.slots)
-    records, targets = reader.read_views(
-        np.repeat(samples, len(slots)), np.tile(slots, len(samples))
-    )
-    jpegs = [
-        np.fromfile(train / listing.paths[s], dtype=np.uint8)
-        for s in np.repeat(samples, len(slots))
-    ]
-    partners = (
-        [np.fromfile(train / listing.paths[p], dtype=np.uint8) for p in records["partner"]]
-        if recipe.has_mix
-        else None
-    )
-    views = Replayer(ReplaySpec(recipe, size=128), batch_size=len(jpegs), num_threads=2)(
-        jpegs, records, partners, num_samples=len(listing)
-    )
-    rows, captions = [], []
-    for i in range(len(samples)):
-        part = slice(i * len(slots), (i + 1) * len(slots))
-        rows.append(views[part])
-        captions.append(
-            [
-                " ".join(
-                    f"{listing.classes[c][:4]}{round(100 * p)}"
-                    for c, p in zip(cls[:3], prob[:3], strict=True)
-                )
-                for cls, prob in zip(targets.classes[part], targets.probs[part], strict=True)
-            ]
-        )
-    titles = [listing.classes[listing.labels[s]] for s in samples]
-    return save_grid(rows, config.out / "teacher-views.png", titles, captions)
-
-
-class _MeanSoftmax(torch.nn.Module):
-    """The ensemble as one classifier: log of the members' mean softmax (MEAL V2 eq. 1)."""
-
-    def __init__(self, ensemble: Ensemble) -> None:
-        super().__init__()
-        self.ensemble = ensemble
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.ensemble([images] * len(self.ensemble.views))
-        return logits.softmax(dim=-1).mean(dim=0).clamp_min(1e-12).log()
-
-
-def _evaluate_ensemble(config: ExperimentConfig, teacher: str, test: Path) -> dict[str, Any]:
-    path = config.out / "teacher-ensemble.json"
-    if (done := _done(path)) is not None:
-        return done
-    from dalidr.dataset import list_dataset
-    from dalidr.evaluate import evaluate
-    from dalidr.loader import Augment, LastBatch, LoaderConfig, PlainLoader, Targets
-
-    num_classes = len(list_dataset(test).classes)
-    ensemble = build_teacher(teacher, num_classes, size=config.size)
-    if len(ensemble.views) != 1:
-        raise DalidrError("the ensemble's members must share one view size and normalisation")
-    view = ensemble.views[0]
-    loader_config = LoaderConfig(
-        batch_size=100,
-        targets=Targets.SPARSE,
-        last_batch=LastBatch.PARTIAL,
-        mean=view.mean,
-        std=view.std,
-    )
-    loader = PlainLoader(
-        test, loader_config, size=config.size, augment=Augment.EVAL, num_classes=num_classes
-    )
-    try:
-        result = evaluate(_MeanSoftmax(ensemble), loader, torch.device("cpu"))
-    finally:
-        loader.close()
-    report = {"top1": result.top1, "ece": result.ece, "nll": result.nll}
-    path.write_text(json.dumps(report, indent=2))
-    return report
-
-
-def _reinforce(config: ExperimentConfig, teacher: str, train: Path) -> Path:
     store = config.out / "store"
     marker = config.out / "store.done.json"
     if _done(marker) is None:
-        print(
-            f"[{config.out.name}] reinforce: {len(config.teachers)} teachers, {config.slots} slots",
-            flush=True,
-        )
+        _log(config, f"{step} reinforce: teacher {teacher}, {config.slots} slots, "
+                     f"top-{config.topk}")
         t0 = time.perf_counter()
-        _cli(
-            [
-                "reinforce",
-                "--data",
-                train,
-                "--teacher",
-                teacher,
-                "--recipe",
-                _recipe_file(config, config.recipe),
-                "--slots",
-                config.slots,
-                "--topk",
-                config.topk,
-                "--out",
-                store,
-                "--seed",
-                config.seed,
-                "--teacher-size",
-                config.size,
-                "--batch",
-                256,
-                "--block-size",
-                256,
-            ]
-        )
+        reinforce(ReinforceConfig(
+            data=data.train.root, teacher=teacher,
+            recipe=load_recipe(recipe).replace(teacher_size=config.size), slots=config.slots,
+            k=config.topk, out=str(store), file_list=data.train_list, seed=config.seed,
+            batch_size=256, block_size=256,
+            progress=progress_wanted(config.progress)))
         marker.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
-    from store import inspect_store
-
     report = inspect_store(str(store), verify=True)
     if report.problems or not report.complete:
-        raise DatasetError(
-            f"the store {store} failed its integrity check: "
-            f"{(report.problems or ['incomplete'])[:3]}"
-        )
+        raise DatasetError(f"the store {store} failed its integrity check: "
+                           f"{(report.problems or ['incomplete'])[:3]}")
     return store
+
+
+def _teacher(config: ExperimentConfig, steps: Callable[[], str], data: ExperimentData,
+             strong: Path) -> str | None:
+    """The ensemble spec: the given one, or members trained here (each its own seed)."""
+    if config.teacher is not None:
+        return config.teacher
+    members = []
+    for i, arch in enumerate(config.teachers):
+        # Each member its own seed: a member trained like an `erm` student would be its copy.
+        _train(config, steps(), f"teacher-{i}", arch, "erm", config.teacher_epochs,
+               data.teacher_train, data.teacher_train_list, augment=str(strong),
+               seed=config.seed + 1 + i)
+        members.append(f"{arch}@{config.out / f'teacher-{i}' / 'last.pt'}")
+    return ",".join(members) or None
+
+
+def _student_row(arch: str, mode: str, summary: dict[str, Any],
+                 result: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    epochs = summary["epochs"]
+    return {
+        "student": arch,
+        "mode": mode,
+        "top1": 100 * result["top1"],
+        "ece": 100 * result["ece"],
+        "nll": result["nll"],
+        "train_s": sum(e["seconds"] for e in epochs),
+        "images_per_s": float(np.median([e["images_per_s"] for e in epochs])),
+        "data_wait_fraction": float(np.median([e["data_wait_fraction"] for e in epochs])),
+        "reliability_png": result["reliability_png"],
+    }
 
 
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     """Run (or resume) every step; returns the results table as a dict."""
+    from dalidr.experiment_report import plot_accuracy_vs_time, teacher_views_png
+    from dalidr.teacher import parse_teacher
+
     start = time.perf_counter()
+    data = check_experiment(config)
     config.out.mkdir(parents=True, exist_ok=True)
-    train, test, teacher_train, source = _export_data(config)
-    print(f"[{config.out.name}] data: {source}, {train} and {test}", flush=True)
-    if teacher_train != train:
-        print(f"[{config.out.name}] teachers train on {teacher_train}", flush=True)
+    if data is None:
+        data = _export_builtin(config)
+    _log(config, f"data: {data.source}; train {data.train.root} ({len(data.train)} images), "
+                 f"test {data.test.root} ({len(data.test)} images)")
+    if data.teacher_train.root != data.train.root:
+        _log(config, f"teachers train on {data.teacher_train.root} "
+                     f"({len(data.teacher_train)} images)")
 
     strong = _recipe_file(config, config.recipe)  # teachers, the store and online kd
     plain = _recipe_file(config, "rrc")  # erm students: the same crops and flips, no more
-    members = []
-    for i, arch in enumerate(config.teachers):
-        # Each member its own seed: a member trained like an `erm` student would be its copy.
-        extra_args = ["--seed", config.seed + 1 + i, "--augment", strong]
-        _train(config, f"teacher-{i}", arch, "erm", config.teacher_epochs, teacher_train,
-               extra_args)
-        members.append(f"{arch}@{config.out / f'teacher-{i}' / 'last.pt'}")
-    teacher = ",".join(members)
-    store = _reinforce(config, teacher, train) if "dr" in config.modes else None
-    extra = {
-        "erm": ["--augment", plain],
-        "kd": ["--teacher", teacher, "--teacher-size", config.size, "--augment", strong],
-        "dr": ["--store", store],
-    }
+    total = ((0 if config.teacher else len(config.teachers)) + ("dr" in config.modes)
+             + len(config.students) * len(config.modes))
+    counter = itertools.count(1)
 
+    def steps() -> str:
+        return f"step {next(counter)}/{total}"
+
+    teacher = _teacher(config, steps, data, strong)
+    store = None
+    if "dr" in config.modes and teacher is not None:
+        store = _reinforce(config, steps(), data, teacher, strong)
+    extra: dict[str, dict[str, Any]] = {
+        "erm": {"augment": str(plain)},
+        "kd": {"teacher": teacher, "teacher_size": config.size, "augment": str(strong)},
+        "dr": {"store": str(store)},
+    }
     rows: dict[str, dict[str, Any]] = {}
     for arch in config.students:
         for mode in config.modes:
             name = f"student-{arch}-{mode}"
-            summary = _train(config, name, arch, mode, config.student_epochs, train, extra[mode])
-            result = _evaluate(config, name, test)
-            epochs = summary["epochs"]
-            rows[name] = {
-                "student": arch,
-                "mode": mode,
-                "top1": 100 * result["top1"],
-                "ece": 100 * result["ece"],
-                "nll": result["nll"],
-                "train_s": sum(e["seconds"] for e in epochs),
-                "images_per_s": float(np.median([e["images_per_s"] for e in epochs])),
-                "data_wait_fraction": float(np.median([e["data_wait_fraction"] for e in epochs])),
-                "reliability_png": result["reliability_png"],
-            }
-    members_eval = {
-        m: 100 * _evaluate(config, f"teacher-{i}", test)["top1"] for i, m in enumerate(members)
-    }
-    ensemble = _evaluate_ensemble(config, teacher, test)
+            summary = _train(config, steps(), name, arch, mode, config.student_epochs,
+                             data.train, data.train_list, **extra[mode])
+            result = _evaluate(config, data, config.out / name / "eval",
+                               checkpoint=config.out / name / "last.pt")
+            rows[name] = _student_row(arch, mode, summary, result)
     table: dict[str, Any] = {
-        "data": source,
-        "train_images": sum(1 for _ in train.rglob("*.jpg")),
-        "teacher_train_images": sum(1 for _ in teacher_train.rglob("*.jpg")),
-        "test_images": sum(1 for _ in test.rglob("*.jpg")),
+        "data": data.source,
+        "train_root": str(data.train.root),
+        "test_root": str(data.test.root),
+        "classes": list(data.train.classes),
+        "train_images": len(data.train),
+        "teacher_train_images": len(data.teacher_train),
+        "test_images": len(data.test),
         "size": config.size,
-        "teacher_members_top1": members_eval,
-        "teacher_ensemble": {"top1": 100 * ensemble["top1"], "ece": 100 * ensemble["ece"]},
-        "students": rows,
-        "wall_s": time.perf_counter() - start,
+        "teacher": teacher,
+        "teacher_given": config.teacher is not None,
     }
+    if teacher is not None:
+        members = [f"{s.name}@{s.checkpoint}" if s.checkpoint else s.name
+                   for s in parse_teacher(teacher)]
+        evals = [_evaluate(config, data, config.out / "teacher-eval" / f"member-{i}",
+                           teacher=m) for i, m in enumerate(members)]
+        table["teacher_members_top1"] = {
+            m: 100 * e["top1"] for m, e in zip(members, evals, strict=True)}
+        ensemble = evals[0] if len(members) == 1 else _evaluate(
+            config, data, config.out / "teacher-eval" / "ensemble", teacher=teacher)
+        table["teacher_ensemble"] = {"top1": 100 * ensemble["top1"],
+                                     "ece": 100 * ensemble["ece"],
+                                     "reliability_png": ensemble["reliability_png"]}
+    table["students"] = rows
     if store is not None:
         from store import inspect_store
 
         table["store_bytes_per_record"] = inspect_store(str(store), verify=False).bytes_per_record
-        table["teacher_views_png"] = str(_teacher_views_png(config, store, train))
+        table["teacher_views_png"] = str(teacher_views_png(
+            store, data.train, config.out / "teacher-views.png", config.seed))
+    table["fig1_png"] = str(plot_accuracy_vs_time(
+        rows, config.out / "fig1.png",
+        f"{data.source}: {len(data.train)} train / {len(data.test)} test, {config.size} px, "
+        f"{config.student_epochs} epochs"))
+    table["wall_s"] = time.perf_counter() - start
     (config.out / "results.json").write_text(json.dumps(table, indent=2))
     return table
 
 
 def run_demo(config: ExperimentConfig) -> dict[str, Any]:
-    """The embedded default job: run (or resume) it and print its table."""
+    """Run (or resume) an experiment and print its table (`dalidr demo`, `dalidr experiment`)."""
+    from dalidr.experiment_report import print_table
+
     table = run_experiment(config)
-    print()
-    print(
-        f"dalidr demo on {table['data']}: {table['train_images']} training and "
-        f"{table['test_images']} test images, {config.size} px"
-    )
-    for member, top1 in table["teacher_members_top1"].items():
-        print(f"  teacher member {member.split('@')[0]}: top-1 {top1:.2f}%")
-    ensemble = table["teacher_ensemble"]
-    print(f"  teacher ensemble: top-1 {ensemble['top1']:.2f}%, ECE {ensemble['ece']:.2f}%")
-    if "store_bytes_per_record" in table:
-        print(
-            f"  store: {table['store_bytes_per_record']:.1f} bytes per record "
-            f"({config.recipe}, {config.slots} slots, top-{config.topk})"
-        )
-    print()
-    print(f"{'student':<12}{'mode':<6}{'top-1 %':>9}{'ECE %':>8}{'train s':>9}{'loader img/s':>14}")
-    for row in table["students"].values():
-        print(
-            f"{row['student']:<12}{row['mode']:<6}{row['top1']:>9.2f}{row['ece']:>8.2f}"
-            f"{row['train_s']:>9.1f}{row['images_per_s']:>14.1f}"
-        )
-    print()
-    if "teacher_views_png" in table:
-        print(f"views with the teacher's top-3: {table['teacher_views_png']}")
-    print(
-        f"reliability diagrams: "
-        f"{', '.join(r['reliability_png'] for r in table['students'].values())}"
-    )
-    print(f"whole run: {table['wall_s']:.0f} s (cached steps skipped)")
+    print_table(table, config)
     return table
+

@@ -1,4 +1,10 @@
-"""Pictures of replayed views: one row per sample, one column per slot, captioned."""
+"""Pictures of replayed views: one row per sample, one column per slot, captioned.
+
+Captions must stay legible whatever the view size: views smaller than `min_cell` pixels are
+enlarged (nearest neighbour, so pixels stay visible as pixels), captions are wrapped to the
+cell's width (a word longer than the cell is cut), and the caption band and the title column
+are sized from the text measured with the font, not fixed.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,42 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["save_grid"]
+__all__ = ["save_grid", "wrap_text"]
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default()
+
+
+def _width(draw: ImageDraw.ImageDraw, text: str, font: object) -> float:
+    return float(draw.textlength(text, font=font))  # type: ignore[arg-type]
+
+
+def wrap_text(draw: ImageDraw.ImageDraw, text: str, width: int, font: object) -> list[str]:
+    """`text` in lines no wider than `width` pixels (words kept whole unless too long)."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        while _width(draw, word, font) > width and len(word) > 1:
+            cut = len(word) - 1
+            while cut > 1 and _width(draw, word[:cut], font) > width:
+                cut -= 1
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(word[:cut])
+            word = word[cut:]
+        candidate = f"{line} {word}".strip()
+        if _width(draw, candidate, font) <= width:
+            line = candidate
+        else:
+            lines.append(line)
+            line = word
+    if line:
+        lines.append(line)
+    return lines
 
 
 def save_grid(
@@ -16,26 +55,44 @@ def save_grid(
     path: str | Path,
     row_titles: Sequence[str] = (),
     captions: Sequence[Sequence[str]] = (),
-    gap: int = 4,
+    gap: int = 6,
+    min_cell: int = 112,
 ) -> Path:
     """Save rows of uint8 [N, H, W, 3] views as one PNG; captions go under each view."""
     side = rows[0].shape[1]
+    scale = max(1, -(-min_cell // side))  # ceil: small views are enlarged to >= min_cell
+    cell = side * scale
     columns = max(len(r) for r in rows)
-    caption_h = 14 if captions else 0
-    title_w = 96 if row_titles else 0
-    width = title_w + columns * (side + gap) + gap
-    height = len(rows) * (side + caption_h + gap) + gap
+    font = _font()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 2
+    wrapped = [[wrap_text(probe, text, cell - 4, font) for text in row] for row in captions]
+    lines = max((len(w) for row in wrapped for w in row), default=0)
+    caption_h = lines * line_h + (4 if lines else 0)
+    title_lines = [wrap_text(probe, t, 160, font) for t in row_titles]
+    title_w = (int(max((_width(probe, line, font) for t in title_lines for line in t),
+                       default=0)) + 2 * gap) if row_titles else 0
+    width = title_w + columns * (cell + gap) + gap
+    height = len(rows) * (cell + caption_h + gap) + gap
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for r, views in enumerate(rows):
-        top = gap + r * (side + caption_h + gap)
+        top = gap + r * (cell + caption_h + gap)
         if row_titles:
-            draw.text((6, top + side // 2 - 6), row_titles[r], fill=(0, 0, 0))
+            block = title_lines[r]
+            y = top + cell // 2 - len(block) * line_h // 2
+            for i, line in enumerate(block):
+                draw.text((gap, y + i * line_h), line, fill=(0, 0, 0), font=font)
         for c, view in enumerate(views):
-            left = title_w + gap + c * (side + gap)
-            canvas.paste(Image.fromarray(np.ascontiguousarray(view)), (left, top))
-            if captions and c < len(captions[r]):
-                draw.text((left + 2, top + side + 1), captions[r][c], fill=(40, 40, 40))
+            left = title_w + gap + c * (cell + gap)
+            image = Image.fromarray(np.ascontiguousarray(view))
+            if scale > 1:
+                image = image.resize((cell, cell), Image.NEAREST)
+            canvas.paste(image, (left, top))
+            if captions and c < len(wrapped[r]):
+                for i, line in enumerate(wrapped[r][c]):
+                    draw.text((left + 2, top + cell + 2 + i * line_h), line,
+                              fill=(40, 40, 40), font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)

@@ -22,8 +22,23 @@ from dalidr.errors import DatasetError
 __all__ = ["bundled_photos", "make_corpus", "encode_jpeg", "link_tree"]
 
 
+PHOTOS_ENV = "DALIDR_PHOTOS"  # a folder with copies of the photographs (no sklearn/matplotlib)
+
+
 def bundled_photos() -> list[Path]:
-    """Paths of the photographs that installed packages ship."""
+    """Paths of the photographs that installed packages ship.
+
+    Where `$DALIDR_PHOTOS` names a folder (the GPU bundle carries the three photographs, for a
+    machine without scikit-learn and matplotlib), its `china.jpg`, `flower.jpg` and
+    `grace_hopper.jpg` are used instead, in that order: the same files, so the same corpus.
+    """
+    folder = os.environ.get(PHOTOS_ENV)
+    if folder:
+        found = [Path(folder) / name for name in ("china.jpg", "flower.jpg", "grace_hopper.jpg")]
+        missing = [str(p) for p in found if not p.is_file()]
+        if missing:
+            raise DatasetError(f"${PHOTOS_ENV}={folder}: missing {', '.join(missing)}")
+        return found
     paths: list[Path] = []
     try:
         import sklearn

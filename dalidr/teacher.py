@@ -37,6 +37,7 @@ __all__ = [
     "Ensemble",
     "parse_teacher",
     "load_checkpoint",
+    "load_weights",
     "build_teacher",
 ]
 
@@ -97,13 +98,14 @@ def _check_name(name: str) -> None:
     raise OptionError(f"teacher member {name!r} is not a timm model (timm.list_models()){hint}")
 
 
-def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+def load_checkpoint(path: Path, role: str = "teacher checkpoint") -> dict[str, torch.Tensor]:
     """A state dict from a safetensors file or a torch file, without unpickling anything.
 
-    Torch files may wrap the weights as {"state_dict": ...}, {"model": ...} or
-    {"state_dict_ema": ...}; a DataParallel "module." prefix is removed."""
+    Torch files may wrap the weights as {"state_dict": ...}, {"model": ...} (a `dalidr train`
+    checkpoint) or {"state_dict_ema": ...}; a DataParallel "module." prefix is removed.
+    `role` names the file in errors ("teacher checkpoint", "--init checkpoint")."""
     if not path.is_file():
-        raise OptionError(f"teacher checkpoint {path} does not exist")
+        raise OptionError(f"{role} {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -111,20 +113,20 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         try:
             state = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise OptionError(f"teacher checkpoint {path} is not a safetensors file: "
+            raise OptionError(f"{role} {path} is not a safetensors file: "
                               f"{exc}") from exc
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for bad or pickled-code files
-            raise OptionError(f"teacher checkpoint {path} cannot be read as weights "
+            raise OptionError(f"{role} {path} cannot be read as weights "
                               f"(torch.load, weights_only=True): {exc}") from exc
         for key in ("state_dict_ema", "state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise OptionError(f"teacher checkpoint {path} does not hold a state dict of tensors")
+        raise OptionError(f"{role} {path} does not hold a state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
@@ -146,6 +148,24 @@ def _classifier_width(model: nn.Module, state: dict[str, torch.Tensor]) -> int |
         if weight is not None and weight.dim() >= 1:
             return int(weight.shape[0])
     return None
+
+
+def load_weights(model: nn.Module, name: str, checkpoint: Path, num_classes: int,
+                 role: str = "teacher checkpoint") -> None:
+    """Load `checkpoint` into the timm model `name` strictly; OptionError naming the file when
+    its classifier is not `num_classes` wide or its tensors do not fit the architecture."""
+    state = load_checkpoint(checkpoint, role)
+    width = _classifier_width(model, state)
+    if width is not None and width != num_classes:
+        raise OptionError(f"{role} {checkpoint} ({name}) predicts {width} classes but the "
+                          f"dataset has {num_classes}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in lines[1:6])
+        raise OptionError(f"{role} {checkpoint} does not fit timm architecture {name!r}: "
+                          f"{detail}") from exc
 
 
 def _view_of(model: nn.Module, size: int | None) -> TeacherView:
@@ -172,19 +192,8 @@ def _build_member(spec: MemberSpec, num_classes: int, pretrained: bool,
                               f"dataset has {num_classes}")
         sha = None
     else:
-        state = load_checkpoint(spec.checkpoint)
         model = timm.create_model(spec.name, pretrained=False, num_classes=num_classes)
-        width = _classifier_width(model, state)
-        if width is not None and width != num_classes:
-            raise OptionError(f"teacher member {spec.name}@{spec.checkpoint} predicts {width} "
-                              f"classes but the dataset has {num_classes}")
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            lines = str(exc).strip().splitlines()
-            detail = " ".join(line.strip() for line in lines[1:6])
-            raise OptionError(f"teacher checkpoint {spec.checkpoint} does not fit timm "
-                              f"architecture {spec.name!r}: {detail}") from exc
+        load_weights(model, spec.name, spec.checkpoint, num_classes)
         sha = _sha256(spec.checkpoint)
     model.eval().requires_grad_(False)
     return TeacherMember(spec, model, _view_of(model, size), sha)

@@ -7,14 +7,20 @@ Sec. 3: training on ImageNet+ costs what training on ImageNet costs):
 - `erm`: `PlainLoader` (DALI random resized crop + flip), one-hot labels; with `--augment` a
   recipe drawn afresh each epoch and replayed by `dalidr.replay` (strong augmentation for
   teachers, and the store's own augmentation distribution for a fair `kd` baseline);
-- `kd`: the same images, targets from the teacher ensemble run on every batch (`dalidr.teacher`,
-  `NAME[@CKPT],...`; the online-distillation baseline, as costly as a teacher forward per step);
+- `kd`: the same images, targets from the teacher ensemble run on every batch
+  (`dalidr.ensemble.MeanSoftmax` over `dalidr.teacher`, `NAME[@CKPT],...`; the
+  online-distillation baseline, as costly as a teacher forward per step);
 - `dr`: `ReinforcedLoader` over a store, targets the stored teacher top-k.
 All three minimise `dalidr.losses.kl_loss` (on one-hot targets, the cross-entropy), optionally
 plus MEAL V2's discriminator term.
 
-A timm student by name; SGD (Nesterov) or AdamW; cosine or step decay after a linear warmup,
-stepped per iteration; bf16 autocast and channels_last on the GPU; optional `torch.compile`.
+A timm student by name, from scratch, from timm's weights (`--pretrained`) or from a local
+checkpoint (`--init`: a timm state dict or a `dalidr train` checkpoint, read by the teacher's
+loader `dalidr.teacher.load_weights`, strictly, with the class count checked: MEAL V2 Sec. 3
+starts its students from "a good initialization"); SGD (Nesterov) or AdamW; cosine or step
+decay after a linear warmup, stepped per iteration; bf16 autocast and channels_last on the
+GPU; optional `torch.compile`. Options, data, store, student and teacher are all checked
+before the output folder is created, so a run refused on its inputs leaves nothing behind.
 Checkpoints (`<out>/last.pt`, written atomically at each epoch end and every `--save-every`
 steps) hold weights, optimiser, schedule, discriminator and the loader's (epoch, step), saved
 with `torch.save` and read back with `torch.load(weights_only=True)`: nothing is unpickled.
@@ -22,13 +28,16 @@ Resuming mid-epoch serves exactly the batches that remained (the loaders are det
 (seed, epoch, step); ERM's DALI draws without `--augment` are not, so such a resume re-draws
 its augmentations).
 
-Each epoch logs images/s and the data wait (time blocked waiting for the loader) and its share
-of the epoch; `--summary` writes them as JSON.
+Each epoch draws a progress bar (steps, rate, ETA, running loss; `dalidr.progress`: off with
+`--no-progress` or when stderr is not a terminal) and logs a line with images/s and the data
+wait (time blocked waiting for the loader) and its share of the epoch; `--summary` writes them
+as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import enum
 import json
 import math
@@ -58,8 +67,8 @@ from dalidr.losses import (
 )
 from dalidr.recipe import load_recipe
 
-__all__ = ["Mode", "OptimizerName", "Schedule", "TrainConfig", "train", "register",
-           "load_training_checkpoint", "CHECKPOINT_NAME"]
+__all__ = ["Mode", "OptimizerName", "Schedule", "TrainConfig", "train", "check_config",
+           "check_model_name", "register", "load_training_checkpoint", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -102,6 +111,9 @@ class TrainConfig:
     # Class count; None: the store's (dr) or the dataset's.
     num_classes: int | None = None
     pretrained: bool = False
+    # Start the student from this local checkpoint (a timm state dict, safetensors, or a
+    # `dalidr train` checkpoint): MEAL V2's "good initialization of the student" (Sec. 3).
+    init: str | None = None
     epochs: int = 1
     batch_size: int = 256
     # Image side for erm/kd (dr uses the store recipe's output size).
@@ -134,7 +146,10 @@ class TrainConfig:
     save_every: int | None = None
     resume: bool = False
     summary: str | None = None
+    # Without a progress bar: also a line every this many steps (0: epoch lines only).
     log_every: int = 50
+    # A progress bar per epoch (rate, ETA, loss) when stderr is a terminal.
+    progress: bool = True
 
 
 def _device(config: TrainConfig) -> torch.device:
@@ -153,11 +168,7 @@ def _loader(config: TrainConfig, device: torch.device, num_classes: int | None
                   channels_last=config.channels_last, num_threads=config.threads,
                   seed=config.seed)
     if config.mode is Mode.DR:
-        if config.augment is not None:
-            raise OptionError("--augment is for modes erm and kd; mode 'dr' replays the "
-                              "store's own recipe")
-        if not config.store:
-            raise OptionError("mode 'dr' needs --store")
+        assert config.store is not None  # check_config
         loader_config = LoaderConfig(p=config.p, targets=config.targets, **common)
         return ReinforcedLoader(config.store, config.data, loader_config,
                                 num_classes=num_classes, file_list=config.file_list)
@@ -193,35 +204,6 @@ def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-class _OnlineTeacher:
-    """Mode kd: the ensemble's mean softmax on the student's batch, as dense targets.
-
-    Each distinct member view gets the batch re-normalised with its mean/std and resized to its
-    side (bilinear, antialiased) from the student's pixels."""
-
-    def __init__(self, spec: str, num_classes: int, device: torch.device, size: int | None,
-                 student_mean: tuple[float, ...], student_std: tuple[float, ...]) -> None:
-        from dalidr.teacher import build_teacher
-
-        self.ensemble = build_teacher(spec, num_classes, size=size).to(device)
-        self.mean = torch.tensor(student_mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(student_std, device=device).view(1, 3, 1, 1)
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = images * self.std + self.mean
-        views = []
-        for view in self.ensemble.views:
-            x = pixels
-            if x.shape[-1] != view.size:
-                x = nn.functional.interpolate(x, size=(view.size, view.size), mode="bilinear",
-                                              antialias=True, align_corners=False)
-            mean = torch.tensor(view.mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(view.std, device=x.device).view(1, 3, 1, 1)
-            views.append(((x - mean) / std).contiguous(memory_format=torch.channels_last))
-        return self.ensemble(views).softmax(dim=-1).mean(dim=0)
-
-
 def _save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -243,21 +225,75 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def check_config(config: TrainConfig) -> None:
+    """Option checks that need no data: OptionError naming the option, before any work."""
+    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
+        raise OptionError(f"--epochs ({config.epochs}) and --batch-size ({config.batch_size}) "
+                          f"must be >= 1 and --lr ({config.lr}) > 0")
+    if config.mode is Mode.KD and not config.teacher:
+        raise OptionError("mode 'kd' needs --teacher NAME[@CKPT],...")
+    if config.mode is Mode.DR and config.augment is not None:
+        raise OptionError("--augment is for modes erm and kd; mode 'dr' replays the "
+                          "store's own recipe")
+    if config.mode is Mode.DR and not config.store:
+        raise OptionError("mode 'dr' needs --store")
+    if config.init is not None and config.pretrained:
+        raise OptionError("--init and --pretrained both set the starting weights; give one")
+    if config.init is not None and not Path(config.init).is_file():
+        raise OptionError(f"--init checkpoint {config.init} does not exist")
+    if not 0.0 <= config.p <= 1.0:
+        raise OptionError(f"--p is {config.p}; valid: 0 <= p <= 1")
+
+
+def check_model_name(option: str, name: str) -> None:
+    """OptionError naming `option` (with close matches) unless `name` is a timm model."""
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise OptionError(f"{option} {name!r} is not a timm model (timm.list_models()){hint}")
+
+
+def _student(config: TrainConfig, num_classes: int) -> nn.Module:
+    import timm
+
+    from dalidr.teacher import load_weights
+
+    check_model_name("--model", config.model)
+    model = timm.create_model(config.model, pretrained=config.pretrained,
+                              num_classes=num_classes)
+    if config.init is not None:
+        load_weights(model, config.model, Path(config.init), num_classes,
+                     role="--init checkpoint")
+    return model
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) a training; returns the summary."""
+    """Run (or resume) a training; returns the summary.
+
+    Every option, the data, the store, the student (and `--init`) and the teacher are checked
+    before `out` is created, so a run that fails on its inputs leaves nothing behind."""
+    check_config(config)
     device = _device(config)
     torch.manual_seed(config.seed)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT_NAME
-    if config.mode is Mode.KD and not config.teacher:
-        raise OptionError("mode 'kd' needs --teacher NAME[@CKPT],...")
     loader = _loader(config, device, config.num_classes)
-    num_classes = loader.num_classes
-    import timm
+    try:
+        return _train_with(config, device, loader, out, checkpoint)
+    finally:
+        loader.close()
 
-    model = timm.create_model(config.model, pretrained=config.pretrained,
-                              num_classes=num_classes)
+
+def _train_with(config: TrainConfig, device: torch.device,
+                loader: ReinforcedLoader | PlainLoader, out: Path,
+                checkpoint: Path) -> dict[str, Any]:
+    from dalidr.ensemble import MeanSoftmax
+    from dalidr.progress import progress_bar, progress_wanted
+
+    num_classes = loader.num_classes
+    model = _student(config, num_classes)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = _optimizer(config, model)
@@ -270,10 +306,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if config.discriminator is not None:
         discriminator = DiscriminatorRegulariser(num_classes, config.discriminator).to(device)
     teacher = None
-    if config.mode is Mode.KD:
-        assert config.teacher is not None
-        teacher = _OnlineTeacher(config.teacher, num_classes, device, config.teacher_size,
-                                 loader.config.mean, loader.config.std)
+    if config.mode is Mode.KD and config.teacher:
+        from dalidr.teacher import build_teacher
+
+        ensemble = build_teacher(config.teacher, num_classes, size=config.teacher_size)
+        teacher = MeanSoftmax(ensemble, loader.config.mean, loader.config.std).to(device)
     epochs_done: list[dict[str, Any]] = []
     if config.resume and checkpoint.is_file():
         state = load_training_checkpoint(checkpoint)
@@ -299,60 +336,65 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "meta": {**meta, "epochs_json": json.dumps(epochs_done)},
         })
 
+    out.mkdir(parents=True, exist_ok=True)
+    show_bar = progress_wanted(config.progress)
     model.train()
-    try:
-        while loader.epoch < config.epochs:
-            epoch = loader.epoch
-            start_step = loader.step
-            images_seen, wait, loss_sum, steps = 0, 0.0, 0.0, 0
-            started = time.perf_counter()
-            batches = iter(loader)
-            while loader.step < steps_per_epoch:
-                before = time.perf_counter()
-                try:
-                    images, targets = next(batches)
-                except StopIteration:
-                    break
-                wait += time.perf_counter() - before
+    while loader.epoch < config.epochs:
+        epoch = loader.epoch
+        start_step = loader.step
+        images_seen, wait, loss_sum, steps = 0, 0.0, 0.0, 0
+        started = time.perf_counter()
+        bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", show_bar,
+                           unit="step", initial=start_step)
+        batches = iter(loader)
+        while loader.step < steps_per_epoch:
+            before = time.perf_counter()
+            try:
+                images, targets = next(batches)
+            except StopIteration:
+                break
+            wait += time.perf_counter() - before
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = step_model(images)
+            if teacher is not None:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    logits = step_model(images)
-                if teacher is not None:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                        targets = teacher(images)
-                loss = kl_loss(logits.float(), targets, config.densify)
-                if discriminator is not None:
-                    loss = loss + discriminator.student_loss(logits)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                if discriminator is not None:
-                    discriminator.update(logits, teacher_log_probs(targets, num_classes,
-                                                                   config.densify))
-                loss_sum += float(loss.detach())
-                steps += 1
-                images_seen += len(images)
-                if config.log_every and steps % config.log_every == 0:
-                    print(f"epoch {epoch} step {loader.step}/{steps_per_epoch} "
-                          f"loss {loss_sum / steps:.4f}", flush=True)
-                if config.save_every and loader.step % config.save_every == 0:
-                    save()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            elapsed = time.perf_counter() - started
-            record = {"epoch": epoch, "start_step": start_step, "steps": steps,
-                      "images": images_seen, "seconds": elapsed,
-                      "images_per_s": images_seen / elapsed if elapsed else 0.0,
-                      "data_wait_s": wait, "data_wait_fraction": wait / elapsed if elapsed else 0,
-                      "loss": loss_sum / max(steps, 1), "lr": scheduler.get_last_lr()[0]}
-            epochs_done.append(record)
-            print(f"epoch {epoch}: {steps} steps, loss {record['loss']:.4f}, "
-                  f"{record['images_per_s']:.1f} images/s, data wait {wait:.2f} s "
-                  f"({100 * record['data_wait_fraction']:.1f}%)", flush=True)
-            loader.set_epoch(epoch + 1)
-            save()
-    finally:
-        loader.close()
+                    targets = teacher(images)
+            loss = kl_loss(logits.float(), targets, config.densify)
+            if discriminator is not None:
+                loss = loss + discriminator.student_loss(logits)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if discriminator is not None:
+                discriminator.update(logits, teacher_log_probs(targets, num_classes,
+                                                               config.densify))
+            loss_sum += float(loss.detach())
+            steps += 1
+            images_seen += len(images)
+            bar.update(1)
+            if show_bar:
+                bar.set_postfix_str(f"loss {loss_sum / steps:.4f}", refresh=False)
+            elif config.log_every and steps % config.log_every == 0:
+                print(f"epoch {epoch} step {loader.step}/{steps_per_epoch} "
+                      f"loss {loss_sum / steps:.4f}", flush=True)
+            if config.save_every and loader.step % config.save_every == 0:
+                save()
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - started
+        record = {"epoch": epoch, "start_step": start_step, "steps": steps,
+                  "images": images_seen, "seconds": elapsed,
+                  "images_per_s": images_seen / elapsed if elapsed else 0.0,
+                  "data_wait_s": wait, "data_wait_fraction": wait / elapsed if elapsed else 0,
+                  "loss": loss_sum / max(steps, 1), "lr": scheduler.get_last_lr()[0]}
+        epochs_done.append(record)
+        print(f"epoch {epoch}: {steps} steps, loss {record['loss']:.4f}, "
+              f"{record['images_per_s']:.1f} images/s, data wait {wait:.2f} s "
+              f"({100 * record['data_wait_fraction']:.1f}%)", flush=True)
+        loader.set_epoch(epoch + 1)
+        save()
     summary = {"config": _jsonable(config), "device": str(device), "num_classes": num_classes,
                "checkpoint": str(checkpoint), "epochs": epochs_done,
                "final_loss": epochs_done[-1]["loss"] if epochs_done else None}
@@ -401,9 +443,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device, bf16=not args.no_bf16, channels_last=not args.no_channels_last,
         compile=args.compile, threads=args.threads, seed=args.seed, max_steps=args.max_steps,
         save_every=args.save_every, resume=args.resume, summary=args.summary,
-        log_every=args.log_every)
-    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
-        raise OptionError("--epochs and --batch-size must be >= 1 and --lr > 0")
+        log_every=args.log_every, init=args.init, progress=not args.no_progress)
     train(config)
     return 0
 
@@ -413,7 +453,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("train", help="train a timm student (erm, kd or dr)",
                                    description=__doc__.splitlines()[0])
     parser.add_argument("--mode", type=_choice(Mode), default=Mode.DR,
-                        help="erm | kd | dr (default: dr)")
+                        help="erm | kd | dr")
     parser.add_argument("--data", required=True, help="dataset root (ImageFolder tree)")
     parser.add_argument("--file-list", default=None, help="'<path> <label>' lines under --data")
     parser.add_argument("--store", default=None, help="reinforcement store (mode dr)")
@@ -425,6 +465,10 @@ def register(subparsers: Any) -> None:
                              "each epoch (default: random resized crop + flip)")
     parser.add_argument("--model", default="resnet50", help="timm student architecture")
     parser.add_argument("--pretrained", action="store_true", help="start from timm weights")
+    parser.add_argument("--init", default=None, metavar="CKPT",
+                        help="start from this local checkpoint: a timm state dict "
+                             "(.safetensors or torch file) or a `dalidr train` last.pt; it must "
+                             "fit --model and the class count")
     parser.add_argument("--num-classes", type=int, default=None)
     parser.add_argument("--out", default="runs/train", help="checkpoint folder")
     parser.add_argument("--epochs", type=int, default=1)
@@ -462,5 +506,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--resume", action="store_true",
                         help=f"resume from <out>/{CHECKPOINT_NAME}")
     parser.add_argument("--summary", default=None, help="write a JSON summary here")
-    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--log-every", type=int, default=50,
+                        help="without a progress bar, also a line every N steps (0: never)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (also off when stderr is not a terminal)")
     parser.set_defaults(run=_run)

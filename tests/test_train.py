@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 
 import pytest
 import torch
@@ -104,3 +106,106 @@ def test_metrics_on_known_values() -> None:
     # Bins: 0.9 (right), 0.6 (wrong), 0.7 (right), 0.5 (right): |1-.9|+|0-.6|+|1-.7|+|1-.5| / 4
     assert abs(result.ece - (0.1 + 0.6 + 0.3 + 0.5) / 4) < 1e-6
     assert calibration(torch.eye(3), torch.arange(3)).ece == 0.0
+
+
+def _params(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    names = {name for name, _ in model.named_parameters()}
+    return {k: v for k, v in state.items() if k in names}
+
+
+def test_init_from_a_dalidr_checkpoint_or_a_timm_state_dict(built, tmp_path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    source = tmp_path / "source"
+    assert _train(built, source, "--mode", "dr", "--store", built.url, "--epochs", "1",
+                  "--max-steps", "1") == 0
+    trained = load_training_checkpoint(source / CHECKPOINT_NAME)["model"]
+    other = timm.create_model("resnet10t", num_classes=3)
+    torch.manual_seed(5)
+    for p in other.parameters():
+        p.data.normal_()
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()},
+              str(tmp_path / "timm.safetensors"))
+    for init, want in ((source / CHECKPOINT_NAME, trained),
+                       (tmp_path / "timm.safetensors", other.state_dict())):
+        out = tmp_path / f"init-{init.stem}"
+        # A vanishing learning rate: the weights after one step are the --init weights.
+        assert _train(built, out, "--mode", "dr", "--store", built.url, "--epochs", "1",
+                      "--max-steps", "1", "--lr", "1e-12", "--init", str(init)) == 0
+        got = load_training_checkpoint(out / CHECKPOINT_NAME)["model"]
+        for name, value in _params(want, other).items():
+            torch.testing.assert_close(got[name], value, atol=1e-6, rtol=0, msg=name)
+    # Without --init the same run starts elsewhere.
+    assert _train(built, tmp_path / "scratch", "--mode", "dr", "--store", built.url,
+                  "--epochs", "1", "--max-steps", "1", "--lr", "1e-12") == 0
+    scratch = load_training_checkpoint(tmp_path / "scratch" / CHECKPOINT_NAME)["model"]
+    assert not torch.allclose(scratch["fc.weight"], trained["fc.weight"], atol=1e-6)
+
+
+def test_init_mismatches_are_clear_and_leave_nothing(built, tmp_path, capsys) -> None:
+    import timm
+
+    five = tmp_path / "five.pt"
+    torch.save(timm.create_model("resnet10t", num_classes=5).state_dict(), five)
+    three = tmp_path / "three.pt"
+    torch.save(timm.create_model("resnet10t", num_classes=3).state_dict(), three)
+    cases = [(["--init", str(five)], "predicts 5 classes but the dataset has 3"),
+             (["--init", str(three), "--model", "resnet14t"], "does not fit timm architecture"),
+             (["--init", str(tmp_path / "none.pt")], "does not exist"),
+             (["--init", str(five), "--pretrained"], "--init and --pretrained"),
+             (["--model", "resnet10x"], "not a timm model")]
+    for i, (extra, message) in enumerate(cases):
+        out = tmp_path / f"never-{i}"
+        assert _train(built, out, "--mode", "dr", "--store", built.url, *extra) == 2, extra
+        assert message in capsys.readouterr().err, extra
+        assert not out.exists(), extra
+
+
+def test_failing_options_leave_no_out_folder(built, tmp_path) -> None:
+    for extra in (["--mode", "dr"], ["--mode", "kd"], ["--mode", "dr", "--store", built.url,
+                                                         "--batch-size", "1000"]):
+        out = tmp_path / "never"
+        assert _train(built, out, *extra) == 2
+        assert not out.exists(), extra
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_only(built, tmp_path, monkeypatch, capsys) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert _train(built, tmp_path / "bar", "--mode", "dr", "--store", built.url,
+                  "--epochs", "1") == 0
+    drawn = terminal.getvalue()
+    assert "epoch 1/1" in drawn and "3/3" in drawn
+    assert "step/s" in drawn or "s/step" in drawn  # the rate (and the ETA beside it)
+    assert "epoch 0: 3 steps" in capsys.readouterr().out  # the epoch line stays
+    quiet = _Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    assert _train(built, tmp_path / "quiet", "--mode", "dr", "--store", built.url,
+                  "--epochs", "1", "--no-progress") == 0
+    assert quiet.getvalue() == ""
+
+
+def test_eval_of_an_ensemble(built, tmp_path, capsys) -> None:
+    out = tmp_path / "member"
+    assert _train(built, out, "--mode", "dr", "--store", built.url, "--epochs", "1") == 0
+    checkpoint = out / CHECKPOINT_NAME
+    single, pair = tmp_path / "single", tmp_path / "pair"
+    common = ["--data", str(built.root), "--batch-size", "10", "--threads", "1"]
+    assert main(["eval", "--checkpoint", str(checkpoint), "--out", str(single), *common]) == 0
+    # The same member twice: the mean softmax is the member's, at its trained side (32 px).
+    teacher = f"resnet10t@{checkpoint},resnet10t@{checkpoint}"
+    assert main(["eval", "--teacher", teacher, "--out", str(pair), *common]) == 0
+    one = json.loads((single / "eval.json").read_text())
+    two = json.loads((pair / "eval.json").read_text())
+    assert two["teacher"] == teacher and two["size"] == 32 and two["samples"] == 24
+    assert two["top1"] == one["top1"] and abs(two["nll"] - one["nll"]) < 1e-4
+    assert (pair / "reliability.png").is_file()
+    with pytest.raises(SystemExit):  # argparse: one of --checkpoint and --teacher
+        main(["eval", "--teacher", teacher, "--checkpoint", str(checkpoint), *common])
+    assert "not allowed with argument" in capsys.readouterr().err

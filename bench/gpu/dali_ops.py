@@ -1,0 +1,137 @@
+"""Which DALI operators dalidr's GPU graphs use, and whether the installed DALI has them on GPU.
+
+A GPU run is too short to discover that an operator has no GPU backend. The graphs are
+defined here exactly as the product defines them (`dalidr.replay.replay_graph` for every
+preset, with per-view decoding as in the loader and once-decoded images fanned out as in the
+teacher pass, and the plain DALI ResNet-50 pipeline of `bench/replay.py`), with
+`device_id=0` but never built, so no GPU is needed. Every operator placed on "gpu" or "mixed"
+is then looked up in DALI's registry of GPU and mixed operator schemas
+(`nvidia.dali.backend.RegisteredGPUOps` / `RegisteredMixedOps`).
+
+Run: `python -m bench.gpu.dali_ops` (prints the operators, exits 1 if one lacks its backend).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from nvidia.dali import backend, fn, pipeline_def, types
+from nvidia.dali.pipeline import Pipeline
+
+from dalidr.recipe import PRESETS, Recipe
+from dalidr.replay import Output, ReplaySpec, replay_graph
+
+__all__ = ["gpu_graph_ops", "missing_backends", "main"]
+
+
+def _ops_of(pipe: Pipeline) -> set[tuple[str, str]]:
+    """(schema name, device) of every operator in a defined (not built) pipeline."""
+    pipe._build_graph()  # graph definition only: no backend pipeline, no device
+    found = set()
+    for instance in pipe._ops:
+        op = instance._op
+        found.add((getattr(op, "schema_name", type(op).__name__), op.device))
+    return found
+
+
+def _define(body: Callable[[], Any], conditionals: bool) -> Pipeline:
+    @pipeline_def(enable_conditionals=conditionals)
+    def _pipeline() -> Any:
+        return body()
+
+    return _pipeline(batch_size=2, num_threads=1, device_id=0, prefetch_queue_depth=1)
+
+
+def _replay(recipe: Recipe, once_decoded: bool) -> Callable[[], Any]:
+    spec = ReplaySpec(recipe, size=32, output=Output.UINT8_HWC if once_decoded
+                      else Output.FLOAT_CHW)
+
+    def body() -> Any:
+        jpegs = fn.external_source(name="jpegs", dtype=types.UINT8)
+        partner = (fn.external_source(name="partner_jpegs", dtype=types.UINT8)
+                   if recipe.has_mix else None)
+        inputs = {f: fn.external_source(name=f) for f in spec.fields}
+        decoded = None
+        if once_decoded:  # the teacher pass: decode once, fan out to the views
+            decoded = fn.permute_batch(
+                fn.decoders.image(jpegs, device="mixed", output_type=types.RGB),
+                indices=[0, 0])
+        return replay_graph(jpegs, partner, inputs, spec, "gpu", decoded=decoded)
+
+    return body
+
+
+def _plain() -> Any:
+    from bench.replay import IMAGENET_MEAN, IMAGENET_STD
+
+    jpegs = fn.external_source(name="jpegs", dtype=types.UINT8)
+    images = fn.decoders.image_random_crop(jpegs, device="mixed", output_type=types.RGB)
+    images = fn.resize(images, resize_x=32, resize_y=32, antialias=True)
+    return fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+                                    mean=[255.0 * m for m in IMAGENET_MEAN],
+                                    std=[255.0 * s for s in IMAGENET_STD],
+                                    mirror=fn.random.coin_flip())
+
+
+def gpu_graph_ops(errors: dict[str, str] | None = None) -> dict[str, set[tuple[str, str]]]:
+    """Graph name -> (schema, device) of its operators, for every graph a GPU run builds.
+
+    A graph that cannot even be defined raises, or, given `errors`, is recorded there (graph
+    name -> the exception) and left out, so that a report can name every such graph."""
+    definitions: dict[str, tuple[Callable[[], Any], bool]] = {}
+    for name, preset in PRESETS.items():
+        for once in (False, True):
+            label = f"replay {name}" + (" (decoded once, teacher pass)" if once else "")
+            definitions[label] = (_replay(preset, once), True)
+    definitions["plain DALI ResNet-50"] = (_plain, False)
+    graphs: dict[str, set[tuple[str, str]]] = {}
+    for label, (body, conditionals) in definitions.items():
+        try:
+            graphs[label] = _ops_of(_define(body, conditionals))
+        except Exception as exc:  # noqa: BLE001 - reported per graph when asked to
+            if errors is None:
+                raise
+            # DALI wraps the cause in a long trace; its last line names it.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            errors[label] = f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:500]
+    return graphs
+
+
+def missing_backends(ops: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (schema, device) pairs whose device has no backend in the installed DALI."""
+    registered = {"gpu": set(backend.RegisteredGPUOps()),
+                  "mixed": set(backend.RegisteredMixedOps()),
+                  "cpu": set(backend.RegisteredCPUOps())}
+    return sorted((name, device) for name, device in ops
+                  if device in registered and name not in registered[device])
+
+
+def main() -> int:
+    errors: dict[str, str] = {}
+    graphs = gpu_graph_ops(errors)
+    for label, error in errors.items():
+        print(f"graph {label!r} could not be defined: {error}")
+    every = set().union(*graphs.values())
+    placed = sorted((n, d) for n, d in every if d in ("gpu", "mixed"))
+    print(f"{len(placed)} operators placed on gpu/mixed in {len(graphs)} graphs:")
+    for name, device in placed:
+        print(f"  {device:5s} {name}")
+    missing = missing_backends(every)
+    if missing:
+        print("no backend in the installed DALI for: " + ", ".join(f"{n} ({d})"
+                                                                for n, d in missing))
+        return 1
+    if errors:
+        return 1
+    print("every operator has its backend in the installed DALI")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
