@@ -28,6 +28,8 @@ from nvidia.dali import fn, types
 from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import do_not_convert
 
+from dalidr.errors import DeviceError
+
 __all__ = ["pil_equalize", "equalize_reference"]
 
 _THREADS = 256  # GPU threads per block (one block per channel); must be 256, one per bin
@@ -112,6 +114,31 @@ def _equalize_gpu(out: Any, image: Any) -> None:
 _OPERATORS: dict[tuple[str, int | None], Any] = {}
 
 
+def gpu_support_problem() -> str | None:
+    """Why DALI's numba plugin cannot place Equalize on the GPU here, or None if it can.
+
+    DALI 2.4's plugin accepts a CUDA 11 or 12 toolkit as numba sees it (CUDA 13 is refused),
+    and a driver at least as new as that toolkit unless numba-cuda is installed."""
+    from nvidia.dali.plugin.numba import NumbaFunction
+
+    try:
+        if not NumbaFunction._check_minimal_numba_version(throw=False):
+            version = cuda.runtime.get_version()
+            return (f"numba {numba_version()} sees CUDA toolkit {version[0]}.{version[1]}, "
+                    "which DALI's numba plugin does not support (it needs CUDA 11 or 12)")
+        if not NumbaFunction._check_cuda_compatibility(throw=False):
+            return "the CUDA driver is older than the CUDA toolkit numba sees"
+    except Exception as exc:  # noqa: BLE001 - any failure to probe CUDA is the answer
+        return f"numba cannot probe CUDA: {type(exc).__name__}: {exc}"
+    return None
+
+
+def numba_version() -> str:
+    import numba
+
+    return str(numba.__version__)
+
+
 @do_not_convert
 def _operator(device: str, device_id: int | None) -> Any:
     """The compiled operator for a device, made once per process (compiling takes seconds)."""
@@ -123,6 +150,13 @@ def _operator(device: str, device_id: int | None) -> Any:
             out_types=[types.UINT8], in_types=[types.UINT8], outs_ndim=[3], ins_ndim=[3]
         )
         if device == "gpu":
+            problem = gpu_support_problem()
+            if problem is not None:
+                raise DeviceError(
+                    f"Equalize on the GPU (dalidr/equalize.py, PIL's table) runs through DALI's "
+                    f"numba plugin, which cannot run here: {problem}. Install numba's CUDA "
+                    "support for a CUDA 12 toolkit (`pip install numba-cuda[cu12]`), or replay "
+                    "on the CPU (device_id=None)")
             _OPERATORS[key] = NumbaFunction(
                 device="gpu",
                 run_fn=_equalize_gpu,

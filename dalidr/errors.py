@@ -54,3 +54,7 @@ class DatasetError(DalidrError):
 
 class StoreError(DalidrError):
     """A reinforcement store is missing, corrupt, incomplete or of another schema."""
+
+
+class DeviceError(DalidrError):
+    """The GPU software stack cannot run one of dalidr's operators (names what is missing)."""

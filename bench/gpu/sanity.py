@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         report["decode"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
         print(f"decode failed: {report['decode']['error']}")
         ok = False
-    from bench.gpu.dali_ops import gpu_graph_ops, missing_backends
+    from bench.gpu.dali_ops import gpu_graph_ops, missing_backends, numba_requirement
 
     errors: dict[str, str] = {}
     graphs = gpu_graph_ops(errors)
@@ -125,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(report['gpu_ops'])} GPU/mixed operators in {len(graphs)} graphs; missing a "
           f"backend: {report['gpu_ops_missing_backend'] or 'none'}")
     ok = ok and not missing and not errors
+    requirement = numba_requirement()
+    report["gpu_requirement"] = requirement
+    if requirement is not None:
+        # On the GPU machine this is a failure; on a CPU rehearsal it cannot be checked.
+        print(("GPU replay cannot run: " if args.device == "gpu" else
+               "required of the GPU machine (not checkable here): ") + requirement)
+        ok = ok and args.device != "gpu"
     report["passed"] = ok
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
