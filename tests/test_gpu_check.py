@@ -68,7 +68,10 @@ def test_rehearsal_runs_every_step_and_writes_every_result(rehearsal) -> None:
     assert sanity["gpu_ops_missing_backend"] == [] and sanity["decode"]["shape"][2] == 3
     # The graphs really are on the GPU: decoding mixed, resizing and RandAugment ops on GPU.
     assert {"decoders__ImageSlice (mixed)", "Resize (gpu)", "WarpAffine (gpu)",
-            "Equalize (gpu)", "Erase (gpu)"} <= set(sanity["gpu_ops"])
+            "Erase (gpu)"} <= set(sanity["gpu_ops"])
+    # Equalize is PIL's table through DALI's numba plugin: on the GPU graph, or (where numba's
+    # CUDA toolkit is one DALI 2.4's plugin refuses, as CUDA 13 here) a named requirement.
+    assert ("NumbaFunction (gpu)" in sanity["gpu_ops"]) != bool(sanity["gpu_requirement"])
 
 
 def test_an_operator_without_its_backend_is_named() -> None:

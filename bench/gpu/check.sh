@@ -29,6 +29,16 @@ if ! "$PYTHON" -c 'import nvidia.dali, zarr' 2>/dev/null; then
   GPU_BUNDLE_ROUTE=$(head -1 "$target/BUNDLE.txt" 2>/dev/null | cut -d' ' -f2)
   export GPU_BUNDLE_ROUTE
 fi
+# Equalize's numba GPU operator needs numba to see a CUDA 12 toolkit (DALI 2.4's plugin refuses
+# 13): a toolkit-shaped folder of the bundle's CUDA 12 runtime and NVVM, as CUDA_HOME, so numba
+# does not pick a system /usr/local/cuda of another version.
+nv="$target/site/nvidia"
+if [ -d "$nv/cuda_runtime/lib" ] && [ -d "$nv/cuda_nvcc/nvvm" ] && [ -z "${CUDA_HOME:-}" ]; then
+  rm -rf /tmp/dalidr-cuda12 && mkdir -p /tmp/dalidr-cuda12/lib64 /tmp/dalidr-cuda12/nvvm
+  ln -s "$nv"/cuda_runtime/lib/* /tmp/dalidr-cuda12/lib64/
+  ln -s "$nv"/cuda_nvcc/nvvm/* /tmp/dalidr-cuda12/nvvm/
+  export CUDA_HOME=/tmp/dalidr-cuda12
+fi
 # The corpus's photographs, where scikit-learn or matplotlib (which ship them) is missing.
 if [ -d "$target/photos" ] && ! "$PYTHON" -c 'import sklearn, matplotlib' 2>/dev/null; then
   export DALIDR_PHOTOS="$target/photos"

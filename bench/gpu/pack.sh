@@ -6,12 +6,17 @@
 # scikit-learn and matplotlib, which ship them). The bundle is one xz-compressed tar split into
 # parts that each fit one device call beside the working tree (64 MiB per call in all).
 #
-# Routes (bench/gpu/README.md has the measurements behind the default):
-#   cuda130  (default) nvidia-dali-cuda130 with the libraries it loads at run time (nvImageCodec,
+# Equalize (PIL's table, dalidr/equalize.py) runs on the GPU through DALI's numba plugin, which
+# in DALI 2.4 accepts only a CUDA 11 or 12 toolkit as numba sees it. Both routes therefore carry
+# numba, llvmlite and numba-cuda with the CUDA 12 runtime and NVVM (`numba_gpu` below), and the
+# default route is cuda120.
+#
+# Routes (bench/gpu/README.md has the measurements behind them):
+#   cuda130  nvidia-dali-cuda130 with the libraries it loads at run time (nvImageCodec,
 #            nvJPEG 13 and the three NPP libraries it opens): 173 MB, 3 calls; needs a driver for
 #            CUDA 13 (R580 or newer).
-#   cuda120  nvidia-dali-cuda120 (NPP, nvJPEG, cuFFT linked in): 214 MB, 4 calls; any driver for
-#            CUDA 12 or 13. What users install (pyproject.toml); the fallback for an older driver.
+#   cuda120  (default) nvidia-dali-cuda120 (NPP, nvJPEG, cuFFT linked in): 214 MB, 4 calls
+#            before the numba stack; any driver for CUDA 12 or 13. What users install.
 #
 # Usage, from the project's root:
 #   bench/gpu/pack.sh [--route cuda130|cuda120] [--verify]
@@ -19,7 +24,7 @@
 # unpacks them and imports DALI (CPU mode), zarr and numcodecs with a Python 3.12
 # (bench/gpu/verify_bundle.sh). PART_MB overrides the part size (default: what fits one call).
 set -euo pipefail
-route=cuda130
+route=cuda120
 verify=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -41,8 +46,12 @@ case "$route" in
 esac
 # Pinned to the versions the project is tested with (the shared venv), so the GPU run tests
 # the same code. DALI's own dependencies first, then the store's, then the test runner's.
+# Equalize's GPU operator: numba with numba-cuda, CUDA 12 runtime and NVVM (from nvcc).
+numba_gpu=(numba==0.68.1 llvmlite==0.50.0 numba-cuda==0.30.4 "cuda-bindings>=12.9.1,<13"
+           "cuda-core>=0.5.1,<2" "cuda-pathfinder>=1.4,<2" "nvidia-cuda-runtime-cu12==12.9.*"
+           "nvidia-cuda-nvcc-cu12==12.9.*")
 pkgs=(
-  "${dali[@]}"
+  "${dali[@]}" "${numba_gpu[@]}"
   astunparse==1.6.3 gast==0.7.0 optree==0.20.0 nvtx==0.2.17 makefun==1.16.0 libcst==1.9.0
   six==1.17.0 packaging==26.3
   zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0
