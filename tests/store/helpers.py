@@ -7,10 +7,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+import zarr
 
+from dalidr.path_list import PathList
 from dalidr.recipe import recipe
 from dalidr.records import draw_records
-from store.config import StoreConfig
+from store.config import ATTRS_KEY, StoreConfig
+from store.layout import attrs_digest
 from store.manifest import Manifest
 from store.synthetic import synthetic_teacher
 from store.writer import BlockProducer, StoreWriter, create_store
@@ -53,6 +56,33 @@ def write_store(url: str, manifest: Manifest, config: StoreConfig) -> StoreWrite
     writer = create_store(url, manifest, config)
     writer.fill(producer(config, manifest))
     return writer
+
+
+def edit_attrs(store_dir: str | Path, change, redigest: bool = True) -> None:  # type: ignore[no-untyped-def]
+    """Change a store's root attributes in place (`change(attrs)`), recomputing their digest
+    (a forger's edit) unless `redigest` is False (damage)."""
+    group = zarr.open_group(str(store_dir), mode="r+")
+    attrs = dict(group.attrs[ATTRS_KEY])
+    change(attrs)
+    if redigest:
+        attrs.pop("digest")
+        attrs["digest"] = attrs_digest(attrs)
+    group.attrs[ATTRS_KEY] = attrs
+
+
+def forge_path(store_dir: str | Path, index: int, path: str) -> None:
+    """Rewrite one manifest path of the store made from `make_manifest()`, with the fingerprint
+    and the attributes' digest recomputed: a forged store that every checksum accepts."""
+    manifest = make_manifest()
+    paths = list(manifest.paths)
+    paths[index] = path
+    forged = Manifest(PathList.from_strings(paths), manifest.labels, manifest.sizes,
+                      manifest.hashes, manifest.image_hw)
+    group = zarr.open_group(str(store_dir), mode="r+")
+    del group["manifest/path_bytes"]
+    group["manifest"].create_array("path_bytes", data=forged.paths.data)
+    group["manifest/path_offsets"][...] = forged.paths.offsets
+    edit_attrs(store_dir, lambda attrs: attrs.update(fingerprint=forged.fingerprint))
 
 
 def tree_bytes(root: str | Path) -> dict[str, bytes]:

@@ -14,20 +14,18 @@ import zarr
 
 from dalidr.errors import DatasetError, OptionError, StoreError
 from dalidr.loader import LastBatch, LoaderConfig, PlainLoader, ReinforcedLoader
-from dalidr.path_list import PathList
 from dalidr.recipe import recipe
 from dalidr.reinforce import ReinforceConfig, reinforce
 from dalidr.skips import SKIPPED, create_skip_marks, skipped_views, write_skip_marks
 from store.config import ATTRS_KEY, SCHEMA_VERSION
 from store.inspect import format_report, inspect_store
-from store.layout import attrs_digest
 from store.manifest import Manifest
 from store.plan import PlanSpec, plan_epoch
 from store.prefetch import EpochPrefetcher
 from store.reader import StoreReader
 from store.subset import subset_store
 from store.writer import StoreWriter
-from tests.store.helpers import make_config, make_manifest, write_store
+from tests.store.helpers import edit_attrs, forge_path, make_config, make_manifest, write_store
 from tests.store_builder import build_store
 
 
@@ -177,15 +175,6 @@ def _set_json(path, change) -> None:
     path.write_text(json.dumps(doc))
 
 
-def _redigest(store_dir, change) -> None:
-    group = zarr.open_group(str(store_dir), mode="r+")
-    attrs = dict(group.attrs[ATTRS_KEY])
-    change(attrs)
-    attrs.pop("digest")
-    attrs["digest"] = attrs_digest(attrs)
-    group.attrs[ATTRS_KEY] = attrs
-
-
 def _every_array_json(store_dir):
     return [p for p in store_dir.rglob("zarr.json") if json.loads(p.read_text())["node_type"]
             == "array"]
@@ -195,7 +184,7 @@ def _every_array_json(store_dir):
 def test_a_forged_sample_count_is_refused_before_any_allocation(store_dir, count: int) -> None:
     """The count in the attributes (digest recomputed) and in every array's shape: the objects
     do not back it, so opening refuses it by name instead of allocating terabytes."""
-    _redigest(store_dir, lambda attrs: attrs.update(num_samples=count))
+    edit_attrs(store_dir, lambda attrs: attrs.update(num_samples=count))
     for path in _every_array_json(store_dir):
         name = path.parent.name
         if name == "commit":
@@ -294,16 +283,7 @@ def test_damaged_objects_are_store_errors_naming_the_store(store_dir, damage, me
 
 
 def test_inspect_reports_an_unsafe_manifest_path(store_dir) -> None:
-    manifest = make_manifest()
-    paths = list(manifest.paths)
-    paths[5] = "../../etc/passwd"
-    forged = Manifest(PathList.from_strings(paths), manifest.labels, manifest.sizes,
-                      manifest.hashes, manifest.image_hw)
-    group = zarr.open_group(str(store_dir), mode="r+")
-    del group["manifest/path_bytes"]
-    group["manifest"].create_array("path_bytes", data=forged.paths.data)
-    group["manifest/path_offsets"][...] = forged.paths.offsets
-    _redigest(store_dir, lambda attrs: attrs.update(fingerprint=forged.fingerprint))
+    forge_path(store_dir, 5, "../../etc/passwd")
     report = inspect_store(str(store_dir))
     assert any("manifest path 5 is not a relative path" in p for p in report.problems)
     assert "FAILED" in format_report(report)
@@ -315,7 +295,7 @@ def test_a_label_outside_the_classes_is_refused(store_dir) -> None:
     labels[7] = 100  # the store has 100 classes
     forged = Manifest(manifest.paths, labels, manifest.sizes, manifest.hashes, manifest.image_hw)
     zarr.open_array(str(store_dir / "manifest/label"), mode="r+")[...] = labels.astype("<i4")
-    _redigest(store_dir, lambda attrs: attrs.update(fingerprint=forged.fingerprint))
+    edit_attrs(store_dir, lambda attrs: attrs.update(fingerprint=forged.fingerprint))
     with pytest.raises(StoreError, match=r"store.*manifest sample 7 .*label 100, outside -1..99"):
         _ = StoreReader(str(store_dir)).manifest
     assert "label 100" in inspect_store(str(store_dir)).problems[0]

@@ -14,10 +14,9 @@ from dalidr.dataset import list_dataset
 from dalidr.errors import DalidrError, DatasetError, StoreError
 from dalidr.path_list import PathList
 from store.config import ATTRS_KEY
-from store.layout import attrs_digest
-from store.manifest import Manifest, scan_manifest
+from store.manifest import scan_manifest
 from store.reader import StoreReader
-from tests.store.helpers import make_config, make_manifest, write_store
+from tests.store.helpers import edit_attrs, forge_path, make_config, make_manifest, write_store
 
 
 @pytest.fixture()
@@ -29,30 +28,20 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory, tmp_path):
     return tmp_path / "store"
 
 
-def _edit_attrs(store_dir, change, redigest: bool) -> None:
-    group = zarr.open_group(str(store_dir), mode="r+")
-    attrs = dict(group.attrs[ATTRS_KEY])
-    change(attrs)
-    if redigest:
-        attrs.pop("digest")
-        attrs["digest"] = attrs_digest(attrs)
-    group.attrs[ATTRS_KEY] = attrs
-
-
 def test_a_version_1_store_is_refused_with_what_to_do(store_dir) -> None:
     def as_v1(attrs):
         attrs["schema_version"] = 1
         for key in ("decode_convention", "op_set", "digest"):
             attrs.pop(key)
 
-    _edit_attrs(store_dir, as_v1, redigest=False)
+    edit_attrs(store_dir, as_v1, redigest=False)
     with pytest.raises(StoreError, match=r"schema version 1.*EXIF.*dalidr reinforce.*import-mldr"):
         StoreReader(str(store_dir))
 
 
 @pytest.mark.parametrize("key", ["decode_convention", "op_set"])
 def test_another_convention_is_refused(store_dir, key: str) -> None:
-    _edit_attrs(store_dir, lambda attrs: attrs.update({key: "dali-exif-opencv"}), redigest=True)
+    edit_attrs(store_dir, lambda attrs: attrs.update({key: "dali-exif-opencv"}), redigest=True)
     with pytest.raises(StoreError, match=f"{key} 'dali-exif-opencv'.*re-create"):
         StoreReader(str(store_dir))
 
@@ -65,7 +54,7 @@ def test_another_convention_is_refused(store_dir, key: str) -> None:
     lambda a: a.update(fingerprint="0" * 64),
 ])
 def test_edited_attributes_fail_their_digest(store_dir, edit) -> None:
-    _edit_attrs(store_dir, edit, redigest=False)
+    edit_attrs(store_dir, edit, redigest=False)
     with pytest.raises(StoreError, match=r"store.*attributes do not match their digest"):
         StoreReader(str(store_dir))
 
@@ -93,17 +82,7 @@ def test_a_chunk_copied_from_another_block_is_caught_on_read(store_dir) -> None:
 
 def test_unsafe_manifest_paths_are_refused(store_dir) -> None:
     """A forged store (fingerprint and digest recomputed) still cannot point outside the root."""
-    manifest = make_manifest()
-    paths = list(manifest.paths)
-    paths[5] = "../../etc/passwd"
-    forged = Manifest(PathList.from_strings(paths), manifest.labels, manifest.sizes,
-                      manifest.hashes, manifest.image_hw)
-    group = zarr.open_group(str(store_dir), mode="r+")
-    del group["manifest/path_bytes"]
-    group["manifest"].create_array("path_bytes", data=forged.paths.data)
-    group["manifest/path_offsets"][...] = forged.paths.offsets
-    _edit_attrs(store_dir, lambda attrs: attrs.update(fingerprint=forged.fingerprint),
-                redigest=True)
+    forge_path(store_dir, 5, "../../etc/passwd")
     with pytest.raises(StoreError, match="store.*manifest path 5 is not a relative path"):
         _ = StoreReader(str(store_dir)).manifest
 
