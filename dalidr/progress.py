@@ -11,7 +11,20 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from tqdm import tqdm
+
 __all__ = ["progress_wanted", "progress_bar"]
+
+
+class _Bar(tqdm):  # type: ignore[misc]
+    """tqdm that draws its final count before it closes (tqdm skips redraws closer together
+    than `mininterval`, so a fast last step would otherwise never show as done)."""
+
+    def close(self) -> None:
+        if not self.disable and not getattr(self, "_closed_once", False):
+            self._closed_once = True
+            self.refresh()
+        super().close()
 
 
 def progress_wanted(requested: bool = True) -> bool:
@@ -24,7 +37,5 @@ def progress_wanted(requested: bool = True) -> bool:
 def progress_bar(total: int | None, desc: str, enabled: bool, unit: str = "it",
                  **kwargs: Any) -> Any:
     """A tqdm bar (disabled unless `enabled`): rate and ETA, sized to the terminal."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.05,
+    return _Bar(total=total, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.05,
                 disable=not enabled, leave=False, **kwargs)

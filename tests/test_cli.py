@@ -128,6 +128,6 @@ def test_a_failing_command_leaves_no_folder(tmp_path, capsys) -> None:
     assert main(["gallery", "--out", str(out), "--images", "0"]) == 2
     assert "--images" in capsys.readouterr().err and not out.exists()
     out = tmp_path / "train"
-    assert main(["train", "--data", str(tmp_path / "data"), "--mode", "erm",
+    assert main(["train", "--data", str(tmp_path / "data"), "--mode", "erm", "--batch-size", "2",
                  "--model", "nope_net", "--out", str(out)]) == 2
     assert "not a timm model" in capsys.readouterr().err and not out.exists()
