@@ -27,15 +27,14 @@ from typing import Any
 import numpy as np
 
 from dalidr.errors import DatasetError
-from dalidr.image_formats import IMAGE_EXTENSIONS, has_image_extension
+from dalidr.image_formats import IMAGE_EXTENSIONS
 from dalidr.node_cache import cache_key, node_cache_dir, shared_arrays
 from dalidr.path_list import PathList
 
-__all__ = ["DatasetListing", "list_dataset", "IMAGE_SUFFIXES", "is_image_name"]
+__all__ = ["DatasetListing", "list_dataset", "IMAGE_SUFFIXES"]
 
 # torchvision's ImageFolder extensions (`IMG_EXTENSIONS`), compared case-insensitively as it does.
 IMAGE_SUFFIXES = IMAGE_EXTENSIONS
-is_image_name = has_image_extension
 
 
 @dataclass(frozen=True, eq=False)

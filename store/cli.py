@@ -50,10 +50,6 @@ def _check_data(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
-def _verify(args: argparse.Namespace) -> int:
-    return _check_data(args)
-
-
 def _subset(args: argparse.Namespace) -> int:
     writer = subset_store(args.store, args.out, slots=args.slots, topk=args.topk)
     done = int(writer.committed().sum())
@@ -97,7 +93,7 @@ def add_verify_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("store", help="store path or URL")
     _add_data_options(parser, required=True)
-    parser.set_defaults(run=_verify)
+    parser.set_defaults(run=_check_data)
     return parser
 
 
