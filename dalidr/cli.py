@@ -139,6 +139,8 @@ def _experiment(args: argparse.Namespace) -> int:
         size=args.size,
         crop_scale=(args.crop_scale[0], args.crop_scale[1]),
         teacher=args.teacher,
+        kept_teacher=None if args.train_teachers else args.kept_teacher,
+        teacher_size=args.teacher_size,
         teachers=_names(args.teachers),
         teacher_epochs=args.teacher_epochs,
         students=_names(args.students),
@@ -222,7 +224,17 @@ def _add_experiment_options(parser: argparse.ArgumentParser, out: str) -> None:
     teach = parser.add_argument_group("teacher")
     teach.add_argument("--teacher", default=None, metavar="NAME@CKPT,...",
                        help="use this ensemble as is (timm state dicts or `dalidr train` "
-                            "checkpoints) instead of training --teachers")
+                            "checkpoints) instead of the kept or trained one")
+    teach.add_argument("--kept-teacher", default=defaults.kept_teacher, metavar="NAME",
+                       help="the ensemble kept in the repository, used when the data has its "
+                            "classes (fashion-mnist: bench/teachers.py trained it once on "
+                            "all 60,000 images)")
+    teach.add_argument("--train-teachers", action="store_true",
+                       help="train --teachers here instead of using the kept ensemble (data "
+                            "with other classes always trains them without --teacher)")
+    teach.add_argument("--teacher-size", type=int, default=None,
+                       help="side the teachers view every crop at (default: the kept "
+                            "ensemble's, else --size)")
     teach.add_argument("--teachers", default=",".join(defaults.teachers), metavar="NAMES",
                        help="timm members to train with the strong recipe")
     teach.add_argument("--teacher-epochs", type=int, default=defaults.teacher_epochs)

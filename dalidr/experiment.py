@@ -5,9 +5,14 @@ against students trained on the original data (`erm`) and with online distillati
 the same epochs. On a user's ImageFolder trees (or file lists; `--train`, `--test`) or on the
 built-in Fashion-MNIST (Debian's `dataset-fashion-mnist` exported as JPEGs; scikit-learn's
 digits where apt is not allowed) the steps are:
-1. the teacher ensemble: given (`--teacher NAME@CKPT,...`) or trained here, one `erm` run per
-   member with the strong recipe drawn afresh each epoch (the paper's teachers are trained
-   with strong augmentation; Sec. 2.3: on as much data as there is, `teacher_train`);
+1. the teacher ensemble: given (`--teacher NAME@CKPT,...`); by default the ensemble the
+   project trained once on all 60,000 Fashion-MNIST training images and keeps in the
+   repository (`dalidr.kept_teachers`, `bench/teachers.py`), used whenever the data has its
+   classes, as users reuse pretrained models; else trained here (`--train-teachers`, or data
+   with other classes): one `erm` run per member with the strong recipe drawn afresh each
+   epoch (the paper's teachers are trained with strong augmentation; Sec. 2.3: on as much
+   data as there is, `teacher_train`). Teachers may view every crop at a larger side than
+   the students (`teacher_size`; the kept ensemble records its own);
 2. the teacher pass (`reinforce`: the ensemble labels every stored view);
 3. each student architecture in each mode (`erm`, `kd`, `dr`), same epochs, batch and optimiser;
 4. evaluation of every student (top-1, ECE, a reliability diagram each), of every teacher
@@ -35,8 +40,8 @@ from typing import Any
 from dalidr.dataset import DatasetListing, list_dataset
 from dalidr.errors import DatasetError, OptionError
 
-__all__ = ["MODES", "ExperimentConfig", "DemoConfig", "ExperimentData", "check_experiment",
-           "run_experiment", "run_demo"]
+__all__ = ["MODES", "ExperimentConfig", "DemoConfig", "ExperimentData", "TeacherChoice",
+           "check_experiment", "choose_teacher", "run_experiment", "run_demo"]
 
 MODES = ("erm", "kd", "dr")
 
@@ -69,8 +74,16 @@ class ExperimentConfig:
     # ImageNet's (0.08, 1) leaves 8 px of a 28 px garment; for small images the paper's own
     # CIFAR-100 configs use a light random crop instead, which (0.35, 1) approximates.
     crop_scale: tuple[float, float] = (0.35, 1.0)
-    # A given teacher ensemble `NAME@CKPT,...` (used as is); None: train `teachers` here.
+    # A given teacher ensemble `NAME@CKPT,...` (used as is); None: the kept ensemble below
+    # (built-in data), else train `teachers` here.
     teacher: str | None = None
+    # The kept ensemble (`dalidr/assets/teachers/<name>`), used when no `teacher` is given
+    # and it predicts the data's classes (the built-in Fashion-MNIST's); None, or other
+    # classes: train `teachers` here (`--train-teachers`).
+    kept_teacher: str | None = "fashion-mnist"
+    # Side the teachers view every crop at (the teacher pass, kd, their evaluation); None: the
+    # kept ensemble's own side, else `size`.
+    teacher_size: int | None = None
     # Teacher members to train (timm names) and their epochs, with the strong `recipe`.
     teachers: tuple[str, ...] = ("resnet10t", "resnet14t")
     teacher_epochs: int = 4
@@ -118,13 +131,46 @@ def _listing(option: str, root: Path, file_list: Path | None) -> DatasetListing:
         raise DatasetError(f"{option}: {exc}") from exc
 
 
-def _check_teacher_fits(config: ExperimentConfig, num_classes: int) -> None:
-    """A given ensemble is built once (and dropped): every checkpoint must fit its
-    architecture and the class count before anything is written."""
+@dataclass(frozen=True)
+class TeacherChoice:
+    """The ensemble an experiment uses: its spec (None: train it here), side and origin."""
+
+    spec: str | None
+    size: int
+    source: str  # "given", "kept:<name>" or "trained"
+    # Where a kept ensemble's record is, and what it says (for the log).
+    about: str = ""
+
+
+def choose_teacher(config: ExperimentConfig, classes: tuple[str, ...] | None) -> TeacherChoice:
+    """The given ensemble; else the kept one when it predicts the data's classes (`classes`
+    None: not known yet, assume it does), its files checked against their digests; else one
+    trained here."""
     if config.teacher is not None:
+        return TeacherChoice(config.teacher, config.teacher_size or config.size, "given")
+    if config.kept_teacher is not None:
+        from dalidr.kept_teachers import kept_classes, kept_teacher
+
+        if classes is None or tuple(classes) == kept_classes(config.kept_teacher):
+            kept = kept_teacher(config.kept_teacher)
+            measured = kept.index.get("ensemble_test", {})
+            about = (f"{kept.folder / 'ensemble.json'}: {len(kept.index['members'])} members "
+                     f"trained once by `{kept.index.get('command', '?')}`, test top-1 "
+                     f"{measured.get('top1', float('nan')):.2f}%")
+            return TeacherChoice(kept.spec, config.teacher_size or kept.size,
+                                 f"kept:{kept.name}", about)
+    return TeacherChoice(None, config.teacher_size or config.size, "trained")
+
+
+def _check_teacher_fits(config: ExperimentConfig, num_classes: int,
+                        classes: tuple[str, ...] | None) -> None:
+    """A given (or kept) ensemble is built once (and dropped): every checkpoint must fit its
+    architecture and the class count before anything is written."""
+    choice = choose_teacher(config, classes)
+    if choice.spec is not None:
         from dalidr.teacher import build_teacher
 
-        build_teacher(config.teacher, num_classes, size=config.size)
+        build_teacher(choice.spec, num_classes, size=choice.size)
 
 
 def check_experiment(config: ExperimentConfig) -> ExperimentData | None:
@@ -134,7 +180,7 @@ def check_experiment(config: ExperimentConfig) -> ExperimentData | None:
 
     for option, value in (("--epochs", config.student_epochs), ("--slots", config.slots),
                           ("--topk", config.topk), ("--batch-size", config.batch_size),
-                          ("--size", config.size)):
+                          ("--size", config.size), ("--teacher-size", config.teacher_size or 1)):
         OptionError.unless(value >= 1, option, value, ">= 1")
     OptionError.unless(config.lr > 0, "--lr", config.lr, "> 0")
     low, high = config.crop_scale
@@ -170,7 +216,7 @@ def check_experiment(config: ExperimentConfig) -> ExperimentData | None:
             raise OptionError("--teacher-train needs --train and --test (your own data)")
         OptionError.unless(config.topk <= 10, "--topk", config.topk,
                            "1..10 (the built-in data's classes)")
-        _check_teacher_fits(config, 10)
+        _check_teacher_fits(config, 10, None)
         return None
     train = _listing("--train", config.train, config.train_list)
     test = _listing("--test", config.test, config.test_list)
@@ -185,38 +231,57 @@ def check_experiment(config: ExperimentConfig) -> ExperimentData | None:
                                "they must be the same, in the same order")
     OptionError.unless(config.topk <= len(train.classes), "--topk", config.topk,
                        f"1..{len(train.classes)} (the number of classes)")
-    _check_teacher_fits(config, len(train.classes))
+    _check_teacher_fits(config, len(train.classes), train.classes)
     return ExperimentData(f"{train.root}", train, test, teacher_train, config.train_list,
                           config.test_list,
                           config.teacher_train_list if config.teacher_train else
                           config.train_list)
 
 
-def _export_builtin(config: ExperimentConfig) -> ExperimentData:
+def _builtin_source(config: ExperimentConfig
+                    ) -> tuple[str, Callable[[str], Any], tuple[str, ...]]:
+    """(name, split loader, class names by label) of the built-in data."""
     from dalidr.fashion_mnist import (
         CLASSES,
         ensure_package,
-        export_image_folder,
         load_digits_fallback,
         load_fashion_mnist,
     )
 
     if ensure_package(config.allow_apt):
-        source, load, classes = "Fashion-MNIST", load_fashion_mnist, CLASSES
-    else:
-        source, load = "scikit-learn digits (Fashion-MNIST not installed)", load_digits_fallback
-        classes = tuple(str(d) for d in range(10))
+        return "Fashion-MNIST", load_fashion_mnist, CLASSES
+    return ("scikit-learn digits (Fashion-MNIST not installed)", load_digits_fallback,
+            tuple(str(d) for d in range(10)))
+
+
+def _export_builtin(config: ExperimentConfig) -> ExperimentData:
+    """The built-in data's train and test splits (the teachers' own set is exported only if
+    teachers are trained here: `_export_teacher_data`)."""
+    from dalidr.fashion_mnist import export_image_folder
+
+    source, load, classes = _builtin_source(config)
     data = config.out / "data" / ("fashion-mnist" if source == "Fashion-MNIST" else "digits")
-    teacher_train = data / "train"
-    splits = [("train", "train", config.train_per_class), ("test", "test", config.test_per_class)]
-    if config.teacher_train_per_class is not None:
-        teacher_train = data / "teacher-train"
-        splits.append(("train", teacher_train.name, config.teacher_train_per_class))
-    for split, folder, per_class in splits:
+    for split, per_class in (("train", config.train_per_class), ("test", config.test_per_class)):
         images, labels = load(split)
-        export_image_folder(images, labels, data / folder, classes, per_class)
-    return ExperimentData(source, list_dataset(data / "train"), list_dataset(data / "test"),
-                          list_dataset(teacher_train))
+        export_image_folder(images, labels, data / split, classes, per_class)
+    train = list_dataset(data / "train")
+    return ExperimentData(source, train, list_dataset(data / "test"), train)
+
+
+def _export_teacher_data(config: ExperimentConfig, data: ExperimentData) -> ExperimentData:
+    """The built-in data's larger training set for teachers trained here
+    (`teacher_train_per_class`; None: the students' set)."""
+    from dataclasses import replace
+
+    from dalidr.fashion_mnist import export_image_folder
+
+    if config.teacher_train_per_class is None:
+        return data
+    _, load, classes = _builtin_source(config)
+    root = data.train.root.parent / "teacher-train"
+    images, labels = load("train")
+    export_image_folder(images, labels, root, classes, config.teacher_train_per_class)
+    return replace(data, teacher_train=list_dataset(root))
 
 
 def _done(path: Path) -> dict[str, Any] | None:
@@ -238,10 +303,10 @@ def _train(config: ExperimentConfig, step: str, name: str, model: str, mode: str
     train(TrainConfig(
         mode=Mode(mode), data=str(listing.root), out=str(folder), model=model,
         file_list=None if file_list is None else str(file_list), epochs=epochs,
-        batch_size=config.batch_size, size=config.size, optimizer=OptimizerName.ADAMW,
+        batch_size=config.batch_size, optimizer=OptimizerName.ADAMW,
         lr=config.lr, weight_decay=0.05, warmup_epochs=1, summary=str(summary),
         save_every=50, resume=resume, progress=config.progress,
-        **{"seed": config.seed, **extra}))
+        **{"seed": config.seed, "size": config.size, **extra}))
     result = json.loads(summary.read_text())
     result["wall_s"] = None if resume else time.perf_counter() - start
     summary.write_text(json.dumps(result, indent=2))
@@ -249,7 +314,8 @@ def _train(config: ExperimentConfig, step: str, name: str, model: str, mode: str
 
 
 def _evaluate(config: ExperimentConfig, data: ExperimentData, out: Path, *,
-              checkpoint: Path | None = None, teacher: str | None = None) -> dict[str, Any]:
+              checkpoint: Path | None = None, teacher: str | None = None,
+              size: int | None = None) -> dict[str, Any]:
     from dalidr.evaluate import EvalConfig, run_eval
 
     if (done := _done(out / "eval.json")) is not None:
@@ -257,8 +323,8 @@ def _evaluate(config: ExperimentConfig, data: ExperimentData, out: Path, *,
     return run_eval(EvalConfig(
         data=str(data.test.root), out=str(out),
         checkpoint=None if checkpoint is None else str(checkpoint), teacher=teacher,
-        file_list=None if data.test_list is None else str(data.test_list), size=config.size,
-        progress=config.progress))
+        file_list=None if data.test_list is None else str(data.test_list),
+        size=size or config.size, progress=config.progress))
 
 
 def _recipe_file(config: ExperimentConfig, base: str) -> Path:
@@ -270,8 +336,8 @@ def _recipe_file(config: ExperimentConfig, base: str) -> Path:
     return path
 
 
-def _reinforce(config: ExperimentConfig, step: str, data: ExperimentData, teacher: str,
-               recipe: Path) -> Path:
+def _reinforce(config: ExperimentConfig, step: str, data: ExperimentData,
+               teacher: TeacherChoice, recipe: Path) -> Path:
     from dalidr.progress import progress_wanted
     from dalidr.recipe import load_recipe
     from dalidr.reinforce import ReinforceConfig, reinforce
@@ -280,12 +346,12 @@ def _reinforce(config: ExperimentConfig, step: str, data: ExperimentData, teache
     store = config.out / "store"
     marker = config.out / "store.done.json"
     if _done(marker) is None:
-        _log(config, f"{step} reinforce: teacher {teacher}, {config.slots} slots, "
-                     f"top-{config.topk}")
+        _log(config, f"{step} reinforce: teacher {teacher.spec} at {teacher.size} px, "
+                     f"{config.slots} slots, top-{config.topk}")
         t0 = time.perf_counter()
         reinforce(ReinforceConfig(
-            data=data.train.root, teacher=teacher,
-            recipe=load_recipe(recipe).replace(teacher_size=config.size), slots=config.slots,
+            data=data.train.root, teacher=teacher.spec,
+            recipe=load_recipe(recipe).replace(teacher_size=teacher.size), slots=config.slots,
             k=config.topk, out=str(store), file_list=data.train_list, seed=config.seed,
             batch_size=256, block_size=256,
             progress=progress_wanted(config.progress)))
@@ -297,19 +363,22 @@ def _reinforce(config: ExperimentConfig, step: str, data: ExperimentData, teache
     return store
 
 
-def _teacher(config: ExperimentConfig, steps: Callable[[], str], data: ExperimentData,
-             strong: Path) -> str | None:
-    """The ensemble spec: the given one, or members trained here (each its own seed)."""
-    if config.teacher is not None:
-        return config.teacher
+def _teacher(config: ExperimentConfig, choice: TeacherChoice, steps: Callable[[], str],
+             data: ExperimentData, strong: Path) -> TeacherChoice:
+    """The chosen ensemble, with members trained here when it has none (each its own seed)."""
+    if choice.spec is not None:
+        _log(config, f"teacher ({choice.source}): {choice.spec} at {choice.size} px")
+        if choice.about:
+            _log(config, f"  {choice.about}")
+        return choice
     members = []
     for i, arch in enumerate(config.teachers):
         # Each member its own seed: a member trained like an `erm` student would be its copy.
         _train(config, steps(), f"teacher-{i}", arch, "erm", config.teacher_epochs,
                data.teacher_train, data.teacher_train_list, augment=str(strong),
-               seed=config.seed + 1 + i)
+               seed=config.seed + 1 + i, size=choice.size)
         members.append(f"{arch}@{config.out / f'teacher-{i}' / 'last.pt'}")
-    return ",".join(members) or None
+    return TeacherChoice(",".join(members) or None, choice.size, choice.source)
 
 
 def _student_row(arch: str, mode: str, summary: dict[str, Any],
@@ -340,28 +409,32 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     config.out.mkdir(parents=True, exist_ok=True)
     if data is None:
         data = _export_builtin(config)
+        if choose_teacher(config, data.train.classes).spec is None:
+            data = _export_teacher_data(config, data)
     _log(config, f"data: {data.source}; train {data.train.root} ({len(data.train)} images), "
                  f"test {data.test.root} ({len(data.test)} images)")
     if data.teacher_train.root != data.train.root:
         _log(config, f"teachers train on {data.teacher_train.root} "
                      f"({len(data.teacher_train)} images)")
 
+    choice = choose_teacher(config, data.train.classes)
     strong = _recipe_file(config, config.recipe)  # teachers, the store and online kd
     plain = _recipe_file(config, "rrc")  # erm students: the same crops and flips, no more
-    total = ((0 if config.teacher else len(config.teachers)) + ("dr" in config.modes)
+    total = ((0 if choice.spec else len(config.teachers)) + ("dr" in config.modes)
              + len(config.students) * len(config.modes))
     counter = itertools.count(1)
 
     def steps() -> str:
         return f"step {next(counter)}/{total}"
 
-    teacher = _teacher(config, steps, data, strong)
+    chosen = _teacher(config, choice, steps, data, strong)
+    teacher = chosen.spec
     store = None
     if "dr" in config.modes and teacher is not None:
-        store = _reinforce(config, steps(), data, teacher, strong)
+        store = _reinforce(config, steps(), data, chosen, strong)
     extra: dict[str, dict[str, Any]] = {
         "erm": {"augment": str(plain)},
-        "kd": {"teacher": teacher, "teacher_size": config.size, "augment": str(strong)},
+        "kd": {"teacher": teacher, "teacher_size": chosen.size, "augment": str(strong)},
         "dr": {"store": str(store)},
     }
     rows: dict[str, dict[str, Any]] = {}
@@ -383,17 +456,19 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         "test_images": len(data.test),
         "size": config.size,
         "teacher": teacher,
-        "teacher_given": config.teacher is not None,
+        "teacher_source": chosen.source,
+        "teacher_size": chosen.size,
     }
     if teacher is not None:
         members = [f"{s.name}@{s.checkpoint}" if s.checkpoint else s.name
                    for s in parse_teacher(teacher)]
         evals = [_evaluate(config, data, config.out / "teacher-eval" / f"member-{i}",
-                           teacher=m) for i, m in enumerate(members)]
+                           teacher=m, size=chosen.size) for i, m in enumerate(members)]
         table["teacher_members_top1"] = {
             m: 100 * e["top1"] for m, e in zip(members, evals, strict=True)}
         ensemble = evals[0] if len(members) == 1 else _evaluate(
-            config, data, config.out / "teacher-eval" / "ensemble", teacher=teacher)
+            config, data, config.out / "teacher-eval" / "ensemble", teacher=teacher,
+            size=chosen.size)
         table["teacher_ensemble"] = {"top1": 100 * ensemble["top1"],
                                      "ece": 100 * ensemble["ece"],
                                      "reliability_png": ensemble["reliability_png"]}

@@ -31,6 +31,8 @@ def print_table(table: dict[str, Any], config: Any) -> None:
     print()
     print(f"dalidr experiment on {table['data']}: {table['train_images']} training and "
           f"{table['test_images']} test images, {table['size']} px")
+    if table.get("teacher"):
+        print(f"  teacher ({table['teacher_source']}, views at {table['teacher_size']} px)")
     for member, top1 in table.get("teacher_members_top1", {}).items():
         print(f"  teacher member {member}: top-1 {top1:.2f}%")
     if "teacher_ensemble" in table:
@@ -45,6 +47,13 @@ def print_table(table: dict[str, Any], config: Any) -> None:
     for row in table["students"].values():
         print(f"{row['student']:<14}{row['mode']:<6}{row['top1']:>9.2f}{row['ece']:>8.2f}"
               f"{row['train_s']:>9.1f}{row['images_per_s']:>14.1f}")
+    for arch in dict.fromkeys(r["student"] for r in table["students"].values()):
+        by_mode = {r["mode"]: r for r in table["students"].values() if r["student"] == arch}
+        if "erm" in by_mode and "dr" in by_mode:
+            erm, dr = by_mode["erm"], by_mode["dr"]
+            print(f"{arch}: dr - erm {dr['top1'] - erm['top1']:+.2f} points top-1, "
+                  f"ECE {dr['ece'] - erm['ece']:+.2f}, training time x"
+                  f"{dr['train_s'] / erm['train_s']:.3f}")
     print()
     if "teacher_views_png" in table:
         print(f"views with the teacher's top-3: {table['teacher_views_png']}")

@@ -155,10 +155,10 @@ def _num_classes(listing: DatasetListing, file_list: Path | None) -> int:
 
 # --- the store: create once (rank 0), open everywhere -------------------------------------
 
-def _scan(listing: DatasetListing, skip_bad: bool) -> Manifest:
+def _scan(listing: DatasetListing, skip_bad: bool, progress: bool) -> Manifest:
     try:
         return scan_manifest(listing.root, listing.paths, listing.labels, skip_bad=skip_bad,
-                             progress=True)
+                             progress=progress)
     except (ImageError, DatasetError) as exc:
         raise type(exc)(f"{exc} (rerun with --skip-bad to record it as skipped)") from exc
 
@@ -195,7 +195,7 @@ def _interrupted_creation(url: str, config: StoreConfig) -> bool:
 
 
 def _open_writer(url: str, config: StoreConfig, listing: DatasetListing, skip_bad: bool,
-                 rank: int, timeout: float) -> StoreWriter:
+                 rank: int, timeout: float, progress: bool = True) -> StoreWriter:
     from store.location import locate
 
     if rank == 0:
@@ -203,7 +203,7 @@ def _open_writer(url: str, config: StoreConfig, listing: DatasetListing, skip_ba
         if exists and not _openable(url) and _interrupted_creation(url, config):
             exists = False
         if not exists:
-            create_store(url, _scan(listing, skip_bad), config, overwrite=True)
+            create_store(url, _scan(listing, skip_bad, progress), config, overwrite=True)
             create_skip_marks(url)
     deadline = time.monotonic() + timeout
     while True:
@@ -349,7 +349,7 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
                                config.k, num_classes, config.block_size,
                                min(config.slot_group, config.slots))
     writer = _open_writer(config.out, store_config, listing, config.skip_bad, rank,
-                          config.wait_timeout)
+                          config.wait_timeout, progress=config.progress)
     blocks = writer.pending(rank, world)
     labeller = Labeller(ensemble, device, config.k, config.batch_size, config.compile)
     manifest = writer.layout.manifest

@@ -6,7 +6,11 @@ defines its output as the plain mean of the members' softmax (no temperature), w
 are separated by commas: `resnet50@r50.safetensors,convnext_tiny@cnx.pth`.
 
 Each member views the data at its own input size and normalisation, read from its timm
-pretrained config (`timm.data.resolve_data_config`): records are resolution-independent, so
+pretrained config (`timm.data.resolve_data_config`), except that a checkpoint recording the
+normalisation it was trained with (a `dalidr train` checkpoint's metadata, a safetensors
+header's "mean"/"std", as `bench/teachers.py` writes) is fed inputs normalised that way (a
+model trained on ImageNet statistics whose timm config says 0.5/0.5 would otherwise see
+shifted inputs and lose most of its accuracy): records are resolution-independent, so
 every member sees the same crop, rendered at its own size, as the paper does for teachers
 trained at higher resolution. Members that share (size, mean, std) share one rendered view.
 
@@ -21,9 +25,11 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +45,7 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "build_teacher",
+    "file_sha256",
 ]
 
 
@@ -104,14 +111,42 @@ def load_checkpoint(path: Path, role: str = "teacher checkpoint") -> dict[str, t
     Torch files may wrap the weights as {"state_dict": ...}, {"model": ...} (a `dalidr train`
     checkpoint) or {"state_dict_ema": ...}; a DataParallel "module." prefix is removed.
     `role` names the file in errors ("teacher checkpoint", "--init checkpoint")."""
+    return _read_checkpoint(path, role)[0]
+
+
+def _normalisation(meta: dict[str, Any], path: Path, role: str
+                   ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) the weights were trained with, when the file records them."""
+    if "mean" not in meta or "std" not in meta:
+        return None
+    try:
+        mean, std = (tuple(float(v) for v in (json.loads(meta[k]) if isinstance(meta[k], str)
+                                               else meta[k])) for k in ("mean", "std"))
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"{role} {path} records an unreadable mean/std: {exc}") from exc
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise OptionError(f"{role} {path} records mean {mean} and std {std}; expected three "
+                          "values each, std > 0")
+    return mean, std
+
+
+def _read_checkpoint(path: Path, role: str
+                     ) -> tuple[dict[str, torch.Tensor],
+                                tuple[tuple[float, ...], tuple[float, ...]] | None]:
+    """The state dict and, when the file records it (a `dalidr train` checkpoint's metadata,
+    a safetensors header's "mean"/"std"), the input normalisation the weights were trained
+    with: a teacher must see its inputs normalised as in training, whatever its timm config
+    says."""
     if not path.is_file():
         raise OptionError(f"{role} {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         try:
             state = load_file(str(path), device="cpu")
+            with safe_open(str(path), framework="pt") as handle:
+                meta: dict[str, Any] = dict(handle.metadata() or {})
         except (SafetensorError, OSError, ValueError) as exc:
             raise OptionError(f"{role} {path} is not a safetensors file: "
                               f"{exc}") from exc
@@ -121,6 +156,8 @@ def load_checkpoint(path: Path, role: str = "teacher checkpoint") -> dict[str, t
         except Exception as exc:  # torch raises many types for bad or pickled-code files
             raise OptionError(f"{role} {path} cannot be read as weights "
                               f"(torch.load, weights_only=True): {exc}") from exc
+        meta = state.get("meta", {}) if isinstance(state, dict) else {}
+        meta = meta if isinstance(meta, dict) else {}
         for key in ("state_dict_ema", "state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
@@ -129,10 +166,11 @@ def load_checkpoint(path: Path, role: str = "teacher checkpoint") -> dict[str, t
         raise OptionError(f"{role} {path} does not hold a state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    return state, _normalisation(meta, path, role)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file (hex), read in 4 MiB pieces."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
@@ -151,10 +189,12 @@ def _classifier_width(model: nn.Module, state: dict[str, torch.Tensor]) -> int |
 
 
 def load_weights(model: nn.Module, name: str, checkpoint: Path, num_classes: int,
-                 role: str = "teacher checkpoint") -> None:
+                 role: str = "teacher checkpoint"
+                 ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """Load `checkpoint` into the timm model `name` strictly; OptionError naming the file when
-    its classifier is not `num_classes` wide or its tensors do not fit the architecture."""
-    state = load_checkpoint(checkpoint, role)
+    its classifier is not `num_classes` wide or its tensors do not fit the architecture.
+    Returns the (mean, std) the checkpoint records it was trained with (None: not recorded)."""
+    state, normalisation = _read_checkpoint(checkpoint, role)
     width = _classifier_width(model, state)
     if width is not None and width != num_classes:
         raise OptionError(f"{role} {checkpoint} ({name}) predicts {width} classes but the "
@@ -166,16 +206,21 @@ def load_weights(model: nn.Module, name: str, checkpoint: Path, num_classes: int
         detail = " ".join(line.strip() for line in lines[1:6])
         raise OptionError(f"{role} {checkpoint} does not fit timm architecture {name!r}: "
                           f"{detail}") from exc
+    return normalisation
 
 
-def _view_of(model: nn.Module, size: int | None) -> TeacherView:
+def _view_of(model: nn.Module, size: int | None,
+             normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+             ) -> TeacherView:
+    """Side and normalisation of a member's input: the timm config's, except what the
+    checkpoint records it was trained with."""
     from timm.data import resolve_data_config
 
     config = resolve_data_config({}, model=model)
     side = int(size or max(config["input_size"][1:]))
-    mean = tuple(float(v) for v in config["mean"])
-    std = tuple(float(v) for v in config["std"])
-    return TeacherView(side, mean, std)  # type: ignore[arg-type]
+    mean, std = normalisation or (config["mean"], config["std"])
+    return TeacherView(side, tuple(float(v) for v in mean),  # type: ignore[arg-type]
+                       tuple(float(v) for v in std))
 
 
 def _build_member(spec: MemberSpec, num_classes: int, pretrained: bool,
@@ -190,13 +235,13 @@ def _build_member(spec: MemberSpec, num_classes: int, pretrained: bool,
         if width != num_classes:
             raise OptionError(f"teacher member {spec.name!r} predicts {width} classes but the "
                               f"dataset has {num_classes}")
-        sha = None
+        sha, normalisation = None, None
     else:
         model = timm.create_model(spec.name, pretrained=False, num_classes=num_classes)
-        load_weights(model, spec.name, spec.checkpoint, num_classes)
-        sha = _sha256(spec.checkpoint)
+        normalisation = load_weights(model, spec.name, spec.checkpoint, num_classes)
+        sha = file_sha256(spec.checkpoint)
     model.eval().requires_grad_(False)
-    return TeacherMember(spec, model, _view_of(model, size), sha)
+    return TeacherMember(spec, model, _view_of(model, size, normalisation), sha)
 
 
 class Ensemble(nn.Module):

@@ -50,6 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dalidr.cpu_threads import ThreadPlan
 from dalidr.errors import OptionError
 from dalidr.loader import (
     Augment,
@@ -138,7 +139,10 @@ class TrainConfig:
     bf16: bool = True
     channels_last: bool = True
     compile: bool = False
-    threads: int = 2
+    # DALI worker threads and PyTorch intra-op threads; None: `dalidr.cpu_threads.plan_threads`
+    # (on a CPU, half the cores each: the loader works beside the model, not in turns).
+    threads: int | None = None
+    torch_threads: int | None = None
     seed: int = 0
     # Stop each epoch after this many steps (None: the whole epoch); for smoke runs.
     max_steps: int | None = None
@@ -161,11 +165,11 @@ def _device(config: TrainConfig) -> torch.device:
     return device
 
 
-def _loader(config: TrainConfig, device: torch.device, num_classes: int | None
-            ) -> ReinforcedLoader | PlainLoader:
+def _loader(config: TrainConfig, device: torch.device, num_classes: int | None,
+            threads: int) -> ReinforcedLoader | PlainLoader:
     device_id = None if device.type == "cpu" else (device.index or 0)
     common = dict(batch_size=config.batch_size, densify=config.densify, device_id=device_id,
-                  channels_last=config.channels_last, num_threads=config.threads,
+                  channels_last=config.channels_last, num_threads=threads,
                   seed=config.seed)
     if config.mode is Mode.DR:
         assert config.store is not None  # check_config
@@ -243,6 +247,10 @@ def check_config(config: TrainConfig) -> None:
         raise OptionError(f"--init checkpoint {config.init} does not exist")
     if not 0.0 <= config.p <= 1.0:
         raise OptionError(f"--p is {config.p}; valid: 0 <= p <= 1")
+    for option, value in (("--threads", config.threads),
+                          ("--torch-threads", config.torch_threads)):
+        if value is not None:
+            OptionError.unless(value >= 1, option, value, ">= 1")
 
 
 def check_model_name(option: str, name: str) -> None:
@@ -274,21 +282,29 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     Every option, the data, the store, the student (and `--init`) and the teacher are checked
     before `out` is created, so a run that fails on its inputs leaves nothing behind."""
+    from dalidr.cpu_threads import plan_threads
+
     check_config(config)
     device = _device(config)
     torch.manual_seed(config.seed)
     out = Path(config.out)
     checkpoint = out / CHECKPOINT_NAME
-    loader = _loader(config, device, config.num_classes)
+    plan = plan_threads(device.type == "cpu", config.threads, config.torch_threads)
+    loader = _loader(config, device, config.num_classes, plan.loader)
+    torch_before = torch.get_num_threads()
+    if plan.torch is not None:
+        torch.set_num_threads(plan.torch)
     try:
-        return _train_with(config, device, loader, out, checkpoint)
+        return _train_with(config, device, loader, out, checkpoint, plan)
     finally:
+        torch.set_num_threads(torch_before)
         loader.close()
 
 
 def _train_with(config: TrainConfig, device: torch.device,
                 loader: ReinforcedLoader | PlainLoader, out: Path,
-                checkpoint: Path) -> dict[str, Any]:
+                checkpoint: Path, plan: ThreadPlan) -> dict[str, Any]:
+    from dalidr.cpu_threads import ThreadGovernor
     from dalidr.ensemble import MeanSoftmax
     from dalidr.progress import progress_bar, progress_wanted
 
@@ -339,7 +355,10 @@ def _train_with(config: TrainConfig, device: torch.device,
     out.mkdir(parents=True, exist_ok=True)
     show_bar = progress_wanted(config.progress)
     model.train()
+    governor = ThreadGovernor(plan.torch) if plan.governed and plan.torch else None
     while loader.epoch < config.epochs:
+        if governor is not None:
+            governor.start_epoch()
         epoch = loader.epoch
         start_step = loader.step
         images_seen, wait, loss_sum, steps = 0, 0.0, 0.0, 0
@@ -354,6 +373,8 @@ def _train_with(config: TrainConfig, device: torch.device,
             except StopIteration:
                 break
             wait += time.perf_counter() - before
+            if governor is not None:
+                governor.poll()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = step_model(images)
             if teacher is not None:
@@ -388,7 +409,10 @@ def _train_with(config: TrainConfig, device: torch.device,
                   "images": images_seen, "seconds": elapsed,
                   "images_per_s": images_seen / elapsed if elapsed else 0.0,
                   "data_wait_s": wait, "data_wait_fraction": wait / elapsed if elapsed else 0,
-                  "loss": loss_sum / max(steps, 1), "lr": scheduler.get_last_lr()[0]}
+                  "loss": loss_sum / max(steps, 1), "lr": scheduler.get_last_lr()[0],
+                  "torch_threads": torch.get_num_threads(),
+                  **({"torch_threads_fewest": governor.fewest,
+                      "torch_threads_changes": governor.changes} if governor else {})}
         epochs_done.append(record)
         print(f"epoch {epoch}: {steps} steps, loss {record['loss']:.4f}, "
               f"{record['images_per_s']:.1f} images/s, data wait {wait:.2f} s "
@@ -396,6 +420,8 @@ def _train_with(config: TrainConfig, device: torch.device,
         loader.set_epoch(epoch + 1)
         save()
     summary = {"config": _jsonable(config), "device": str(device), "num_classes": num_classes,
+               "threads": {"loader": loader.config.num_threads,
+                           "torch": torch.get_num_threads()},
                "checkpoint": str(checkpoint), "epochs": epochs_done,
                "final_loss": epochs_done[-1]["loss"] if epochs_done else None}
     if config.summary:
@@ -441,7 +467,8 @@ def _run(args: argparse.Namespace) -> int:
         warmup_epochs=args.warmup_epochs, step_epochs=args.step_epochs, gamma=args.gamma,
         p=args.p, densify=args.densify, targets=args.targets, discriminator=disc,
         device=args.device, bf16=not args.no_bf16, channels_last=not args.no_channels_last,
-        compile=args.compile, threads=args.threads, seed=args.seed, max_steps=args.max_steps,
+        compile=args.compile, threads=args.threads, torch_threads=args.torch_threads,
+        seed=args.seed, max_steps=args.max_steps,
         save_every=args.save_every, resume=args.resume, summary=args.summary,
         log_every=args.log_every, init=args.init, progress=not args.no_progress)
     train(config)
@@ -499,7 +526,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on the GPU")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student")
-    parser.add_argument("--threads", type=int, default=2, help="DALI threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="DALI worker threads (default: half the cores on a CPU, 2 with a "
+                             "GPU)")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="PyTorch intra-op threads (default on a CPU: every core, fewer "
+                             "while other processes use them)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=None, help="steps per epoch cap")
     parser.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps")

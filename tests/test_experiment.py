@@ -43,7 +43,7 @@ def test_experiment_on_a_users_image_folder(trained_run, user_data, capsys) -> N
     out, table = trained_run
     assert table["classes"] == ["china", "flower", "grace_hopper"]
     assert table["train_images"] == 24 and table["test_images"] == 9
-    assert table["teacher_train_images"] == 24 and not table["teacher_given"]
+    assert table["teacher_train_images"] == 24 and table["teacher_source"] == "trained"
     assert set(table["students"]) == {f"student-resnet10t-{m}" for m in ("erm", "kd", "dr")}
     for row in table["students"].values():
         assert 0 <= row["top1"] <= 100 and row["train_s"] > 0
@@ -76,7 +76,7 @@ def test_experiment_with_a_given_teacher(trained_run, user_data, tmp_path) -> No
                  str(user_data / "test"), "--teacher", teacher, "--modes", "dr",
                  "--out", str(run), *TINY]) == 0
     table = json.loads((run / "results.json").read_text())
-    assert table["teacher"] == teacher and table["teacher_given"]
+    assert table["teacher"] == teacher and table["teacher_source"] == "given"
     assert not list(run.glob("teacher-[0-9]*"))  # nothing trained for the teacher
     assert set(table["students"]) == {"student-resnet10t-dr"}
     from store import StoreReader
@@ -128,8 +128,8 @@ def test_builtin_data_with_larger_teacher_set(tmp_path) -> None:
     config = ExperimentConfig(
         out=tmp_path / "run", train_per_class=3, test_per_class=2,
         teacher_train_per_class=4,  # teachers on a larger set than the students'
-        teachers=(), students=("resnet10t",), modes=("erm",), student_epochs=1,
-        batch_size=16, allow_apt=False, progress=False)
+        kept_teacher=None, teachers=(), students=("resnet10t",), modes=("erm",),
+        student_epochs=1, batch_size=16, allow_apt=False, progress=False)
     table = run_experiment(config)
     assert table["train_images"] == 30 and table["teacher_train_images"] == 40
     assert table["test_images"] == 20 and table["teacher"] is None

@@ -65,6 +65,36 @@ def test_members_get_their_own_size_and_normalisation(tmp_path: Path) -> None:
     assert [v.size for v in small.views] == [48] and small.view_of_member == (0, 0)
 
 
+def test_a_checkpoint_is_fed_the_normalisation_it_was_trained_with(tmp_path: Path) -> None:
+    """test_resnet's timm config says mean/std 0.5, but `dalidr train` normalises with the
+    loader's (ImageNet) statistics and records them; a member must see what it trained on."""
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    trained = tmp_path / "last.pt"
+    torch.save({"model": model.state_dict(),
+                "meta": {"model": "test_resnet", "mean": imagenet[0], "std": imagenet[1]}},
+               trained)
+    kept = tmp_path / "kept.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v
+               for k, v in model.state_dict().items()}, str(kept),
+              metadata={"mean": "[0.2, 0.3, 0.4]", "std": "[0.5, 0.6, 0.7]"})
+    plain = _save(tmp_path, "test_resnet", 3)  # records nothing: the timm config holds
+    ensemble = build_teacher(f"test_resnet@{trained},test_resnet@{kept},test_resnet@{plain}", 3,
+                             size=32)
+    views = [m.view for m in ensemble.members]
+    assert views[0].mean == pytest.approx(imagenet[0]) and views[0].std == pytest.approx(
+        imagenet[1])
+    assert views[1].mean == pytest.approx((0.2, 0.3, 0.4)) and views[1].std == pytest.approx(
+        (0.5, 0.6, 0.7))
+    assert views[2].mean == pytest.approx((0.5, 0.5, 0.5))
+    # float16 weights load into the float32 model.
+    assert ensemble.members[1].model.conv1[0].weight.dtype == torch.float32
+    bad = tmp_path / "bad.safetensors"
+    save_file(model.state_dict(), str(bad), metadata={"mean": "[1, 2]", "std": "[1, 1, 1]"})
+    with pytest.raises(OptionError, match=f"{bad} records mean"):
+        build_teacher(f"test_resnet@{bad}", 3)
+
+
 def test_forward_and_top_k_are_the_mean_softmax(tmp_path: Path) -> None:
     ensemble = build_teacher("test_resnet,test_efficientnet", 3, size=32)
     x = torch.randn(5, 3, 32, 32)
