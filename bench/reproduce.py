@@ -116,7 +116,7 @@ def main() -> None:
         teacher_train_per_class=args.teacher_train_per_class,
         teachers=tuple(args.teachers.split(",")), teacher_epochs=args.teacher_epochs,
         students=tuple(students), modes=("erm", "kd", "dr"), student_epochs=args.epochs,
-        recipe="rrc+ra/re", slots=args.slots, topk=args.topk,
+        recipe="rrc+ra/re", teacher_recipe="rrc+ra/re", slots=args.slots, topk=args.topk,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     if args.slots * 3 > args.epochs:
         print(f"note: {args.slots} slots is more than a third of {args.epochs} epochs")

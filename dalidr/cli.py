@@ -147,6 +147,7 @@ def _experiment(args: argparse.Namespace) -> int:
         modes=_names(args.modes),
         student_epochs=args.student_epochs,
         recipe=args.recipe,
+        teacher_recipe=args.teacher_recipe,
         slots=args.slots,
         topk=args.topk,
         batch_size=args.batch_size,
@@ -238,6 +239,8 @@ def _add_experiment_options(parser: argparse.ArgumentParser, out: str) -> None:
     teach.add_argument("--teachers", default=",".join(defaults.teachers), metavar="NAMES",
                        help="timm members to train with the strong recipe")
     teach.add_argument("--teacher-epochs", type=int, default=defaults.teacher_epochs)
+    teach.add_argument("--teacher-recipe", default=defaults.teacher_recipe,
+                       help="recipe the teachers trained here draw afresh each epoch")
     runs = parser.add_argument_group("students and the store")
     runs.add_argument("--students", default=",".join(defaults.students), metavar="NAMES",
                       help="timm student architectures")
@@ -249,7 +252,7 @@ def _add_experiment_options(parser: argparse.ArgumentParser, out: str) -> None:
     runs.add_argument("--crop-scale", type=float, nargs=2, default=defaults.crop_scale,
                       metavar=("LOW", "HIGH"), help="random-resized-crop area range")
     runs.add_argument("--recipe", default=defaults.recipe,
-                      help=f"store/teacher/kd recipe: preset ({', '.join(PRESETS)})")
+                      help=f"store and kd recipe: preset ({', '.join(PRESETS)})")
     runs.add_argument("--slots", type=int, default=defaults.slots, help="stored views per image")
     runs.add_argument("--topk", type=int, default=defaults.topk,
                       help="teacher classes kept per view")
