@@ -9,8 +9,8 @@ trained 5-25x slower, not 2x. Two measures (`bench/shared_cpu.py` measures both,
 beside another PyTorch job):
 - the loader's DALI workers take half the cores (one on 2 cores): with two, their work
   preempts PyTorch's team mid-operator and the reinforced store's heavier replay
-  (RandAugment, RandomErase) cost `dr` a third of its speed; with one, `dr` trains at `erm`'s
-  speed, as the paper promises;
+  (RandAugment, RandomErase) left `dr` at 0.69-0.91 of `erm`'s speed in three runs; with
+  one, `dr` trains at `erm`'s speed (1.02), as the paper promises;
 - `ThreadGovernor` watches, every 2 s, how much of this process's cores other processes
   used, and gives PyTorch only the cores left (at least one), restoring them when the
   neighbour leaves: a single compute thread has no barrier to spin at, so a shared machine
