@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -91,7 +90,7 @@ def _prepare(work: Path, per_class: int) -> tuple[Path, Path, Path]:
 
 
 def _train(work: Path, name: str, mode: str, data: Path, plain: Path, store: Path,
-           threads: list[str], env: dict[str, str], steps: int) -> dict[str, Any]:
+           threads: list[str], steps: int) -> dict[str, Any]:
     out = work / name
     summary = out / "summary.json"
     command = [sys.executable, "-m", "dalidr", "train", "--mode", mode, "--data", str(data),
@@ -100,15 +99,14 @@ def _train(work: Path, name: str, mode: str, data: Path, plain: Path, store: Pat
                str(steps), "--no-progress", "--log-every", "0", "--summary", str(summary),
                *threads]
     command += ["--augment", str(plain)] if mode == "erm" else ["--store", str(store)]
-    subprocess.run(command, check=True, capture_output=True, text=True,
-                   env={**os.environ, **env})
+    subprocess.run(command, check=True, capture_output=True, text=True)
     result = json.loads(summary.read_text())
     return {"images_per_s": result["epochs"][1]["images_per_s"], "threads": result["threads"]}
 
 
 def _competitor() -> subprocess.Popen[str]:
     process = subprocess.Popen([sys.executable, "-c", COMPETITOR], stdout=subprocess.PIPE,
-                               text=True, env={**os.environ})
+                               text=True)
     assert process.stdout is not None
     process.stdout.readline()  # running
     return process
@@ -128,19 +126,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     data, plain, store = _prepare(work, args.per_class)
     cores = available_cores()
-    plans: dict[str, tuple[list[str], dict[str, str]]] = {
-        "before": (["--threads", "2", "--torch-threads", str(cores)], {}),
-        "after": ([], {}),
+    plans: dict[str, list[str]] = {
+        "before": ["--threads", "2", "--torch-threads", str(cores)],
+        "after": [],
     }
     runs: dict[str, Any] = {}
     competitor_alone = None
     for condition in ("quiet", "busy"):
-        for plan, (threads, env) in plans.items():
+        for plan, threads in plans.items():
             for mode in ("erm", "dr"):
                 name = f"{condition}-{plan}-{mode}"
                 process = _competitor() if condition == "busy" else None
                 started = time.perf_counter()
-                run = _train(work, name, mode, data, plain, store, threads, env, args.steps)
+                run = _train(work, name, mode, data, plain, store, threads, args.steps)
                 run["wall_s"] = time.perf_counter() - started
                 if process is not None:
                     run["competitor_steps_per_s"] = _stop(process)

@@ -66,14 +66,14 @@ def _export(work: Path, per_class: int) -> tuple[Any, Any, dict[str, Any]]:
     from dalidr.dataset import list_dataset
     from dalidr.errors import DatasetError
     from dalidr.fashion_mnist import (
-        _FILES,
         CLASSES,
         FASHION_MNIST_DIR,
+        IDX_FILES,
         ensure_package,
         export_image_folder,
         load_fashion_mnist,
     )
-    from dalidr.teacher import file_sha256
+    from dalidr.file_hash import file_sha256
 
     if not ensure_package():
         raise DatasetError("Fashion-MNIST is needed: apt-get install dataset-fashion-mnist")
@@ -86,7 +86,7 @@ def _export(work: Path, per_class: int) -> tuple[Any, Any, dict[str, Any]]:
         "source": "Fashion-MNIST (Debian dataset-fashion-mnist), exported as RGB JPEG q95",
         "train_split_images_per_class": per_class,
         "idx_sha256": {name: file_sha256(FASHION_MNIST_DIR / name)
-                       for pair in _FILES.values() for name in pair},
+                       for pair in IDX_FILES.values() for name in pair},
     }
     return list_dataset(roots["train"]), list_dataset(roots["test"]), data
 
@@ -160,7 +160,7 @@ def _git_commit() -> str | None:
 
 def main() -> None:
     from dalidr.fashion_mnist import CLASSES
-    from dalidr.teacher import file_sha256
+    from dalidr.file_hash import file_sha256
 
     args = parse_args()
     work = Path(args.work)

@@ -77,6 +77,12 @@ class CpuSample:
     own: int  # clock ticks of this process (all its threads)
 
 
+def _process_sampler() -> Callable[[], CpuSample | None]:
+    """`sample_cpu` over the CPUs this process may use (looked up once)."""
+    cpus = _allowed_cpus()
+    return lambda: sample_cpu(cpus)
+
+
 def sample_cpu(cpus: set[int] | None = None) -> CpuSample | None:
     """Busy ticks of the CPUs this process may use (`cpus`; None: all), and this process's
     own; None without /proc (not Linux)."""
@@ -117,8 +123,7 @@ class ThreadGovernor:
     changes: int = 0
     fewest: int = 0
     # Where the samples come from (the CPUs this process may use, by default).
-    sampler: Callable[[], CpuSample | None] = field(
-        default_factory=lambda: (lambda cpus: lambda: sample_cpu(cpus))(_allowed_cpus()))
+    sampler: Callable[[], CpuSample | None] = field(default_factory=lambda: _process_sampler())
     _last: CpuSample | None = None
 
     def __post_init__(self) -> None:

@@ -28,6 +28,7 @@ from dalidr.errors import DatasetError
 __all__ = [
     "FASHION_MNIST_DIR",
     "CLASSES",
+    "IDX_FILES",
     "ExportedSplit",
     "ensure_package",
     "read_idx",
@@ -41,7 +42,8 @@ CLASSES = (
     "t-shirt", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle-boot",
 )  # fmt: skip
-_FILES = {
+# The IDX files of each split, as Debian installs them.
+IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
@@ -49,7 +51,7 @@ _FILES = {
 
 def ensure_package(allow_apt: bool = True) -> bool:
     """Whether Fashion-MNIST is on disk, installing Debian's package when allowed."""
-    if all((FASHION_MNIST_DIR / f).is_file() for pair in _FILES.values() for f in pair):
+    if all((FASHION_MNIST_DIR / f).is_file() for pair in IDX_FILES.values() for f in pair):
         return True
     if not allow_apt or shutil.which("apt-get") is None:
         return False
@@ -78,9 +80,9 @@ def read_idx(path: Path) -> np.ndarray:
 
 def load_fashion_mnist(split: str, root: Path = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
     """(images [N, 28, 28] uint8, labels [N]) of the "train" or "test" split."""
-    if split not in _FILES:
-        raise DatasetError(f"split {split!r} is not one of {sorted(_FILES)}")
-    images_file, labels_file = (root / name for name in _FILES[split])
+    if split not in IDX_FILES:
+        raise DatasetError(f"split {split!r} is not one of {sorted(IDX_FILES)}")
+    images_file, labels_file = (root / name for name in IDX_FILES[split])
     for path in (images_file, labels_file):
         if not path.is_file():
             raise DatasetError(f"{path} is missing: install Debian's dataset-fashion-mnist")

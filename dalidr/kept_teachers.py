@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dalidr.errors import OptionError
-from dalidr.teacher import file_sha256
+from dalidr.file_hash import file_sha256
 
 __all__ = ["KEPT_TEACHERS_DIR", "INDEX_NAME", "KeptTeacher", "kept_classes", "kept_teacher",
            "kept_names"]

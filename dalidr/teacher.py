@@ -24,7 +24,6 @@ of building every model up front (cheap next to the pass itself).
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from dalidr.errors import OptionError
+from dalidr.file_hash import file_sha256
 
 __all__ = [
     "MemberSpec",
@@ -141,12 +141,11 @@ def _read_checkpoint(path: Path, role: str
         raise OptionError(f"{role} {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
 
         try:
-            state = load_file(str(path), device="cpu")
-            with safe_open(str(path), framework="pt") as handle:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
                 meta: dict[str, Any] = dict(handle.metadata() or {})
+                state = {key: handle.get_tensor(key) for key in handle.keys()}
         except (SafetensorError, OSError, ValueError) as exc:
             raise OptionError(f"{role} {path} is not a safetensors file: "
                               f"{exc}") from exc
@@ -167,15 +166,6 @@ def _read_checkpoint(path: Path, role: str
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state, _normalisation(meta, path, role)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file (hex), read in 4 MiB pieces."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _classifier_width(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:

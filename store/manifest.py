@@ -33,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dalidr.dataset import DatasetListing
 from dalidr.errors import DatasetError, ImageError, StoreError
+from dalidr.file_hash import file_sha256
 from dalidr.hashing import mix64
 from dalidr.path_list import PathList
 from store.location import CORRUPT_CHUNK_ERRORS
@@ -186,7 +187,7 @@ class Manifest:
         def one(i: int) -> str | None:
             path = root / self.paths[i]
             try:
-                digest = _sha256_file(path)
+                digest = bytes.fromhex(file_sha256(path))
             except OSError as exc:
                 return f"sample {i} ({path}): cannot be read: {exc}"
             if digest != self.hashes[i].tobytes():
@@ -200,14 +201,6 @@ class Manifest:
 
                 lines = tqdm(lines, total=len(indices), desc="verifying", unit="file")
             return [line for line in lines if line]
-
-
-def _sha256_file(path: Path) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.digest()
 
 
 def _scan_one(root: Path, rel: str) -> tuple[int, bytes, tuple[int, int]]:
