@@ -13,8 +13,9 @@ checks the paper's targets on its table:
   paper's users reuse its teachers; or a given one (`--teacher NAME@CKPT,...`); or members
   trained here (`--train-teachers`, `dalidr train --mode erm` with the strong recipe);
 - students: two timm architectures of different capacity, each trained with `erm`, `kd`
-  (online distillation from the same ensemble) and `dr` (RRC+RA/RE store, slots at most a
-  third of the epochs, as the paper recommends), at equal epochs;
+  (online distillation from the same ensemble) and `dr` (the store: RRC+RA/RE by default, or
+  `--recipe rrc`; slots at most a third of the epochs, as the paper recommends), at equal
+  epochs;
 and writes JSON plus a PNG in the style of the paper's Fig. 1 (top-1 against wall-clock).
 
 Every step is cached, so an interrupted run resumes. `--train-per-class` shrinks the run for a
@@ -69,6 +70,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--slots", type=int, default=10, help="at most epochs / 3")
     parser.add_argument("--topk", type=int, default=10, help="teacher classes per view")
+    parser.add_argument("--recipe", default="rrc+ra/re",
+                        help="the store's (and online kd's) recipe preset: the paper's RRC+RA/RE, "
+                             "or rrc, the crops erm draws")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--crop-scale", type=float, nargs=2, default=(0.35, 1.0),
                         metavar=("LOW", "HIGH"), help="random-resized-crop area range")
@@ -116,7 +120,7 @@ def main() -> None:
         teacher_train_per_class=args.teacher_train_per_class,
         teachers=tuple(args.teachers.split(",")), teacher_epochs=args.teacher_epochs,
         students=tuple(students), modes=("erm", "kd", "dr"), student_epochs=args.epochs,
-        recipe="rrc+ra/re", teacher_recipe="rrc+ra/re", slots=args.slots, topk=args.topk,
+        recipe=args.recipe, teacher_recipe="rrc+ra/re", slots=args.slots, topk=args.topk,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     if args.slots * 3 > args.epochs:
         print(f"note: {args.slots} slots is more than a third of {args.epochs} epochs")
