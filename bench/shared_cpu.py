@@ -67,8 +67,8 @@ def _prepare(work: Path, per_class: int) -> tuple[Path, Path, Path]:
     """Data (Fashion-MNIST, else real photographs' crops), the erm recipe and a store."""
     from dalidr.fashion_mnist import CLASSES, export_image_folder, load_fashion_mnist
     from dalidr.recipe import load_recipe
-    from dalidr.reinforce import ReinforceConfig, reinforce
     from dalidr.sample_data import make_corpus
+    from dalidr.teacher.reinforce import ReinforceConfig, reinforce
 
     data = work / "data"
     try:

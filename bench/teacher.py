@@ -5,9 +5,9 @@ ImageNet+). Its data path (read, decode once per image, replay every view at eac
 size) should hide behind the teacher's forward, and the forward should run near the device's
 peak. Measured in one run, on real JPEGs (`dalidr.sample_data.make_corpus`):
 
-1. full pass: `dalidr.reinforce.reinforce` into a fresh store, in steady state (views labelled
-   after the first batch over the time they took: no graph building, no torch.compile, no
-   first-batch latency);
+1. full pass: `dalidr.teacher.reinforce.reinforce` into a fresh store, in steady state (views
+   labelled after the first batch over the time they took: no graph building, no
+   torch.compile, no first-batch latency);
 2. bare forward: the same `Labeller` (normalise, forward, fused top-k) on pre-made tensors of
    the same batch size and view sizes, under the same torch settings (`forward_settings`);
 3. FLOPs per view of the ensemble (`torch.utils.flop_counter`, on the meta device), and on a
@@ -43,15 +43,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.machine import describe_machine, summary
 from dalidr.recipe import load_recipe
-from dalidr.reinforce import (
+from dalidr.sample_data import make_corpus
+from dalidr.teacher import build_teacher, parse_teacher
+from dalidr.teacher.reinforce import (
     CompileMode,
     Labeller,
     ReinforceConfig,
     forward_settings,
     reinforce,
 )
-from dalidr.sample_data import make_corpus
-from dalidr.teacher import build_teacher, parse_teacher
 
 # Dense bf16 tensor-core peak, FLOP/s, by a substring of the device name (no sparsity).
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12,

@@ -13,7 +13,7 @@ Reinforcement Sec. 2.3; MEAL V2 Sec. 3). This is that step for the project's bui
 - each member is saved as float16 safetensors beside a sidecar JSON (command, data, epochs,
   size, recipe, wall-clock, machine, library versions and the test accuracy measured on the
   kept file itself), and `ensemble.json` indexes them with their SHA-256s and the ensemble's
-  accuracy (`dalidr.kept_teachers` reads it).
+  accuracy (`dalidr.teacher.kept` reads it).
 
 Runs once (an hour or more on a 2-core CPU); every member's training resumes from its
 checkpoint if interrupted, and a finished member is not retrained.
@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe_machine, library_versions  # noqa: E402
-from dalidr.kept_teachers import INDEX_NAME, KEPT_TEACHERS_DIR  # noqa: E402
+from dalidr.teacher.kept import INDEX_NAME, KEPT_TEACHERS_DIR  # noqa: E402
 
 MAX_FILE_BYTES = 4 * 2**20
 

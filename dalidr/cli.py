@@ -38,7 +38,7 @@ __all__ = ["main", "render_views", "sample_across_classes"]
 # Modules that add subcommands with `register(subparsers)`, each owning its job's options.
 _SUBCOMMAND_MODULES = (
     "store.cli",  # inspect, subset
-    "dalidr.reinforce",  # reinforce (the teacher pass)
+    "dalidr.teacher.reinforce",  # reinforce (the teacher pass)
     "dalidr.train",  # train
     "dalidr.evaluate",  # eval
     "dalidr.mldr.convert",  # import-mldr (the paper's published reinforcements)

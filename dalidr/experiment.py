@@ -7,7 +7,7 @@ built-in Fashion-MNIST (Debian's `dataset-fashion-mnist` exported as JPEGs; scik
 digits where apt is not allowed) the steps are:
 1. the teacher ensemble: given (`--teacher NAME@CKPT,...`); by default the ensemble the
    project trained once on all 60,000 Fashion-MNIST training images and keeps in the
-   repository (`dalidr.kept_teachers`, `bench/teachers.py`), used whenever the data has its
+   repository (`dalidr.teacher.kept`, `bench/teachers.py`), used whenever the data has its
    classes, as users reuse pretrained models; else trained here (`--train-teachers`, or data
    with other classes): one `erm` run per member with the strong recipe drawn afresh each
    epoch (the paper's teachers are trained with strong augmentation; Sec. 2.3: on as much
@@ -154,7 +154,7 @@ def choose_teacher(config: ExperimentConfig, classes: tuple[str, ...] | None) ->
     if config.teacher is not None:
         return TeacherChoice(config.teacher, config.teacher_size or config.size, "given")
     if config.kept_teacher is not None:
-        from dalidr.kept_teachers import kept_classes, kept_teacher
+        from dalidr.teacher.kept import kept_classes, kept_teacher
 
         if classes is None or tuple(classes) == kept_classes(config.kept_teacher):
             kept = kept_teacher(config.kept_teacher)
@@ -345,7 +345,7 @@ def _reinforce(config: ExperimentConfig, step: str, data: ExperimentData,
                teacher: TeacherChoice, recipe: Path) -> Path:
     from dalidr.progress import progress_wanted
     from dalidr.recipe import load_recipe
-    from dalidr.reinforce import ReinforceConfig, reinforce
+    from dalidr.teacher.reinforce import ReinforceConfig, reinforce
     from store import inspect_store
 
     store = config.out / "store"

@@ -48,7 +48,7 @@ from dalidr.plain_loader import PlainLoader
 from dalidr.recipe import Recipe
 from dalidr.records import draw_records, identity_records
 from dalidr.replay import Output, ReplaySpec, replay_graph
-from dalidr.skips import skipped_samples
+from dalidr.teacher.skips import skipped_samples
 from store.manifest import Manifest
 from store.prefetch import EpochPrefetcher
 from store.reader import StoreReader

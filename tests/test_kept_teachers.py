@@ -1,4 +1,4 @@
-"""The teacher ensemble kept in the repository (`bench/teachers.py`, `dalidr.kept_teachers`).
+"""The teacher ensemble kept in the repository (`bench/teachers.py`, `dalidr.teacher.kept`).
 
 The kept files are what `make demo` labels its store with: each must be small, recorded with
 the command, data, epochs and accuracy that made it, fit its timm architecture, and be
@@ -19,8 +19,8 @@ from PIL import Image
 from dalidr.cli import main
 from dalidr.errors import OptionError
 from dalidr.fashion_mnist import CLASSES
-from dalidr.kept_teachers import KEPT_TEACHERS_DIR, kept_classes, kept_names, kept_teacher
 from dalidr.teacher import build_teacher
+from dalidr.teacher.kept import KEPT_TEACHERS_DIR, kept_classes, kept_names, kept_teacher
 
 NAME = "fashion-mnist"
 FOLDER = KEPT_TEACHERS_DIR / NAME

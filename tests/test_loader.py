@@ -319,7 +319,7 @@ def test_gpu_loader_serves_cuda_tensors_with_the_same_targets(built) -> None:
 
 def test_skipped_samples_are_never_served(tmp_path) -> None:
     """Views `reinforce --skip-bad` marked skipped stay out; ranks keep equal lengths."""
-    from dalidr.skips import create_skip_marks, write_skip_marks
+    from dalidr.teacher.skips import create_skip_marks, write_skip_marks
     from store.layout import open_layout
 
     store = build_store(tmp_path, images=12, block_size=8)

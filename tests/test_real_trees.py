@@ -31,9 +31,9 @@ from dalidr.dataset import list_dataset
 from dalidr.errors import ImageError
 from dalidr.loader import LastBatch, LoaderConfig, ReinforcedLoader
 from dalidr.recipe import recipe
-from dalidr.reinforce import CompileMode, ReinforceConfig, reinforce
 from dalidr.replay import Output, Replayer, ReplaySpec
 from dalidr.sample_data import make_corpus
+from dalidr.teacher.reinforce import CompileMode, ReinforceConfig, reinforce
 from store import StoreReader
 
 IMAGES, SLOTS, K, BLOCK = 12, 2, 2, 4

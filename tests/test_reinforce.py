@@ -31,9 +31,9 @@ from safetensors.torch import save_file
 from dalidr.cli import main as cli_main
 from dalidr.errors import ImageError, OptionError, StoreError
 from dalidr.recipe import recipe
-from dalidr.reinforce import CompileMode, ReinforceConfig, reinforce
 from dalidr.sample_data import make_corpus
-from dalidr.skips import skipped_views
+from dalidr.teacher.reinforce import CompileMode, ReinforceConfig, reinforce
+from dalidr.teacher.skips import skipped_views
 from kernels.topk import ensemble_topk_reference
 from store import StoreReader
 from tests.store.helpers import tree_bytes

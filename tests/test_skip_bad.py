@@ -16,8 +16,8 @@ from dalidr.dataset import list_dataset
 from dalidr.errors import DatasetError
 from dalidr.loader import LastBatch, LoaderConfig, ReinforcedLoader
 from dalidr.recipe import recipe
-from dalidr.reinforce import CompileMode, ReinforceConfig, reinforce
 from dalidr.sample_data import make_corpus
+from dalidr.teacher.reinforce import CompileMode, ReinforceConfig, reinforce
 from store import StoreReader
 
 IMAGES = 16

@@ -2,10 +2,10 @@
 
 Dataset Reinforcement's premise (paper Sec. 2) is that the stored top-k is what the teacher
 would say about the view the student sees. The teacher pass renders its views from images
-decoded once (`dalidr.teacher_views`); the training loader replays each view on its own
+decoded once (`dalidr.teacher.views`); the training loader replays each view on its own
 (`dalidr.dali_loader`). On a GPU both decode with nvJPEG and run DALI's GPU operators, so any
-drift between the two paths shows here: a store is made with `dalidr.reinforce` on the device,
-`ReinforcedLoader` serves its views on the same device at the teacher's size and
+drift between the two paths shows here: a store is made with `dalidr.teacher.reinforce` on the
+device, `ReinforcedLoader` serves its views on the same device at the teacher's size and
 normalisation, the same teacher (seeded random weights, saved as a checkpoint) labels the
 served images through the same `Labeller`, and the two are compared per view:
 
@@ -38,9 +38,15 @@ import torch
 from bench.machine import describe_machine, summary
 from dalidr.loader import LoaderConfig, ReinforcedLoader, Targets
 from dalidr.recipe import recipe
-from dalidr.reinforce import CompileMode, Labeller, ReinforceConfig, forward_settings, reinforce
 from dalidr.sample_data import make_corpus
 from dalidr.teacher import build_teacher
+from dalidr.teacher.reinforce import (
+    CompileMode,
+    Labeller,
+    ReinforceConfig,
+    forward_settings,
+    reinforce,
+)
 
 __all__ = ["parse_args", "main"]
 

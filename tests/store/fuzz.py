@@ -299,7 +299,7 @@ def _error_outcome(exc: BaseException, url: str) -> tuple[Outcome, str]:
 def _reader_outputs(url: str, dataset: Any) -> dict[str, np.ndarray]:
     """What the loader takes from the store besides pixels, for two epochs."""
     from dalidr.errors import StoreError
-    from dalidr.skips import skipped_views
+    from dalidr.teacher.skips import skipped_views
     from store.reader import StoreReader
 
     reader = StoreReader(url)

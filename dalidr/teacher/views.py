@@ -28,7 +28,7 @@ from dalidr.errors import ImageError
 from dalidr.image_formats import jpeg_damage
 from dalidr.recipe import Recipe
 from dalidr.records import draw_records
-from dalidr.teacher import TeacherView
+from dalidr.teacher.ensemble import TeacherView
 from store.writer import StoreWriter
 
 __all__ = ["BlockState", "ViewBatch", "ViewSource", "view_pipeline", "decodes"]

@@ -27,7 +27,7 @@ from dalidr.file_hash import file_sha256
 __all__ = ["KEPT_TEACHERS_DIR", "INDEX_NAME", "KeptTeacher", "kept_classes", "kept_teacher",
            "kept_names"]
 
-KEPT_TEACHERS_DIR = Path(__file__).resolve().parent / "assets" / "teachers"
+KEPT_TEACHERS_DIR = Path(__file__).resolve().parents[1] / "assets" / "teachers"
 INDEX_NAME = "ensemble.json"
 
 
