@@ -96,7 +96,8 @@ class ExperimentConfig:
     # Reinforcement: the store's recipe preset (also online kd's), views per image (at most a
     # third of the epochs, the paper's guideline) and teacher classes kept per view. The
     # demo stores the crops and flips `erm` draws, so `dr` differs from `erm` only by the
-    # teacher's targets (and costs what it costs); `bench/reproduce.py` stores RRC+RA/RE.
+    # teacher's targets (and costs what it costs); `bench/reproduce.py` stores RRC+RA/RE by
+    # default (`--recipe`).
     recipe: str = "rrc"
     slots: int = 20
     topk: int = 10

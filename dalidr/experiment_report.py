@@ -96,8 +96,9 @@ def plot_accuracy_vs_time(rows: dict[str, dict[str, Any]], path: Path, title: st
 
 
 def teacher_views_png(store: Path, listing: DatasetListing, path: Path, seed: int,
-                      count: int = 6) -> Path:
-    """Replayed stored views of `count` images, captioned with the teacher's top-3."""
+                      count: int = 6, max_slots: int = 8) -> Path:
+    """Replayed stored views (the first `max_slots`) of `count` images, captioned with the
+    teacher's top-3."""
     from dalidr.grid import save_grid
     from dalidr.replay import Replayer, ReplaySpec
     from store import StoreReader
@@ -106,7 +107,7 @@ def teacher_views_png(store: Path, listing: DatasetListing, path: Path, seed: in
     recipe = reader.config.recipe
     rng = np.random.default_rng(seed)
     samples = np.sort(rng.choice(len(listing), size=min(count, len(listing)), replace=False))
-    slots = np.arange(reader.config.slots)
+    slots = np.arange(min(max_slots, reader.config.slots))
     records, targets = reader.read_views(np.repeat(samples, len(slots)),
                                          np.tile(slots, len(samples)))
     root = listing.root
