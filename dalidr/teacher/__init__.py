@@ -12,26 +12,7 @@ Importing this package loads only the ensemble (torch, timm); the pass's DALI an
 machinery is imported with `dalidr.teacher.reinforce`.
 """
 
-from dalidr.teacher.ensemble import (
-    Ensemble,
-    MemberSpec,
-    TeacherMember,
-    TeacherView,
-    build_teacher,
-    file_sha256,
-    load_checkpoint,
-    load_weights,
-    parse_teacher,
-)
+from dalidr.teacher import ensemble as _ensemble
+from dalidr.teacher.ensemble import *  # noqa: F403
 
-__all__ = [
-    "MemberSpec",
-    "TeacherView",
-    "TeacherMember",
-    "Ensemble",
-    "parse_teacher",
-    "load_checkpoint",
-    "load_weights",
-    "build_teacher",
-    "file_sha256",
-]
+__all__ = list(_ensemble.__all__)
