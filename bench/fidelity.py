@@ -1,7 +1,7 @@
 """Fidelity of every RandAugment op, over its whole magnitude range, on real photographs.
 
 For each of the 14 ops and each magnitude bin of `--bins` (both signs for signed ops), views of
-real photographs (`dalidr.sample_data`, re-framed camera images at ImageNet-like sizes) are
+real photographs (`dalidr.data.sample_data`, re-framed camera images at ImageNet-like sizes) are
 replayed by dalidr (DALI, CPU) with that op alone, and compared in uint8 levels with:
 
 1. `torchvision`: torchvision's tensor op on dalidr's own unaugmented view (the op isolated:
@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe_machine  # noqa: E402
+from dalidr.data.sample_data import make_corpus  # noqa: E402
 from dalidr.mldr.params import magnitude_bins  # noqa: E402
 from dalidr.ops import OPS  # noqa: E402
 from dalidr.recipe import recipe  # noqa: E402
 from dalidr.records import draw_records  # noqa: E402
 from dalidr.replay import Replayer, ReplaySpec  # noqa: E402
-from dalidr.sample_data import make_corpus  # noqa: E402
 from tests.reference import apply_op, to_pixels  # noqa: E402
 
 

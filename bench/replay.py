@@ -60,11 +60,11 @@ from torchvision.transforms.v2 import RandAugment
 from torchvision.transforms.v2 import functional as F
 
 from bench.machine import describe_machine, foreign_cpu_share, load_snapshot, summary
+from dalidr.data.sample_data import make_corpus
 from dalidr.ops import OPS
 from dalidr.recipe import PRESETS, Recipe, load_recipe
 from dalidr.records import COORD_SCALE, draw_records
 from dalidr.replay import IMAGENET_MEAN, IMAGENET_STD, Output, ReplaySpec, replay_pipeline
-from dalidr.sample_data import make_corpus
 
 __all__ = ["parse_args", "main"]
 

@@ -109,7 +109,7 @@ def _paths(args: argparse.Namespace) -> dict[str, Path]:
 
 def build(args: argparse.Namespace) -> dict[str, float]:
     """The tree, its file list and the complete loader store; seconds each took."""
-    from dalidr.dataset import list_dataset
+    from dalidr.data.dataset import list_dataset
     from dalidr.recipe import recipe
     from store.config import StoreConfig
     from tests.scale_builder import linked_manifest, linked_store, linked_tree
@@ -175,7 +175,7 @@ def step_dali_baseline(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def step_list_tree(args: argparse.Namespace) -> dict[str, Any]:
-    from dalidr.dataset import list_dataset
+    from dalidr.data.dataset import list_dataset
 
     listing, took = _timed(lambda: list_dataset(_paths(args)["tree"], share=False))
     return {"s": took, "samples": len(listing), "listing_bytes": int(
@@ -183,7 +183,7 @@ def step_list_tree(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def step_list_file_list(args: argparse.Namespace) -> dict[str, Any]:
-    from dalidr.dataset import list_dataset
+    from dalidr.data.dataset import list_dataset
 
     p = _paths(args)
     listing, took = _timed(lambda: list_dataset(p["tree"], p["file_list"], share=False))
@@ -192,7 +192,7 @@ def step_list_file_list(args: argparse.Namespace) -> dict[str, Any]:
 
 def step_list_shared(args: argparse.Namespace) -> dict[str, Any]:
     """A rank under torchrun: the node cache in effect (the parent runs this twice)."""
-    from dalidr.dataset import list_dataset
+    from dalidr.data.dataset import list_dataset
 
     os.environ["DALIDR_NODE_CACHE"] = str(_paths(args)["node_cache"])
     listing, took = _timed(lambda: list_dataset(_paths(args)["tree"]))
@@ -200,7 +200,7 @@ def step_list_shared(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def step_manifest(args: argparse.Namespace) -> dict[str, Any]:
-    from dalidr.dataset import list_dataset
+    from dalidr.data.dataset import list_dataset
     from store.manifest import scan_manifest
 
     listing = list_dataset(_paths(args)["tree"], share=False)
@@ -223,9 +223,9 @@ def _tree_bytes(folder: Path) -> tuple[int, int]:
 
 def step_teacher(args: argparse.Namespace) -> dict[str, Any]:
     """Create the N x slots x k store and write a few blocks with the cheap teacher."""
-    from dalidr.dataset import list_dataset
+    from dalidr.data.dataset import list_dataset
+    from dalidr.data.sample_data import make_corpus
     from dalidr.recipe import recipe
-    from dalidr.sample_data import make_corpus
     from store.config import StoreConfig
     from store.writer import create_store
     from tests.scale_builder import LinkedTree, fill_blocks, linked_manifest
@@ -268,7 +268,7 @@ def step_inspect(args: argparse.Namespace) -> dict[str, Any]:
 
 def step_verify(args: argparse.Namespace) -> dict[str, Any]:
     """`dalidr verify`'s work: the listing check, then every served file hashed (a sample)."""
-    from dalidr.dataset import list_dataset
+    from dalidr.data.dataset import list_dataset
     from store.reader import StoreReader
 
     p = _paths(args)

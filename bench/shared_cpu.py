@@ -65,9 +65,9 @@ def parse_args() -> argparse.Namespace:
 
 def _prepare(work: Path, per_class: int) -> tuple[Path, Path, Path]:
     """Data (Fashion-MNIST, else real photographs' crops), the erm recipe and a store."""
-    from dalidr.fashion_mnist import CLASSES, export_image_folder, load_fashion_mnist
+    from dalidr.data.fashion_mnist import CLASSES, export_image_folder, load_fashion_mnist
+    from dalidr.data.sample_data import make_corpus
     from dalidr.recipe import load_recipe
-    from dalidr.sample_data import make_corpus
     from dalidr.teacher.reinforce import ReinforceConfig, reinforce
 
     data = work / "data"

@@ -3,7 +3,7 @@
 Dataset Reinforcement's one-time cost is the teacher pass (paper Sec. 2.2: 2205 A100-hours for
 ImageNet+). Its data path (read, decode once per image, replay every view at each member's
 size) should hide behind the teacher's forward, and the forward should run near the device's
-peak. Measured in one run, on real JPEGs (`dalidr.sample_data.make_corpus`):
+peak. Measured in one run, on real JPEGs (`dalidr.data.sample_data.make_corpus`):
 
 1. full pass: `dalidr.teacher.reinforce.reinforce` into a fresh store, in steady state (views
    labelled after the first batch over the time they took: no graph building, no
@@ -42,8 +42,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.machine import describe_machine, summary
+from dalidr.data.sample_data import make_corpus
 from dalidr.recipe import load_recipe
-from dalidr.sample_data import make_corpus
 from dalidr.teacher import build_teacher, parse_teacher
 from dalidr.teacher.reinforce import (
     CompileMode,

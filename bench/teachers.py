@@ -4,7 +4,7 @@ The paper's teachers are much stronger than its students because they are traine
 more data, at a higher resolution and with strong augmentation, and then reused (Dataset
 Reinforcement Sec. 2.3; MEAL V2 Sec. 3). This is that step for the project's built-in data:
 - data: every image of Fashion-MNIST's training split (Debian's `dataset-fashion-mnist`,
-  exported as JPEGs by `dalidr.fashion_mnist`); the 10,000 test images are only measured on,
+  exported as JPEGs by `dalidr.data.fashion_mnist`); the 10,000 test images are only measured on,
   never used to choose anything (the settings below were fixed before the run);
 - members: small timm models (a kept file must stay under 4 MiB in float16), each trained with
   `dalidr train --mode erm --augment rrc+ra/re` at `--size` (views larger than the students'
@@ -63,9 +63,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def _export(work: Path, per_class: int) -> tuple[Any, Any, dict[str, Any]]:
-    from dalidr.dataset import list_dataset
-    from dalidr.errors import DatasetError
-    from dalidr.fashion_mnist import (
+    from dalidr.data.dataset import list_dataset
+    from dalidr.data.fashion_mnist import (
         CLASSES,
         FASHION_MNIST_DIR,
         IDX_FILES,
@@ -73,6 +72,7 @@ def _export(work: Path, per_class: int) -> tuple[Any, Any, dict[str, Any]]:
         export_image_folder,
         load_fashion_mnist,
     )
+    from dalidr.errors import DatasetError
     from dalidr.file_hash import file_sha256
 
     if not ensure_package():
@@ -159,7 +159,7 @@ def _git_commit() -> str | None:
 
 
 def main() -> None:
-    from dalidr.fashion_mnist import CLASSES
+    from dalidr.data.fashion_mnist import CLASSES
     from dalidr.file_hash import file_sha256
 
     args = parse_args()

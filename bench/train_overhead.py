@@ -43,12 +43,12 @@ import numpy as np
 import torch
 
 from bench.machine import describe_machine, foreign_cpu_share, load_snapshot, summary
-from dalidr.dataset import list_dataset
+from dalidr.data.dataset import list_dataset
+from dalidr.data.sample_data import make_corpus
 from dalidr.loader import LoaderConfig, PlainLoader, ReinforcedLoader, Targets
 from dalidr.losses import kl_loss
 from dalidr.recipe import recipe
 from dalidr.records import draw_records
-from dalidr.sample_data import make_corpus
 from store.config import StoreConfig
 from store.manifest import scan_manifest
 from store.synthetic import synthetic_teacher

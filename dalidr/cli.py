@@ -94,7 +94,7 @@ def render_views(
 
 
 def _gallery(args: argparse.Namespace) -> int:
-    from dalidr.sample_data import make_corpus
+    from dalidr.data.sample_data import make_corpus
 
     for option, value in (("--images", args.images), ("--slots", args.slots)):
         OptionError.unless(value >= 1, option, value, ">= 1")
@@ -180,7 +180,7 @@ def sample_across_classes(labels: Sequence[int] | np.ndarray, count: int,
 def _views(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from dalidr.dataset import list_dataset
+    from dalidr.data.dataset import list_dataset
 
     for option, value in (("--images", args.images), ("--slots", args.slots)):
         OptionError.unless(value >= 1, option, value, ">= 1")

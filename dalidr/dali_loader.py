@@ -30,7 +30,7 @@ from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
-from dalidr.dataset import DatasetListing
+from dalidr.data.dataset import DatasetListing
 from dalidr.errors import DatasetError, ImageError, OptionError
 from dalidr.loader_config import (
     LastBatch,

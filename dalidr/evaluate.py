@@ -208,7 +208,7 @@ def _checkpoint_model(config: EvalConfig, device: torch.device
 
 def _ensemble_model(config: EvalConfig, device: torch.device
                     ) -> tuple[torch.nn.Module, PlainLoader, dict[str, Any]]:
-    from dalidr.dataset import list_dataset
+    from dalidr.data.dataset import list_dataset
     from dalidr.ensemble import EnsembleLogits
     from dalidr.teacher import build_teacher, parse_teacher
 

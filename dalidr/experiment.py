@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dalidr.dataset import DatasetListing, list_dataset
+from dalidr.data.dataset import DatasetListing, list_dataset
 from dalidr.errors import DatasetError, OptionError
 
 __all__ = ["MODES", "ExperimentConfig", "DemoConfig", "ExperimentData", "TeacherChoice",
@@ -247,7 +247,7 @@ def check_experiment(config: ExperimentConfig) -> ExperimentData | None:
 def _builtin_source(config: ExperimentConfig
                     ) -> tuple[str, Callable[[str], Any], tuple[str, ...]]:
     """(name, split loader, class names by label) of the built-in data."""
-    from dalidr.fashion_mnist import (
+    from dalidr.data.fashion_mnist import (
         CLASSES,
         ensure_package,
         load_digits_fallback,
@@ -263,7 +263,7 @@ def _builtin_source(config: ExperimentConfig
 def _export_builtin(config: ExperimentConfig) -> ExperimentData:
     """The built-in data's train and test splits (the teachers' own set is exported only if
     teachers are trained here: `_export_teacher_data`)."""
-    from dalidr.fashion_mnist import export_image_folder
+    from dalidr.data.fashion_mnist import export_image_folder
 
     source, load, classes = _builtin_source(config)
     data = config.out / "data" / ("fashion-mnist" if source == "Fashion-MNIST" else "digits")
@@ -279,7 +279,7 @@ def _export_teacher_data(config: ExperimentConfig, data: ExperimentData) -> Expe
     (`teacher_train_per_class`; None: the students' set)."""
     from dataclasses import replace
 
-    from dalidr.fashion_mnist import export_image_folder
+    from dalidr.data.fashion_mnist import export_image_folder
 
     if config.teacher_train_per_class is None:
         return data

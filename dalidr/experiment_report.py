@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dalidr.dataset import DatasetListing
+from dalidr.data.dataset import DatasetListing
 
 __all__ = ["print_table", "plot_accuracy_vs_time", "teacher_views_png"]
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dalidr.dataset import DatasetListing
+from dalidr.data.dataset import DatasetListing
 from dalidr.errors import ImageError
 from dalidr.node_cache import node_cache_dir
 

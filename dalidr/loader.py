@@ -34,7 +34,7 @@ import numpy as np
 from nvidia.dali.data_node import DataNode
 
 from dalidr.dali_loader import _check_classes, _DaliLoader, _Epoch, _one_hot_topk
-from dalidr.dataset import DatasetListing, list_dataset
+from dalidr.data.dataset import DatasetListing, list_dataset
 from dalidr.errors import OptionError, StoreError
 from dalidr.loader_config import (
     Augment,

@@ -20,7 +20,7 @@ from nvidia.dali import fn, types
 from nvidia.dali.data_node import DataNode
 
 from dalidr.dali_loader import _DaliLoader, _Epoch, _one_hot_topk
-from dalidr.dataset import list_dataset
+from dalidr.data.dataset import list_dataset
 from dalidr.errors import DatasetError, OptionError
 from dalidr.image_sizes import ImageSizes
 from dalidr.loader_config import Augment, LastBatch, LoaderConfig

@@ -30,7 +30,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _check_data(args: argparse.Namespace) -> int:
     """`verify`, and `inspect --data`: every served file of the data root against the store."""
-    from dalidr.dataset import list_dataset
+    from dalidr.data.dataset import list_dataset
     from store.reader import StoreReader
     from store.verify import verify_data
 

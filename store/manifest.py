@@ -31,7 +31,7 @@ import numpy as np
 import zarr
 from PIL import Image, UnidentifiedImageError
 
-from dalidr.dataset import DatasetListing
+from dalidr.data.dataset import DatasetListing
 from dalidr.errors import DatasetError, ImageError, StoreError
 from dalidr.file_hash import file_sha256
 from dalidr.hashing import mix64

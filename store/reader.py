@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dalidr.dataset import DatasetListing
+from dalidr.data.dataset import DatasetListing
 from dalidr.errors import DatasetError, StoreError
 from dalidr.records import record_dtype
 from store.config import StoreConfig

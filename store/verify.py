@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dalidr.dataset import DatasetListing
+from dalidr.data.dataset import DatasetListing
 from dalidr.errors import ImageError
 from dalidr.image_formats import check_image, jpeg_damage
 from store.manifest import Manifest

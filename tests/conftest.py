@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dalidr.sample_data import make_corpus
+from dalidr.data.sample_data import make_corpus
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

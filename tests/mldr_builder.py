@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 
-from dalidr.dataset import DatasetListing
+from dalidr.data.dataset import DatasetListing
 
 __all__ = ["MldrSpec", "mldr_config", "draw_params", "save_sample", "write_mldr_dataset",
            "FORMATS"]

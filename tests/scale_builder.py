@@ -1,6 +1,6 @@
 """ImageNet-shaped datasets and stores without ImageNet, for the scale test and `bench/scale.py`.
 
-The tree is hard links to a few hundred real JPEGs (`dalidr.sample_data.link_tree`), so every
+The tree is hard links to a few hundred real JPEGs (`dalidr.data.sample_data.link_tree`), so every
 per-file cost (listing, opening, stat) is real while the bytes stay small. Because a link
 shares its source's content, the store's manifest is exact without hashing every link: each
 source is hashed and measured once and its values are given to every link of it. Stores are
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dalidr.dataset import DatasetListing, list_dataset
+from dalidr.data.dataset import DatasetListing, list_dataset
+from dalidr.data.sample_data import link_tree, make_corpus
 from dalidr.errors import StoreError
 from dalidr.records import draw_records
-from dalidr.sample_data import link_tree, make_corpus
 from store.config import StoreConfig
 from store.manifest import Manifest
 from store.writer import StoreWriter, create_store

@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 
 from dalidr.cli import _parser, main, sample_across_classes
+from dalidr.data.sample_data import make_corpus
 from dalidr.grid import wrap_text
-from dalidr.sample_data import make_corpus
 
 
 def test_gallery_writes_a_grid_per_recipe(tmp_path, capsys) -> None:

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from dalidr import node_cache
-from dalidr.dataset import list_dataset
+from dalidr.data.dataset import list_dataset
+from dalidr.data.sample_data import link_tree, make_corpus
 from dalidr.errors import DatasetError
-from dalidr.sample_data import link_tree, make_corpus
 
 
 def test_image_folder_is_listed_in_a_fixed_order(tmp_path) -> None:
@@ -61,7 +61,7 @@ def _tree(tmp_path: Path, count: int = 60, classes: int = 4) -> Path:
 
 _CHILD = """
 import json, os, sys
-from dalidr.dataset import list_dataset
+from dalidr.data.dataset import list_dataset
 scandirs = []
 sys.addaudithook(lambda event, args: scandirs.append(1) if event == "os.scandir" else None)
 listing = list_dataset(sys.argv[1])

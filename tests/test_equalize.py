@@ -14,8 +14,8 @@ import torchvision.transforms.functional as F
 from nvidia.dali import fn, pipeline_def, types
 from PIL import Image, ImageOps
 
+from dalidr.data.sample_data import bundled_photos
 from dalidr.equalize import equalize_reference, pil_equalize
-from dalidr.sample_data import bundled_photos
 
 
 def _run(images: list[np.ndarray], device_id: int | None) -> list[np.ndarray]:

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from dalidr.cli import main
+from dalidr.data.sample_data import make_corpus
 from dalidr.experiment import ExperimentConfig, run_experiment
-from dalidr.sample_data import make_corpus
 
 TINY = ["--students", "resnet10t", "--epochs", "1", "--slots", "2", "--topk", "2",
         "--batch-size", "8", "--size", "32", "--no-progress"]

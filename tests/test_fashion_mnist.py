@@ -8,15 +8,15 @@ import struct
 import numpy as np
 import pytest
 
-from dalidr.dataset import list_dataset
-from dalidr.errors import DatasetError
-from dalidr.fashion_mnist import (
+from dalidr.data.dataset import list_dataset
+from dalidr.data.fashion_mnist import (
     CLASSES,
     export_image_folder,
     load_digits_fallback,
     load_fashion_mnist,
     read_idx,
 )
+from dalidr.errors import DatasetError
 
 
 def _write_idx(path, array: np.ndarray) -> None:

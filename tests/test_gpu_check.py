@@ -88,8 +88,8 @@ def test_photos_folder_makes_the_same_corpus(tmp_path: Path, monkeypatch) -> Non
     """The bundle carries the photographs for a machine without scikit-learn/matplotlib."""
     import shutil
 
+    from dalidr.data.sample_data import PHOTOS_ENV, bundled_photos, make_corpus
     from dalidr.errors import DatasetError
-    from dalidr.sample_data import PHOTOS_ENV, bundled_photos, make_corpus
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -16,6 +16,7 @@ from nvidia.dali import fn, pipeline_def, types
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from dalidr.data.sample_data import bundled_photos
 from dalidr.errors import ImageError
 from dalidr.image_formats import (
     IMAGE_EXTENSIONS,
@@ -28,7 +29,6 @@ from dalidr.image_formats import (
 from dalidr.recipe import recipe
 from dalidr.records import draw_records
 from dalidr.replay import DECODE_ARGS, PEEK_ARGS, Replayer, ReplaySpec, check_jpeg
-from dalidr.sample_data import bundled_photos
 
 ORIENTATIONS = (3, 6, 8)
 

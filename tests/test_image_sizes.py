@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from dalidr import image_sizes, node_cache
-from dalidr.dataset import list_dataset
+from dalidr.data.dataset import list_dataset
+from dalidr.data.sample_data import make_corpus
 from dalidr.errors import ImageError
 from dalidr.image_sizes import ImageSizes, jpeg_size, read_image_size
-from dalidr.sample_data import make_corpus
 
 
 def _pil_hw(path: Path) -> tuple[int, int]:

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from dalidr.cli import main
+from dalidr.data.fashion_mnist import CLASSES
 from dalidr.errors import OptionError
-from dalidr.fashion_mnist import CLASSES
 from dalidr.teacher import build_teacher
 from dalidr.teacher.kept import KEPT_TEACHERS_DIR, kept_classes, kept_names, kept_teacher
 
@@ -96,8 +96,8 @@ def test_an_experiment_on_data_with_its_classes_uses_the_kept_ensemble(tmp_path:
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                     reason="needs Debian's dataset-fashion-mnist")
 def test_the_kept_ensemble_measures_what_its_index_records(tmp_path: Path) -> None:
+    from dalidr.data.fashion_mnist import export_image_folder, load_fashion_mnist
     from dalidr.evaluate import EvalConfig, run_eval
-    from dalidr.fashion_mnist import export_image_folder, load_fashion_mnist
 
     images, labels = load_fashion_mnist("test")
     root = export_image_folder(images, labels, tmp_path / "test", CLASSES, 100).root

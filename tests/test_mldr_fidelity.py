@@ -23,11 +23,11 @@ import pytest
 import torch
 from torchvision.transforms import RandAugment
 
-from dalidr.dataset import list_dataset
+from dalidr.data.dataset import list_dataset
+from dalidr.data.sample_data import make_corpus
 from dalidr.mldr import ImportConfig, import_mldr
 from dalidr.ops import OPS
 from dalidr.replay import Replayer, ReplaySpec
-from dalidr.sample_data import make_corpus
 from store.manifest import scan_manifest
 from store.reader import StoreReader
 from tests.mldr_builder import MldrSpec, mldr_config, save_sample, write_mldr_dataset

@@ -27,12 +27,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from dalidr.dataset import list_dataset
+from dalidr.data.dataset import list_dataset
+from dalidr.data.sample_data import make_corpus
 from dalidr.errors import ImageError
 from dalidr.loader import LastBatch, LoaderConfig, ReinforcedLoader
 from dalidr.recipe import recipe
 from dalidr.replay import Output, Replayer, ReplaySpec
-from dalidr.sample_data import make_corpus
 from dalidr.teacher.reinforce import CompileMode, ReinforceConfig, reinforce
 from store import StoreReader
 

@@ -29,9 +29,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from dalidr.cli import main as cli_main
+from dalidr.data.sample_data import make_corpus
 from dalidr.errors import ImageError, OptionError, StoreError
 from dalidr.recipe import recipe
-from dalidr.sample_data import make_corpus
 from dalidr.teacher.reinforce import CompileMode, ReinforceConfig, reinforce
 from dalidr.teacher.skips import skipped_views
 from kernels.topk import ensemble_topk_reference

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dalidr.dataset import list_dataset
+from dalidr.data.dataset import list_dataset
 from dalidr.recipe import recipe
 from store.config import StoreConfig
 from store.manifest import SAMPLED_HASHES

@@ -12,11 +12,11 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from dalidr.dataset import list_dataset
+from dalidr.data.dataset import list_dataset
+from dalidr.data.sample_data import make_corpus
 from dalidr.errors import DatasetError
 from dalidr.loader import LastBatch, LoaderConfig, ReinforcedLoader
 from dalidr.recipe import recipe
-from dalidr.sample_data import make_corpus
 from dalidr.teacher.reinforce import CompileMode, ReinforceConfig, reinforce
 from store import StoreReader
 

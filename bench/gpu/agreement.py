@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from bench.machine import describe_machine, summary
+from dalidr.data.sample_data import make_corpus
 from dalidr.loader import LoaderConfig, ReinforcedLoader, Targets
 from dalidr.recipe import recipe
-from dalidr.sample_data import make_corpus
 from dalidr.teacher import build_teacher
 from dalidr.teacher.reinforce import (
     CompileMode,

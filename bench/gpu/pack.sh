@@ -2,7 +2,7 @@
 # Builds the offline bundle of what dalidr needs on the GPU machine (Python 3.12 with torch,
 # torchvision, Triton and timm, but no DALI, zarr, numcodecs or pytest, and no package registry):
 # DALI with its JPEG codec libraries, zarr, numcodecs, pytest and their small dependencies, plus
-# the three photographs `dalidr.sample_data` cuts its corpus from (the machine may lack
+# the three photographs `dalidr.data.sample_data` cuts its corpus from (the machine may lack
 # scikit-learn and matplotlib, which ship them). The bundle is one xz-compressed tar split into
 # parts that each fit one device call beside the working tree (64 MiB per call in all).
 #
@@ -91,11 +91,11 @@ elif [ "${STRIP:-1}" = 1 ]; then
   find "$site/nvidia/dali" -maxdepth 2 \( -name 'libdali*.so' -o -path '*/.libs/*.so*' \) \
     -type f -exec strip --strip-all {} +
 fi
-# The photographs of dalidr.sample_data (DALIDR_PHOTOS points at them on the GPU machine).
+# The photographs of dalidr.data.sample_data (DALIDR_PHOTOS points at them on the GPU machine).
 mkdir -p "$stage/photos"
 PYTHONPATH="$root" "${PYTHON:-.venv/bin/python}" - "$stage/photos" <<'PY'
 import shutil, sys
-from dalidr.sample_data import bundled_photos
+from dalidr.data.sample_data import bundled_photos
 for path in bundled_photos():
     shutil.copy(path, sys.argv[1])
 PY

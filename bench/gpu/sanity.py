@@ -56,7 +56,7 @@ def decode_one(device: str) -> dict[str, Any]:
     """Decode one real JPEG through a DALI pipeline; its shape, mean and the seconds it took."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from dalidr.sample_data import make_corpus
+    from dalidr.data.sample_data import make_corpus
 
     with tempfile.TemporaryDirectory(prefix="dalidr-sanity-") as tmp:
         path = make_corpus(tmp, 1, seed=0)[0]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dalidr.dataset import DatasetListing, list_dataset
+from dalidr.data.dataset import DatasetListing, list_dataset
 from dalidr.errors import DatasetError, RecipeError
 from dalidr.mldr.safe_load import load_file
 from dalidr.ops import OPS

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dalidr.dataset import DatasetListing, list_dataset
+from dalidr.data.dataset import DatasetListing, list_dataset
 from dalidr.errors import DatasetError, ImageError, OptionError, StoreError
 from dalidr.path_list import RootedPaths
 from dalidr.recipe import PRESETS, Recipe, load_recipe

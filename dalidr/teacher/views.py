@@ -37,7 +37,7 @@ __all__ = ["BlockState", "ViewBatch", "ViewSource", "view_pipeline", "decodes"]
 def _tiny_jpeg() -> np.ndarray:
     from PIL import Image
 
-    from dalidr.sample_data import encode_jpeg
+    from dalidr.data.sample_data import encode_jpeg
 
     return np.frombuffer(encode_jpeg(Image.new("RGB", (8, 8))), dtype=np.uint8)
 

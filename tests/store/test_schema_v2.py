@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dalidr.dataset import list_dataset
+from dalidr.data.dataset import list_dataset
 from dalidr.errors import DalidrError, DatasetError, StoreError
 from dalidr.path_list import PathList
 from store.config import ATTRS_KEY
@@ -96,7 +96,7 @@ def test_path_list_flags_every_unsafe_form() -> None:
 
 
 def test_dataset_check_reads_metadata_and_a_sample(tmp_path) -> None:
-    from dalidr.sample_data import make_corpus
+    from dalidr.data.sample_data import make_corpus
 
     root = tmp_path / "data"
     make_corpus(root, 12, seed=3)
@@ -117,7 +117,7 @@ def test_dataset_check_reads_metadata_and_a_sample(tmp_path) -> None:
 
 
 def test_skipped_samples_are_not_compared(tmp_path) -> None:
-    from dalidr.sample_data import make_corpus
+    from dalidr.data.sample_data import make_corpus
 
     root = tmp_path / "data"
     make_corpus(root, 6, seed=3)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dalidr.cli import main
-from dalidr.dataset import list_dataset
-from dalidr.sample_data import make_corpus
+from dalidr.data.dataset import list_dataset
+from dalidr.data.sample_data import make_corpus
 from store.manifest import scan_manifest
 from tests.store.helpers import make_config, write_store
 
