@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dalidr.cpu_threads import available_cores
+
 __all__ = [
     "LIBRARIES",
     "LoadSnapshot",
@@ -60,13 +62,6 @@ def _memory_bytes() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def _usable_cores() -> int | None:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count()
 
 
 def library_versions() -> dict[str, str | None]:
@@ -117,7 +112,8 @@ def _gpus() -> dict[str, Any]:
     return info
 
 
-def _git() -> dict[str, Any]:
+def git_state() -> dict[str, Any]:
+    """The repository's commit and whether tracked files differ from it (None: no git)."""
     def git(*args: str) -> str | None:
         try:
             result = subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True,
@@ -185,13 +181,13 @@ def describe_machine() -> dict[str, Any]:
     return {
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpu_usable": _usable_cores(),
+        "cpu_usable": available_cores(),
         "memory_bytes": _memory_bytes(),
         "gpu": _gpus(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "libraries": library_versions(),
-        "git": _git(),
+        "git": git_state(),
     }
 
 

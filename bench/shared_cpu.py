@@ -65,16 +65,21 @@ def parse_args() -> argparse.Namespace:
 
 def _prepare(work: Path, per_class: int) -> tuple[Path, Path, Path]:
     """Data (Fashion-MNIST, else real photographs' crops), the erm recipe and a store."""
-    from dalidr.data.fashion_mnist import CLASSES, export_image_folder, load_fashion_mnist
+    from dalidr.data.fashion_mnist import (
+        CLASSES,
+        ensure_package,
+        export_image_folder,
+        load_fashion_mnist,
+    )
     from dalidr.data.sample_data import make_corpus
     from dalidr.recipe import load_recipe
     from dalidr.teacher.reinforce import ReinforceConfig, reinforce
 
     data = work / "data"
-    try:
+    if ensure_package(allow_apt=False):
         images, labels = load_fashion_mnist("train")
         export_image_folder(images, labels, data, CLASSES, per_class)
-    except Exception:  # no Fashion-MNIST: the bundled photographs' crops
+    else:  # no Fashion-MNIST: the bundled photographs' crops
         make_corpus(data, 10 * per_class, seed=0, long_side=(28, 36))
     plain = work / "rrc.yaml"
     plain.write_text("base: rrc\noutput_size: 32\ncrop_scale: [0.35, 1.0]\n")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import describe_machine, library_versions  # noqa: E402
+from bench.machine import describe_machine, git_state, library_versions  # noqa: E402
 from dalidr.teacher.kept import INDEX_NAME, KEPT_TEACHERS_DIR  # noqa: E402
 
 MAX_FILE_BYTES = 4 * 2**20
@@ -150,14 +149,6 @@ def _test(spec: str, size: int, test_root: Path, out: Path, progress: bool) -> d
             "images": result["samples"]}
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main() -> None:
     from dalidr.data.fashion_mnist import CLASSES
     from dalidr.file_hash import file_sha256
@@ -192,7 +183,7 @@ def main() -> None:
             / max(sum(e["seconds"] for e in epochs), 1e-9),
             "epoch_images_per_s": [round(e["images_per_s"], 1) for e in epochs],
             "final_loss": summary["final_loss"],
-            "test": test, "dalidr_commit": _git_commit(), "versions": library_versions(),
+            "test": test, "dalidr_commit": git_state()["commit"], "versions": library_versions(),
         }
         (out / file).with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
         print(f"member {i} {arch}: test top-1 {test['top1']:.2f}%  ECE {test['ece']:.2f}%  "

@@ -47,10 +47,8 @@ class ThreadPlan:
 
 def available_cores() -> int:
     """Cores this process may run on (its affinity mask, as `taskset` and cgroups set it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    cpus = _allowed_cpus()
+    return len(cpus) if cpus is not None else os.cpu_count() or 1
 
 
 def plan_threads(on_cpu: bool, loader: int | None = None,
@@ -64,6 +62,7 @@ def plan_threads(on_cpu: bool, loader: int | None = None,
 
 
 def _allowed_cpus() -> set[int] | None:
+    """The CPUs this process may run on; None where the OS does not say (not Linux)."""
     try:
         return set(os.sched_getaffinity(0))
     except AttributeError:
@@ -123,7 +122,7 @@ class ThreadGovernor:
     changes: int = 0
     fewest: int = 0
     # Where the samples come from (the CPUs this process may use, by default).
-    sampler: Callable[[], CpuSample | None] = field(default_factory=lambda: _process_sampler())
+    sampler: Callable[[], CpuSample | None] = field(default_factory=_process_sampler)
     _last: CpuSample | None = None
 
     def __post_init__(self) -> None:

@@ -413,17 +413,18 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     start = time.perf_counter()
     data = check_experiment(config)
     config.out.mkdir(parents=True, exist_ok=True)
+    builtin = data is None
     if data is None:
         data = _export_builtin(config)
-        if choose_teacher(config, data.train.classes).spec is None:
-            data = _export_teacher_data(config, data)
+    choice = choose_teacher(config, data.train.classes)
+    if builtin and choice.spec is None:
+        data = _export_teacher_data(config, data)
     _log(config, f"data: {data.source}; train {data.train.root} ({len(data.train)} images), "
                  f"test {data.test.root} ({len(data.test)} images)")
     if data.teacher_train.root != data.train.root:
         _log(config, f"teachers train on {data.teacher_train.root} "
                      f"({len(data.teacher_train)} images)")
 
-    choice = choose_teacher(config, data.train.classes)
     strong = _recipe_file(config, config.teacher_recipe)  # teachers trained here
     stored = _recipe_file(config, config.recipe)  # the store and online kd
     plain = _recipe_file(config, "rrc")  # erm students: the same crops and flips, no more

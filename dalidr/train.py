@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dalidr.cpu_threads import ThreadPlan
+from dalidr.cpu_threads import ThreadGovernor, ThreadPlan, plan_threads
 from dalidr.errors import OptionError
 from dalidr.loader import (
     Augment,
@@ -140,7 +140,8 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     # DALI worker threads and PyTorch intra-op threads; None: `dalidr.cpu_threads.plan_threads`
-    # (on a CPU, half the cores each: the loader works beside the model, not in turns).
+    # (on a CPU, half the cores for the loader and every core for PyTorch, lowered while
+    # other processes use them).
     threads: int | None = None
     torch_threads: int | None = None
     seed: int = 0
@@ -282,8 +283,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     Every option, the data, the store, the student (and `--init`) and the teacher are checked
     before `out` is created, so a run that fails on its inputs leaves nothing behind."""
-    from dalidr.cpu_threads import plan_threads
-
     check_config(config)
     device = _device(config)
     torch.manual_seed(config.seed)
@@ -304,7 +303,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
 def _train_with(config: TrainConfig, device: torch.device,
                 loader: ReinforcedLoader | PlainLoader, out: Path,
                 checkpoint: Path, plan: ThreadPlan) -> dict[str, Any]:
-    from dalidr.cpu_threads import ThreadGovernor
     from dalidr.ensemble import MeanSoftmax
     from dalidr.progress import progress_bar, progress_wanted
 

@@ -45,7 +45,6 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "build_teacher",
-    "file_sha256",
 ]
 
 
