@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe_machine  # noqa: E402
+from dalidr.augment.ops import OPS  # noqa: E402
+from dalidr.augment.recipe import recipe  # noqa: E402
+from dalidr.augment.records import draw_records  # noqa: E402
+from dalidr.augment.replay import Replayer, ReplaySpec  # noqa: E402
 from dalidr.data.sample_data import make_corpus  # noqa: E402
 from dalidr.mldr.params import magnitude_bins  # noqa: E402
-from dalidr.ops import OPS  # noqa: E402
-from dalidr.recipe import recipe  # noqa: E402
-from dalidr.records import draw_records  # noqa: E402
-from dalidr.replay import Replayer, ReplaySpec  # noqa: E402
 from tests.reference import apply_op, to_pixels  # noqa: E402
 
 

@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `tests` impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe_machine, summary
-from dalidr.recipe import recipe
+from dalidr.augment.recipe import recipe
 from tests.store.fuzz import FuzzRunner, Result, make_mutants, reseal_arrays, summarise
 from tests.store.helpers import make_config, make_manifest, write_store
 from tests.store_builder import build_store

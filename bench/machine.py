@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dalidr.cpu_threads import available_cores
+from dalidr.training.cpu_threads import available_cores
 
 __all__ = [
     "LIBRARIES",

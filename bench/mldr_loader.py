@@ -49,11 +49,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bench.machine import describe_machine, foreign_cpu_share, load_snapshot, summary
+from dalidr.augment.replay import IMAGENET_MEAN, IMAGENET_STD
 from dalidr.data.dataset import list_dataset
 from dalidr.data.sample_data import make_corpus
-from dalidr.loader import LoaderConfig, ReinforcedLoader
 from dalidr.mldr import ImportConfig, import_mldr, load_file
-from dalidr.replay import IMAGENET_MEAN, IMAGENET_STD
+from dalidr.training.loader import LoaderConfig, ReinforcedLoader
 from store.manifest import scan_manifest
 from tests.mldr_builder import MldrSpec, write_mldr_dataset
 from tests.mldr_reference import reapply

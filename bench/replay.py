@@ -6,7 +6,8 @@ parameters, so replay must cost about what an ordinary loader costs, and drawing
 for a whole dataset must be cheap. Measured in one run, on the same real JPEGs (held in memory),
 with the same batch size and the same number of threads/workers:
 
-1. replay: `dalidr.replay.replay_pipeline` for RRC+RA/RE, records drawn outside the timed region,
+1. replay: `dalidr.augment.replay.replay_pipeline` for RRC+RA/RE, records drawn outside the timed
+region,
    float CHW normalised output;
 2. plain DALI: the standard DALI ResNet-50 training shape (`decoders.image_random_crop`, resize
    with antialias, random flip, `crop_mirror_normalize`), which does less work (no RandAugment,
@@ -16,7 +17,7 @@ with the same batch size and the same number of threads/workers:
    would write without dalidr;
 4. sampler: `draw_records` records/s on one core, for every recipe variant;
 5. Equalize: seconds per image of replay's Equalize (PIL's table through DALI's numba plugin,
-   `dalidr.equalize`) and of DALI's stock `fn.equalize`, over decode + resize alone.
+   `dalidr.augment.equalize`) and of DALI's stock `fn.equalize`, over decode + resize alone.
 
 Both DALI pipelines are driven the same way: `prefetch_queue_depth=2`, two batches fed before the
 first `run()` and one after each, so the executor always has the next batch. The machine may be
@@ -60,11 +61,11 @@ from torchvision.transforms.v2 import RandAugment
 from torchvision.transforms.v2 import functional as F
 
 from bench.machine import describe_machine, foreign_cpu_share, load_snapshot, summary
+from dalidr.augment.ops import OPS
+from dalidr.augment.recipe import PRESETS, Recipe, load_recipe
+from dalidr.augment.records import COORD_SCALE, draw_records
+from dalidr.augment.replay import IMAGENET_MEAN, IMAGENET_STD, Output, ReplaySpec, replay_pipeline
 from dalidr.data.sample_data import make_corpus
-from dalidr.ops import OPS
-from dalidr.recipe import PRESETS, Recipe, load_recipe
-from dalidr.records import COORD_SCALE, draw_records
-from dalidr.replay import IMAGENET_MEAN, IMAGENET_STD, Output, ReplaySpec, replay_pipeline
 
 __all__ = ["parse_args", "main"]
 
@@ -218,7 +219,7 @@ class DaliLoader:
 
 
 def _pixels(fractions: np.ndarray, extents: np.ndarray) -> list[int]:
-    """Stored fractions to whole pixels, in float32 exactly as `dalidr.replay._pixels`."""
+    """Stored fractions to whole pixels, in float32 exactly as `dalidr.augment.replay._pixels`."""
     scale = extents.astype(np.float32) * np.float32(1.0 / COORD_SCALE)
     return [int(v) for v in np.floor(fractions.astype(np.float32) * scale + np.float32(0.5))]
 
@@ -458,11 +459,12 @@ def print_table(results: dict[str, Any], targets: list[dict[str, Any]], args: ar
 
 def time_equalize(jpegs: list[np.ndarray], side: int, args: argparse.Namespace,
                   device_id: int | None) -> dict[str, Any]:
-    """Seconds per image of Equalize as replay runs it (PIL's table, `dalidr.equalize`) and of
+    """Seconds per image of Equalize as replay runs it (PIL's table, `dalidr.augment.equalize`) and
+    of
     DALI's stock `fn.equalize` (OpenCV's table), on decoded images at the output side: each
     pipeline's time less that of the same decode + resize alone, in interleaved rounds."""
-    from dalidr.equalize import pil_equalize
-    from dalidr.replay import DECODE_ARGS
+    from dalidr.augment.equalize import pil_equalize
+    from dalidr.augment.replay import DECODE_ARGS
 
     batch = [jpegs[i % len(jpegs)] for i in range(args.batch)]
 

@@ -7,7 +7,7 @@ stat-ing, not the bytes; `tests/scale_builder.py`) once under `--workdir`, and m
 in a fresh process so that its peak RSS is its own:
 
 - listing the tree (`list_dataset`), the listing from a file list, and what a second rank of a
-  node pays when the first has listed (`dalidr.node_cache`: it maps the first's listing);
+  node pays when the first has listed (`dalidr.data.node_cache`: it maps the first's listing);
 - the teacher pass's start, creating the manifest (`scan_manifest`: hash and measure every
   file), on `--manifest-sample` files and extrapolated to all (stated in the output);
 - the teacher pass's bookkeeping for N x 400 slots x top-10 with a trivially cheap teacher
@@ -109,8 +109,8 @@ def _paths(args: argparse.Namespace) -> dict[str, Path]:
 
 def build(args: argparse.Namespace) -> dict[str, float]:
     """The tree, its file list and the complete loader store; seconds each took."""
+    from dalidr.augment.recipe import recipe
     from dalidr.data.dataset import list_dataset
-    from dalidr.recipe import recipe
     from store.config import StoreConfig
     from tests.scale_builder import linked_manifest, linked_store, linked_tree
 
@@ -148,7 +148,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _loader_config(args: argparse.Namespace) -> Any:
-    from dalidr.loader_config import LoaderConfig
+    from dalidr.training.loader_config import LoaderConfig
 
     return LoaderConfig(batch_size=args.batch, num_threads=2, read_threads=2)
 
@@ -223,9 +223,9 @@ def _tree_bytes(folder: Path) -> tuple[int, int]:
 
 def step_teacher(args: argparse.Namespace) -> dict[str, Any]:
     """Create the N x slots x k store and write a few blocks with the cheap teacher."""
+    from dalidr.augment.recipe import recipe
     from dalidr.data.dataset import list_dataset
     from dalidr.data.sample_data import make_corpus
-    from dalidr.recipe import recipe
     from store.config import StoreConfig
     from store.writer import create_store
     from tests.scale_builder import LinkedTree, fill_blocks, linked_manifest
@@ -298,7 +298,7 @@ def _loader_figures(make: Callable[[], Any], plan: Callable[[Any], Any]) -> dict
 
 def _reinforced(args: argparse.Namespace, world: int | None = None,
                 **options: Any) -> dict[str, Any]:
-    from dalidr.loader import ReinforcedLoader
+    from dalidr.training.loader import ReinforcedLoader
 
     p = _paths(args)
     return _loader_figures(
@@ -320,13 +320,13 @@ def step_reinforced_file_list(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def step_reinforced_manifest(args: argparse.Namespace) -> dict[str, Any]:
-    from dalidr.loader import DatasetCheck
+    from dalidr.training.loader import DatasetCheck
 
     return _reinforced(args, check=DatasetCheck.MANIFEST)
 
 
 def step_plain(args: argparse.Namespace) -> dict[str, Any]:
-    from dalidr.plain_loader import PlainLoader
+    from dalidr.training.plain_loader import PlainLoader
 
     return _loader_figures(lambda: PlainLoader(_paths(args)["tree"], _loader_config(args),
                                                size=args.size, rank=0, world=args.world),
@@ -334,8 +334,8 @@ def step_plain(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _plain_recipe(args: argparse.Namespace, cold: bool) -> dict[str, Any]:
-    from dalidr.plain_loader import PlainLoader
-    from dalidr.recipe import recipe
+    from dalidr.augment.recipe import recipe
+    from dalidr.training.plain_loader import PlainLoader
 
     cache = _paths(args)["tree"] / ".dalidr"
     if cold:
@@ -435,7 +435,7 @@ def project(name: str, big: dict[str, Any], small: dict[str, Any] | None, sample
     scale), or proportional for figures that are a per-file cost times the count. What it
     grows with: "samples" where the line's growth is over a quarter of the figure at N,
     else "neither". No figure grows with ranks: a rank's costs are its node's listing (made
-    once per node, `dalidr.node_cache`) and its own epoch share (N / world, which shrinks);
+    once per node, `dalidr.data.node_cache`) and its own epoch share (N / world, which shrinks);
     the `reinforced_tree_w64` row measures rank 0 of 64 directly."""
     out: dict[str, Any] = {}
     for key, value in (("s", _figure(big)), ("peak_rss_bytes", float(big["peak_rss_bytes"]))):

@@ -1,7 +1,7 @@
 """Training on a CPU shared with another job: the thread plan against PyTorch's defaults.
 
 `dalidr train` on a CPU gives the DALI loader half the cores and PyTorch the rest
-(`dalidr.cpu_threads`). This measures why, in one run, on the machine at hand:
+(`dalidr.training.cpu_threads`). This measures why, in one run, on the machine at hand:
 - workload: the demo's students (resnet10t, 32 px, batch 64, 200 Fashion-MNIST images per
   class): `erm` (crop + flip drawn afresh) and `dr` (the reinforced store: RandAugment and
   RandomErase replayed), each `dalidr train` in its own process, images/s of its second
@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe_machine  # noqa: E402
-from dalidr.cpu_threads import available_cores  # noqa: E402
+from dalidr.training.cpu_threads import available_cores  # noqa: E402
 
 TARGETS = {"busy_over_quiet_speed_min": 1 / 3, "dr_over_erm_speed_min": 1 / 1.05}
 
@@ -65,6 +65,7 @@ def parse_args() -> argparse.Namespace:
 
 def _prepare(work: Path, per_class: int) -> tuple[Path, Path, Path]:
     """Data (Fashion-MNIST, else real photographs' crops), the erm recipe and a store."""
+    from dalidr.augment.recipe import load_recipe
     from dalidr.data.fashion_mnist import (
         CLASSES,
         ensure_package,
@@ -72,7 +73,6 @@ def _prepare(work: Path, per_class: int) -> tuple[Path, Path, Path]:
         load_fashion_mnist,
     )
     from dalidr.data.sample_data import make_corpus
-    from dalidr.recipe import load_recipe
     from dalidr.teacher.reinforce import ReinforceConfig, reinforce
 
     data = work / "data"

@@ -52,8 +52,8 @@ import numpy as np
 from zarr.storage import LocalStore
 
 from bench.machine import describe_machine, summary
-from dalidr.recipe import recipe
-from dalidr.records import draw_records
+from dalidr.augment.recipe import recipe
+from dalidr.augment.records import draw_records
 from store import Compression, Manifest, StoreConfig, StoreReader, create_store, topk_kl
 from store.encoding import decode_records, dequantise_probs
 from store.inspect import inspect_store

@@ -42,8 +42,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.machine import describe_machine, summary
+from dalidr.augment.recipe import load_recipe
 from dalidr.data.sample_data import make_corpus
-from dalidr.recipe import load_recipe
 from dalidr.teacher import build_teacher, parse_teacher
 from dalidr.teacher.reinforce import (
     CompileMode,

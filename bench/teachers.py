@@ -71,8 +71,8 @@ def _export(work: Path, per_class: int) -> tuple[Any, Any, dict[str, Any]]:
         export_image_folder,
         load_fashion_mnist,
     )
+    from dalidr.data.file_hash import file_sha256
     from dalidr.errors import DatasetError
-    from dalidr.file_hash import file_sha256
 
     if not ensure_package():
         raise DatasetError("Fashion-MNIST is needed: apt-get install dataset-fashion-mnist")
@@ -100,7 +100,7 @@ def _recipe_file(work: Path, args: argparse.Namespace) -> Path:
 
 def _train_member(i: int, arch: str, args: argparse.Namespace, work: Path, train_root: Path,
                   recipe: Path) -> dict[str, Any]:
-    from dalidr.train import CHECKPOINT_NAME, Mode, OptimizerName, TrainConfig, train
+    from dalidr.training.train import CHECKPOINT_NAME, Mode, OptimizerName, TrainConfig, train
 
     folder = work / f"member-{i}-{arch}"
     summary = folder / "summary.json"
@@ -124,7 +124,7 @@ def _keep(checkpoint: Path, path: Path) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from dalidr.train import load_training_checkpoint
+    from dalidr.training.train import load_training_checkpoint
 
     trained = load_training_checkpoint(checkpoint)
     state, meta = trained["model"], trained["meta"]
@@ -141,7 +141,7 @@ def _keep(checkpoint: Path, path: Path) -> int:
 
 
 def _test(spec: str, size: int, test_root: Path, out: Path, progress: bool) -> dict[str, Any]:
-    from dalidr.evaluate import EvalConfig, run_eval
+    from dalidr.training.evaluate import EvalConfig, run_eval
 
     result = run_eval(EvalConfig(data=str(test_root), out=str(out), teacher=spec, size=size,
                                  progress=progress))
@@ -151,7 +151,7 @@ def _test(spec: str, size: int, test_root: Path, out: Path, progress: bool) -> d
 
 def main() -> None:
     from dalidr.data.fashion_mnist import CLASSES
-    from dalidr.file_hash import file_sha256
+    from dalidr.data.file_hash import file_sha256
 
     args = parse_args()
     work = Path(args.work)

@@ -2,7 +2,8 @@
 
 Dataset Reinforcement promises that training on the reinforced data costs what training on the
 original data costs (paper Sec. 3: 1.01x the wall-clock for ResNet-50). This measures exactly
-that trade: the same timm student, batch, optimiser and loss API (`dalidr.losses.kl_loss`), fed
+that trade: the same timm student, batch, optimiser and loss API
+(`dalidr.training.losses.kl_loss`), fed
 by (a) `PlainLoader`: DALI random resized crop + flip, one-hot labels (ERM), and (b)
 `ReinforcedLoader`: stored RRC+RA/RE views replayed, stored top-k targets (sparse, fused KL on
 the GPU). Reported per loader: the median step time over rounds, the data-wait fraction (time a
@@ -43,12 +44,12 @@ import numpy as np
 import torch
 
 from bench.machine import describe_machine, foreign_cpu_share, load_snapshot, summary
+from dalidr.augment.recipe import recipe
+from dalidr.augment.records import draw_records
 from dalidr.data.dataset import list_dataset
 from dalidr.data.sample_data import make_corpus
-from dalidr.loader import LoaderConfig, PlainLoader, ReinforcedLoader, Targets
-from dalidr.losses import kl_loss
-from dalidr.recipe import recipe
-from dalidr.records import draw_records
+from dalidr.training.loader import LoaderConfig, PlainLoader, ReinforcedLoader, Targets
+from dalidr.training.losses import kl_loss
 from store.config import StoreConfig
 from store.manifest import scan_manifest
 from store.synthetic import synthetic_teacher

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from dalidr.augment.ops import OPS
+from dalidr.augment.recipe import PRESETS, Recipe, load_recipe
+from dalidr.augment.records import MixMode, draw_records, record_dtype
 from dalidr.errors import DalidrError, OptionError
 from dalidr.experiment import MODES, DemoConfig, ExperimentConfig, run_demo
-from dalidr.ops import OPS
-from dalidr.recipe import PRESETS, Recipe, load_recipe
-from dalidr.records import MixMode, draw_records, record_dtype
 
 __all__ = ["main", "render_views", "sample_across_classes"]
 
@@ -39,8 +39,8 @@ __all__ = ["main", "render_views", "sample_across_classes"]
 _SUBCOMMAND_MODULES = (
     "store.cli",  # inspect, subset
     "dalidr.teacher.reinforce",  # reinforce (the teacher pass)
-    "dalidr.train",  # train
-    "dalidr.evaluate",  # eval
+    "dalidr.training.train",  # train
+    "dalidr.training.evaluate",  # eval
     "dalidr.mldr.convert",  # import-mldr (the paper's published reinforcements)
 )
 
@@ -72,8 +72,8 @@ def render_views(
     titles: Sequence[str] | None = None,
 ) -> tuple[Path, float]:
     """Replay `slots` views of every image and save them as a grid; returns (path, images/s)."""
+    from dalidr.augment.replay import Replayer, ReplaySpec
     from dalidr.grid import save_grid
-    from dalidr.replay import Replayer, ReplaySpec
 
     count = len(jpegs)
     records = draw_records(recipe, seed, np.arange(count), np.arange(slots), image_hw)

@@ -15,6 +15,7 @@ __all__ = [
     "ImageError",
     "DatasetError",
     "StoreError",
+    "DeviceError",
 ]
 
 

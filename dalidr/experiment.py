@@ -182,7 +182,7 @@ def _check_teacher_fits(config: ExperimentConfig, num_classes: int,
 def check_experiment(config: ExperimentConfig) -> ExperimentData | None:
     """Every option and the user's data, before anything is written: OptionError/DatasetError
     naming the option. Returns the user's data (None: the built-in data, exported later)."""
-    from dalidr.train import check_model_name
+    from dalidr.training.train import check_model_name
 
     for option, value in (("--epochs", config.student_epochs), ("--slots", config.slots),
                           ("--topk", config.topk), ("--batch-size", config.batch_size),
@@ -296,7 +296,7 @@ def _done(path: Path) -> dict[str, Any] | None:
 
 def _train(config: ExperimentConfig, step: str, name: str, model: str, mode: str, epochs: int,
            listing: DatasetListing, file_list: Path | None, **extra: Any) -> dict[str, Any]:
-    from dalidr.train import CHECKPOINT_NAME, Mode, OptimizerName, TrainConfig, train
+    from dalidr.training.train import CHECKPOINT_NAME, Mode, OptimizerName, TrainConfig, train
 
     folder = config.out / name
     summary = folder / "summary.json"
@@ -322,7 +322,7 @@ def _train(config: ExperimentConfig, step: str, name: str, model: str, mode: str
 def _evaluate(config: ExperimentConfig, data: ExperimentData, out: Path, *,
               checkpoint: Path | None = None, teacher: str | None = None,
               size: int | None = None) -> dict[str, Any]:
-    from dalidr.evaluate import EvalConfig, run_eval
+    from dalidr.training.evaluate import EvalConfig, run_eval
 
     if (done := _done(out / "eval.json")) is not None:
         return done
@@ -344,8 +344,8 @@ def _recipe_file(config: ExperimentConfig, base: str) -> Path:
 
 def _reinforce(config: ExperimentConfig, step: str, data: ExperimentData,
                teacher: TeacherChoice, recipe: Path) -> Path:
+    from dalidr.augment.recipe import load_recipe
     from dalidr.progress import progress_wanted
-    from dalidr.recipe import load_recipe
     from dalidr.teacher.reinforce import ReinforceConfig, reinforce
     from store import inspect_store
 

@@ -99,8 +99,8 @@ def teacher_views_png(store: Path, listing: DatasetListing, path: Path, seed: in
                       count: int = 6, max_slots: int = 8) -> Path:
     """Replayed stored views (the first `max_slots`) of `count` images, captioned with the
     teacher's top-3."""
+    from dalidr.augment.replay import Replayer, ReplaySpec
     from dalidr.grid import save_grid
-    from dalidr.replay import Replayer, ReplaySpec
     from store import StoreReader
 
     reader = StoreReader(str(store))

@@ -28,9 +28,9 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from dalidr.conventions import DECODE_CONVENTION, OP_SET
+from dalidr.augment.conventions import DECODE_CONVENTION, OP_SET
+from dalidr.augment.recipe import Recipe
 from dalidr.errors import OptionError, StoreError
-from dalidr.recipe import Recipe
 
 __all__ = ["SCHEMA_VERSION", "ATTRS_KEY", "RECREATE_HINT", "Compression", "StoreConfig"]
 
@@ -64,7 +64,8 @@ class StoreConfig:
     recipe: Recipe
     # Free-text description of the teacher (ensemble members, checkpoints, resolution).
     teacher: str
-    # Seed the records were drawn with (`dalidr.records.draw_records`); also seeds epoch plans.
+    # Seed the records were drawn with (`dalidr.augment.records.draw_records`); also seeds epoch
+    # plans.
     seed: int
     # Stored views per sample (the paper: 400 for ImageNet+, 100 Small, 50 Mini).
     slots: int = 400
@@ -80,9 +81,9 @@ class StoreConfig:
     prob_levels: int = 127
     # Compressor of the top-k arrays.
     compression: Compression = Compression.ZSTD
-    # How images were decoded when the teacher labelled them (`dalidr.conventions`).
+    # How images were decoded when the teacher labelled them (`dalidr.augment.conventions`).
     decode_convention: str = DECODE_CONVENTION
-    # Which RandAugment op table replays the records (`dalidr.conventions`).
+    # Which RandAugment op table replays the records (`dalidr.augment.conventions`).
     op_set: str = OP_SET
     # Schema version this config was written with.
     schema_version: int = field(default=SCHEMA_VERSION)

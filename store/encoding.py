@@ -7,7 +7,8 @@ spends 8 bytes per (index, probability) pair and 4 bytes per coordinate; dalidr 
 Records (lossless). A record is split into one column per field, so each column gets a
 compressor tuned to its statistics (flip bits and op ids are nearly free once separated from
 coordinates). Coordinates are stored in pixels, not in the record's 1/65535 fractions: records
-are drawn in integer pixels and then quantised (`dalidr.records`), so the fraction carries only
+are drawn in integer pixels and then quantised (`dalidr.augment.records`), so the fraction carries
+only
 log2(image side) bits of information but looks like 16 random bits to a compressor. A crop is
 turned back into source pixels with the sample's (and for `p_crop` the partner's) image size,
 an erase or CutMix box with the recipe's output size. The code is exact by construction: a
@@ -27,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dalidr.augment.recipe import Recipe
+from dalidr.augment.records import COORD_SCALE, record_dtype
 from dalidr.errors import StoreError
-from dalidr.recipe import Recipe
-from dalidr.records import COORD_SCALE, record_dtype
 
 __all__ = [
     "ESCAPE",
@@ -100,7 +101,7 @@ def _to_pixels(values: np.ndarray, extents: np.ndarray) -> np.ndarray:
 
 
 def _to_fraction(pixels: np.ndarray, extents: np.ndarray) -> np.ndarray:
-    # The same expression as dalidr.records._quantise, so the round trip is exact.
+    # The same expression as dalidr.augment.records._quantise, so the round trip is exact.
     return np.rint(pixels / extents * COORD_SCALE)
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dalidr.augment.recipe import Recipe
 from dalidr.errors import DalidrError
-from dalidr.recipe import Recipe
 from store.layout import (
     CLASSES,
     CORRUPT_CHUNK_ERRORS,

@@ -1,7 +1,8 @@
 """The dataset manifest: which images a store belongs to, fingerprinted, stored without pickles.
 
 Per sample the manifest keeps its relative path, label, byte size and SHA-256 content hash, its
-height and width as PIL reports them (`dalidr.conventions`: records store crops as fractions of
+height and width as PIL reports them (`dalidr.augment.conventions`: records store crops as
+fractions of
 the source image, and the store packs them back into source pixels, `store.encoding`), and
 whether the teacher pass skipped it as unreadable (`--skip-bad`: never read, never served, never
 compared with the data).
@@ -31,11 +32,11 @@ import numpy as np
 import zarr
 from PIL import Image, UnidentifiedImageError
 
+from dalidr.augment.hashing import mix64
 from dalidr.data.dataset import DatasetListing
+from dalidr.data.file_hash import file_sha256
+from dalidr.data.path_list import PathList
 from dalidr.errors import DatasetError, ImageError, StoreError
-from dalidr.file_hash import file_sha256
-from dalidr.hashing import mix64
-from dalidr.path_list import PathList
 from store.location import CORRUPT_CHUNK_ERRORS
 
 __all__ = ["Manifest", "scan_manifest", "write_manifest", "read_manifest",
@@ -210,7 +211,7 @@ def _scan_one(root: Path, rel: str) -> tuple[int, bytes, tuple[int, int]]:
     except OSError as exc:
         raise DatasetError(f"dataset file {path} cannot be read: {exc}") from exc
     try:
-        # PIL's size ignores EXIF orientation, as replay does (dalidr.conventions).
+        # PIL's size ignores EXIF orientation, as replay does (dalidr.augment.conventions).
         with Image.open(path) as image:
             width, height = image.size
     except (UnidentifiedImageError, OSError, ValueError) as exc:

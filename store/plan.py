@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dalidr.augment.hashing import GOLDEN, mix64
 from dalidr.errors import OptionError
-from dalidr.hashing import GOLDEN, mix64
 
 __all__ = ["UnevenShards", "PlanSpec", "EpochPlan", "plan_epoch"]
 

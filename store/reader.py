@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dalidr.augment.records import record_dtype
 from dalidr.data.dataset import DatasetListing
 from dalidr.errors import DatasetError, StoreError
-from dalidr.records import record_dtype
 from store.config import StoreConfig
 from store.layout import (
     CLASSES,

@@ -14,7 +14,7 @@ through this module, so inspect never calls a store intact that the loader would
   any damage reported as a StoreError, then labels in -1..num_classes - 1, sizes >= 0.
 - `decode_views` (from `StoreReader` and `inspect`): decodes the stored columns of a set of views
   into records and top-k targets, validating op ids, magnitude bins, crops, erase and CutMix
-  boxes, mix modes, partners (`dalidr.records.validate_records`), class indices and
+  boxes, mix modes, partners (`dalidr.augment.records.validate_records`), class indices and
   probability levels, vectorised over the views, and names the store, array, block, sample and
   slot of the first bad value. (A class repeated within one top-k is refused by the writer but
   not re-checked on read: it cannot index out of bounds, and sorting every top-k would cost
@@ -37,10 +37,10 @@ import numpy as np
 import zarr
 from zarr.errors import ZarrUserWarning
 
+from dalidr.augment.ops import NUM_OPS
+from dalidr.augment.recipe import Recipe
+from dalidr.augment.records import COORD_SCALE, MixMode, validate_records
 from dalidr.errors import DalidrError, RecordError, StoreError
-from dalidr.ops import NUM_OPS
-from dalidr.recipe import Recipe
-from dalidr.records import COORD_SCALE, MixMode, validate_records
 from store.encoding import decode_records, dequantise_probs
 
 if TYPE_CHECKING:
@@ -286,7 +286,8 @@ def _inside(boxes: np.ndarray) -> bool:
 
 
 def _records_ok(records: np.ndarray, recipe: Recipe, num_samples: int) -> bool:
-    """The checks of `dalidr.records.validate_records` as a few reductions, no masks: True if
+    """The checks of `dalidr.augment.records.validate_records` as a few reductions, no masks: True
+    if
     every record passes (the usual case); otherwise validate_records names the culprit."""
     if records.size == 0:
         return True

@@ -4,7 +4,8 @@
 A loader's start only compares the listing with the manifest and hashes a sample of files
 (`store.manifest`); this reads every file the store serves, once each, in parallel: its SHA-256
 against the manifest, its format against what replay decodes, and for JPEGs libjpeg's
-complaints (`dalidr.image_formats.jpeg_damage`: data cut short then closed with an end-of-image
+complaints (`dalidr.augment.image_formats.jpeg_damage`: data cut short then closed with an
+end-of-image
 marker decodes "successfully" with grey rows). Every problem is named by sample and path.
 Samples the teacher pass skipped (`--skip-bad`) are not read.
 """
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dalidr.augment.image_formats import check_image, jpeg_damage
 from dalidr.data.dataset import DatasetListing
 from dalidr.errors import ImageError
-from dalidr.image_formats import check_image, jpeg_damage
 from store.manifest import Manifest
 
 __all__ = ["DataReport", "verify_data"]

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from dalidr.augment.records import record_dtype, validate_records
 from dalidr.errors import StoreError
-from dalidr.records import record_dtype, validate_records
 from store.config import StoreConfig
 from store.encoding import encode_records, quantise_probs, sort_topk
 from store.layout import (

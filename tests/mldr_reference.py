@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.autoaugment import _apply_op
 
-from dalidr.ops import OPS
+from dalidr.augment.ops import OPS
 
 __all__ = ["OP_NAMES", "unpack", "reapply_view", "reapply"]
 

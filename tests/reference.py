@@ -13,9 +13,9 @@ import torchvision.transforms.v2.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 
-from dalidr.ops import OPS
-from dalidr.recipe import Recipe
-from dalidr.records import COORD_SCALE, MixMode
+from dalidr.augment.ops import OPS
+from dalidr.augment.recipe import Recipe
+from dalidr.augment.records import COORD_SCALE, MixMode
 
 __all__ = ["decode", "to_pixels", "apply_op", "op_magnitude", "reference_view", "reference_replay"]
 
@@ -59,7 +59,7 @@ def apply_op(image: torch.Tensor, op_id: int, signed_bin: int, recipe: Recipe) -
 def reference_view(
     jpeg: np.ndarray, record: np.void, recipe: Recipe, side: int, prefix: str = ""
 ) -> torch.Tensor:
-    """Steps 1-5 of dalidr.replay for one view, with torchvision."""
+    """Steps 1-5 of dalidr.augment.replay for one view, with torchvision."""
     image = decode(jpeg)
     height, width = image.shape[-2:]
     crop = record[prefix + "crop"]

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dalidr.augment.records import draw_records
 from dalidr.data.dataset import DatasetListing, list_dataset
 from dalidr.data.sample_data import link_tree, make_corpus
 from dalidr.errors import StoreError
-from dalidr.records import draw_records
 from store.config import StoreConfig
 from store.manifest import Manifest
 from store.writer import StoreWriter, create_store

@@ -14,11 +14,11 @@ import numpy as np
 import timm
 import torch
 
+from dalidr.augment.recipe import recipe
+from dalidr.augment.records import draw_records
+from dalidr.augment.replay import Output, Replayer, ReplaySpec
 from dalidr.data.dataset import DatasetListing, list_dataset
 from dalidr.data.sample_data import make_corpus
-from dalidr.recipe import recipe
-from dalidr.records import draw_records
-from dalidr.replay import Output, Replayer, ReplaySpec
 from store.config import StoreConfig
 from store.manifest import Manifest, scan_manifest
 from store.writer import create_store

@@ -1,4 +1,4 @@
-"""The CPU split between the DALI loader and PyTorch (`dalidr.cpu_threads`).
+"""The CPU split between the DALI loader and PyTorch (`dalidr.training.cpu_threads`).
 
 The governor's decisions are checked on given CPU samples (a test machine's own load must
 not decide a test), and the sampler on this machine's real /proc: ticks this process spends
@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from dalidr.cpu_threads import (
+from dalidr.training.cpu_threads import (
     CpuSample,
     ThreadGovernor,
     available_cores,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dalidr import node_cache
+from dalidr.data import node_cache
 from dalidr.data.dataset import list_dataset
 from dalidr.data.sample_data import link_tree, make_corpus
 from dalidr.errors import DatasetError

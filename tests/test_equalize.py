@@ -1,4 +1,5 @@
-"""Equalize (dalidr.equalize) against PIL's `ImageOps.equalize` and torchvision's `equalize`.
+"""Equalize (dalidr.augment.equalize) against PIL's `ImageOps.equalize` and torchvision's
+`equalize`.
 
 The definition is integer arithmetic, so the operator must be exact: on real photographs at
 several sizes, and on the edge cases of the table (one value, two values, tables whose last
@@ -14,8 +15,8 @@ import torchvision.transforms.functional as F
 from nvidia.dali import fn, pipeline_def, types
 from PIL import Image, ImageOps
 
+from dalidr.augment.equalize import equalize_reference, pil_equalize
 from dalidr.data.sample_data import bundled_photos
-from dalidr.equalize import equalize_reference, pil_equalize
 
 
 def _run(images: list[np.ndarray], device_id: int | None) -> list[np.ndarray]:
@@ -79,7 +80,7 @@ _SIMULATED = """
 import numpy as np
 from numba import cuda
 from PIL import Image, ImageOps
-from dalidr.equalize import _THREADS, _equalize_gpu
+from dalidr.augment.equalize import _THREADS, _equalize_gpu
 kernel = cuda.jit(_equalize_gpu)
 rng = np.random.default_rng(0)
 for shape in [(9, 13, 3), (20, 31, 3), (1, 1, 3), (7, 5, 1)]:

@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 import torch
 
+from dalidr.augment.ops import OPS
+from dalidr.augment.recipe import PRESETS, recipe
+from dalidr.augment.records import draw_records, identity_records
+from dalidr.augment.replay import Replayer, ReplaySpec
 from dalidr.data.sample_data import make_corpus
 from dalidr.errors import OptionError
-from dalidr.ops import OPS
-from dalidr.recipe import PRESETS, recipe
-from dalidr.records import draw_records, identity_records
-from dalidr.replay import Replayer, ReplaySpec
 from dalidr.teacher import build_teacher
 from dalidr.teacher.reinforce import CompileMode, Labeller, ReinforceConfig, reinforce
 from store import StoreReader

@@ -1,6 +1,7 @@
 """Formats, EXIF orientation and damaged data, on real photographs (the bundled ones).
 
-The decoding convention (`dalidr.conventions.DECODE_CONVENTION`) is PIL's, which torchvision's
+The decoding convention (`dalidr.augment.conventions.DECODE_CONVENTION`) is PIL's, which
+torchvision's
 ImageFolder and the paper's code use: every format replay accepts must decode to exactly
 `Image.open(path).convert("RGB")`, at `Image.open(path).size` whatever the EXIF orientation tag
 says, and what replay does not decode is refused by path.
@@ -16,9 +17,7 @@ from nvidia.dali import fn, pipeline_def, types
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from dalidr.data.sample_data import bundled_photos
-from dalidr.errors import ImageError
-from dalidr.image_formats import (
+from dalidr.augment.image_formats import (
     IMAGE_EXTENSIONS,
     ImageFormat,
     check_image,
@@ -26,9 +25,11 @@ from dalidr.image_formats import (
     jpeg_damage,
     sniff_format,
 )
-from dalidr.recipe import recipe
-from dalidr.records import draw_records
-from dalidr.replay import DECODE_ARGS, PEEK_ARGS, Replayer, ReplaySpec, check_jpeg
+from dalidr.augment.recipe import recipe
+from dalidr.augment.records import draw_records
+from dalidr.augment.replay import DECODE_ARGS, PEEK_ARGS, Replayer, ReplaySpec, check_jpeg
+from dalidr.data.sample_data import bundled_photos
+from dalidr.errors import ImageError
 
 ORIENTATIONS = (3, 6, 8)
 
@@ -170,7 +171,7 @@ def test_what_replay_cannot_decode_is_refused_by_path(content: bytes, message: s
         check_image(content, "cls/bad.JPEG")
     r = recipe("rrc", output_size=32)
     replayer = Replayer(ReplaySpec(r), batch_size=1, num_threads=1)
-    from dalidr.records import identity_records
+    from dalidr.augment.records import identity_records
 
     with pytest.raises(ImageError, match=rf"sample 0 \(cls/bad\.JPEG\): {message}"):
         replayer([np.frombuffer(content, np.uint8)], identity_records(r, 1),

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dalidr import image_sizes, node_cache
+from dalidr.data import image_sizes, node_cache
 from dalidr.data.dataset import list_dataset
+from dalidr.data.image_sizes import ImageSizes, jpeg_size, read_image_size
 from dalidr.data.sample_data import make_corpus
 from dalidr.errors import ImageError
-from dalidr.image_sizes import ImageSizes, jpeg_size, read_image_size
 
 
 def _pil_hw(path: Path) -> tuple[int, int]:

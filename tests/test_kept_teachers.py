@@ -97,7 +97,7 @@ def test_an_experiment_on_data_with_its_classes_uses_the_kept_ensemble(tmp_path:
                     reason="needs Debian's dataset-fashion-mnist")
 def test_the_kept_ensemble_measures_what_its_index_records(tmp_path: Path) -> None:
     from dalidr.data.fashion_mnist import export_image_folder, load_fashion_mnist
-    from dalidr.evaluate import EvalConfig, run_eval
+    from dalidr.training.evaluate import EvalConfig, run_eval
 
     images, labels = load_fashion_mnist("test")
     root = export_image_folder(images, labels, tmp_path / "test", CLASSES, 100).root

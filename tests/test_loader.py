@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+from dalidr.augment.recipe import recipe
+from dalidr.augment.records import draw_records
+from dalidr.augment.replay import Output, Replayer, ReplaySpec
 from dalidr.errors import DatasetError, OptionError
-from dalidr.loader import (
+from dalidr.training.loader import (
     Augment,
     LastBatch,
     LoaderConfig,
@@ -27,10 +30,7 @@ from dalidr.loader import (
     SparseTargets,
     Targets,
 )
-from dalidr.plain_loader import _STREAM_ONLINE
-from dalidr.recipe import recipe
-from dalidr.records import draw_records
-from dalidr.replay import Output, Replayer, ReplaySpec
+from dalidr.training.plain_loader import _STREAM_ONLINE
 from kernels.kl_loss import Densify, densify_topk
 from store.reader import StoreReader
 from tests.store_builder import BuiltStore, build_store
@@ -190,7 +190,7 @@ def test_epochs_continue_and_breaking_off_keeps_the_position(built) -> None:
 
 _SHARD_SCRIPT = """
 import json, sys, torch.distributed as dist
-from dalidr.loader import LastBatch, LoaderConfig, ReinforcedLoader
+from dalidr.training.loader import LastBatch, LoaderConfig, ReinforcedLoader
 rank, url, root, out, init = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
 loader = ReinforcedLoader(url, root, LoaderConfig(batch_size=5, last_batch=LastBatch.PARTIAL))

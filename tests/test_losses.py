@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dalidr.errors import OptionError
-from dalidr.loader import SparseTargets
-from dalidr.losses import (
+from dalidr.training.loader import SparseTargets
+from dalidr.training.losses import (
     Backend,
     Densify,
     DiscriminatorConfig,

@@ -23,11 +23,11 @@ import pytest
 import torch
 from torchvision.transforms import RandAugment
 
+from dalidr.augment.ops import OPS
+from dalidr.augment.replay import Replayer, ReplaySpec
 from dalidr.data.dataset import list_dataset
 from dalidr.data.sample_data import make_corpus
 from dalidr.mldr import ImportConfig, import_mldr
-from dalidr.ops import OPS
-from dalidr.replay import Replayer, ReplaySpec
 from store.manifest import scan_manifest
 from store.reader import StoreReader
 from tests.mldr_builder import MldrSpec, mldr_config, save_sample, write_mldr_dataset
@@ -61,7 +61,7 @@ TOLERANCE: dict[str, tuple[float, float]] = {
     "Solarize": ROUNDING,
     # PIL truncates the stretched value, DALI rounds: 0.59 / 0.011.
     "AutoContrast": ROUNDING,
-    # PIL's own table (dalidr.equalize, exact on the same input: tests/test_ops.py), so what
+    # PIL's own table (dalidr.augment.equalize, exact on the same input: tests/test_ops.py), so what
     # is left is the resize's rounding seen through the table: 0.34-0.56 / 0.04 on most views.
     # PIL's step, (n - count of the top value) // 255, is about 16 at 64 x 64: two or three
     # pixels at 255 that the resizes round differently can move it by one, which rescales

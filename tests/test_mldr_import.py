@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from dalidr.augment.records import COORD_SCALE, MixMode
 from dalidr.cli import main as cli_main
 from dalidr.data.dataset import list_dataset
 from dalidr.data.sample_data import make_corpus
 from dalidr.errors import DatasetError, RecipeError
-from dalidr.loader import LoaderConfig, ReinforcedLoader
 from dalidr.mldr import ImportConfig, import_mldr
-from dalidr.records import COORD_SCALE, MixMode
+from dalidr.training.loader import LoaderConfig, ReinforcedLoader
 from store.manifest import scan_manifest
 from store.reader import StoreReader
 from tests.mldr_builder import MldrSpec, mldr_config, save_sample, write_mldr_dataset

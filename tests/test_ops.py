@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from dalidr.ops import OPS
-from dalidr.recipe import recipe
-from dalidr.records import identity_records
-from dalidr.replay import Replayer, ReplaySpec
+from dalidr.augment.ops import OPS
+from dalidr.augment.recipe import recipe
+from dalidr.augment.records import identity_records
+from dalidr.augment.replay import Replayer, ReplaySpec
 from tests.reference import apply_op
 
 SIDE = 128
@@ -44,7 +44,7 @@ TOLERANCE: dict[str, tuple[float, float]] = {
     "Posterize": EXACT,
     "Solarize": (0.05, 0.002),
     "AutoContrast": (1.0, 0.0),
-    # PIL's table in integer arithmetic (dalidr.equalize), as torchvision's: exact.
+    # PIL's table in integer arithmetic (dalidr.augment.equalize), as torchvision's: exact.
     "Equalize": EXACT,
 }
 

@@ -27,13 +27,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from dalidr.augment.recipe import recipe
+from dalidr.augment.replay import Output, Replayer, ReplaySpec
 from dalidr.data.dataset import list_dataset
 from dalidr.data.sample_data import make_corpus
 from dalidr.errors import ImageError
-from dalidr.loader import LastBatch, LoaderConfig, ReinforcedLoader
-from dalidr.recipe import recipe
-from dalidr.replay import Output, Replayer, ReplaySpec
 from dalidr.teacher.reinforce import CompileMode, ReinforceConfig, reinforce
+from dalidr.training.loader import LastBatch, LoaderConfig, ReinforcedLoader
 from store import StoreReader
 
 IMAGES, SLOTS, K, BLOCK = 12, 2, 2, 4

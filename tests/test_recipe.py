@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from dalidr.augment.recipe import Recipe, Variant, load_recipe, recipe
 from dalidr.errors import RecipeError
-from dalidr.recipe import Recipe, Variant, load_recipe, recipe
 
 
 def test_presets_are_the_papers_variants() -> None:

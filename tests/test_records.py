@@ -5,10 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dalidr.augment.ops import NUM_OPS, OPS
+from dalidr.augment.recipe import PRESETS, recipe
+from dalidr.augment.records import (
+    COORD_SCALE,
+    MixMode,
+    draw_records,
+    record_dtype,
+    validate_records,
+)
 from dalidr.errors import RecordError
-from dalidr.ops import NUM_OPS, OPS
-from dalidr.recipe import PRESETS, recipe
-from dalidr.records import COORD_SCALE, MixMode, draw_records, record_dtype, validate_records
 
 HW = np.random.default_rng(0).integers(120, 900, size=(500, 2))
 

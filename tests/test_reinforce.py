@@ -28,10 +28,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from dalidr.augment.recipe import recipe
 from dalidr.cli import main as cli_main
 from dalidr.data.sample_data import make_corpus
 from dalidr.errors import ImageError, OptionError, StoreError
-from dalidr.recipe import recipe
 from dalidr.teacher.reinforce import CompileMode, ReinforceConfig, reinforce
 from dalidr.teacher.skips import skipped_views
 from kernels.topk import ensemble_topk_reference
@@ -127,8 +127,8 @@ def test_stored_top_k_is_the_ensemble_mean_of_each_replayed_view(
     """Members at their own timm sizes (160 and 176 px), views from a file list. The recipe
     has no RandAugment to keep graph building short: test_replay checks that views cut from
     once-decoded images equal per-view ROI decoding for every op."""
-    from dalidr.records import draw_records
-    from dalidr.replay import Output, Replayer, ReplaySpec
+    from dalidr.augment.records import draw_records
+    from dalidr.augment.replay import Output, Replayer, ReplaySpec
     from dalidr.teacher import build_teacher
 
     files = sorted(data.rglob("*.jpg"))[::3]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dalidr.augment.ops import OP_IDS
+from dalidr.augment.recipe import recipe
+from dalidr.augment.records import COORD_SCALE, MixMode, draw_records, identity_records
+from dalidr.augment.replay import Output, Replayer, ReplaySpec
 from dalidr.errors import ImageError, RecordError
-from dalidr.ops import OP_IDS
-from dalidr.recipe import recipe
-from dalidr.records import COORD_SCALE, MixMode, draw_records, identity_records
-from dalidr.replay import Output, Replayer, ReplaySpec
 from tests.reference import reference_replay
 
 SIDE = 96
@@ -217,7 +217,7 @@ def test_views_cut_from_decoded_images_match_roi_decoding(corpus) -> None:
     """The teacher pass decodes an image once for all its slots; the pixels must not change."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from dalidr.replay import DECODE_ARGS, replay_graph
+    from dalidr.augment.replay import DECODE_ARGS, replay_graph
 
     r = recipe("rrc+ra/re", output_size=SIDE)
     spec = ReplaySpec(r)

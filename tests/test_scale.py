@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from dalidr.augment.recipe import recipe
 from dalidr.data.dataset import list_dataset
-from dalidr.recipe import recipe
 from store.config import StoreConfig
 from store.manifest import SAMPLED_HASHES
 from tests.scale_builder import linked_manifest, linked_store, linked_tree
@@ -38,8 +38,8 @@ def hook(event, args):
         opened.append(args[0])
 
 sys.addaudithook(hook)
-from dalidr.loader import DatasetCheck, LoaderConfig, PlainLoader, ReinforcedLoader
-from dalidr.recipe import recipe
+from dalidr.training.loader import DatasetCheck, LoaderConfig, PlainLoader, ReinforcedLoader
+from dalidr.augment.recipe import recipe
 
 config = LoaderConfig(batch_size=%(batch)d, read_threads=1, read_ahead=%(read_ahead)d,
                       prefetch_depth=%(prefetch)d, num_threads=1)

@@ -12,12 +12,12 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from dalidr.augment.recipe import recipe
 from dalidr.data.dataset import list_dataset
 from dalidr.data.sample_data import make_corpus
 from dalidr.errors import DatasetError
-from dalidr.loader import LastBatch, LoaderConfig, ReinforcedLoader
-from dalidr.recipe import recipe
 from dalidr.teacher.reinforce import CompileMode, ReinforceConfig, reinforce
+from dalidr.training.loader import LastBatch, LoaderConfig, ReinforcedLoader
 from store import StoreReader
 
 IMAGES = 16

@@ -136,17 +136,3 @@ def test_checkpoints_are_never_unpickled(tmp_path: Path) -> None:
         load_checkpoint(junk)
     with pytest.raises(OptionError, match="does not exist"):
         build_teacher(f"test_resnet@{tmp_path / 'missing.pth'}", 3)
-
-
-def test_import_paths_from_before_the_teacher_package_still_work():
-    """`dalidr.teacher` became a package and the pass moved into it; users' imports hold."""
-    import dalidr.reinforce as old_pass
-    import dalidr.teacher as package
-    from dalidr.teacher import ensemble
-    from dalidr.teacher import reinforce as new_pass
-
-    assert old_pass.reinforce is new_pass.reinforce
-    assert old_pass.ReinforceConfig is new_pass.ReinforceConfig
-    assert set(package.__all__) == set(ensemble.__all__)
-    for name in ensemble.__all__:
-        assert getattr(package, name) is getattr(ensemble, name)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dalidr.cli import main
-from dalidr.evaluate import calibration, metrics
-from dalidr.train import CHECKPOINT_NAME, load_training_checkpoint
+from dalidr.training.evaluate import calibration, metrics
+from dalidr.training.train import CHECKPOINT_NAME, load_training_checkpoint
 from tests.store_builder import BuiltStore, build_store
 
 

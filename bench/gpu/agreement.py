@@ -3,7 +3,8 @@
 Dataset Reinforcement's premise (paper Sec. 2) is that the stored top-k is what the teacher
 would say about the view the student sees. The teacher pass renders its views from images
 decoded once (`dalidr.teacher.views`); the training loader replays each view on its own
-(`dalidr.dali_loader`). On a GPU both decode with nvJPEG and run DALI's GPU operators, so any
+(`dalidr.training.dali_loader`). On a GPU both decode with nvJPEG and run DALI's GPU operators, so
+any
 drift between the two paths shows here: a store is made with `dalidr.teacher.reinforce` on the
 device, `ReinforcedLoader` serves its views on the same device at the teacher's size and
 normalisation, the same teacher (seeded random weights, saved as a checkpoint) labels the
@@ -36,9 +37,8 @@ import numpy as np
 import torch
 
 from bench.machine import describe_machine, summary
+from dalidr.augment.recipe import recipe
 from dalidr.data.sample_data import make_corpus
-from dalidr.loader import LoaderConfig, ReinforcedLoader, Targets
-from dalidr.recipe import recipe
 from dalidr.teacher import build_teacher
 from dalidr.teacher.reinforce import (
     CompileMode,
@@ -47,6 +47,7 @@ from dalidr.teacher.reinforce import (
     forward_settings,
     reinforce,
 )
+from dalidr.training.loader import LoaderConfig, ReinforcedLoader, Targets
 
 __all__ = ["parse_args", "main"]
 

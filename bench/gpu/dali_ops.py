@@ -1,15 +1,16 @@
 """Which DALI operators dalidr's GPU graphs use, and whether the installed DALI has them on GPU.
 
 A GPU run is too short to discover that an operator has no GPU backend. The graphs are
-defined here exactly as the product defines them (`dalidr.replay.replay_graph` for every
+defined here exactly as the product defines them (`dalidr.augment.replay.replay_graph` for every
 preset, with per-view decoding as in the loader and once-decoded images fanned out as in the
 teacher pass, and the plain DALI ResNet-50 pipeline of `bench/replay.py`), with
 `device_id=0` but never built, so no GPU is needed. Every operator placed on "gpu" or "mixed"
 is then looked up in DALI's registry of GPU and mixed operator schemas
 (`nvidia.dali.backend.RegisteredGPUOps` / `RegisteredMixedOps`).
 
-`NumbaFunction` (Equalize as PIL's table, `dalidr/equalize.py`) is a Python plugin operator,
-not in DALI's registry: whether it can run on the GPU is `dalidr.equalize.gpu_support_problem()`
+`NumbaFunction` (Equalize as PIL's table, `dalidr/augment/equalize.py`) is a Python plugin operator,
+not in DALI's registry: whether it can run on the GPU is
+`dalidr.augment.equalize.gpu_support_problem()`
 (numba's CUDA toolkit as DALI's plugin accepts it). Where that names a problem, as on a CPU
 machine whose numba sees CUDA 13, it is reported as a requirement of the GPU machine, and the
 graphs are defined with Equalize as an identity so the rest of their operators are still checked.
@@ -31,8 +32,8 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from nvidia.dali import backend, fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
-from dalidr.recipe import PRESETS, Recipe
-from dalidr.replay import Output, ReplaySpec, replay_graph
+from dalidr.augment.recipe import PRESETS, Recipe
+from dalidr.augment.replay import Output, ReplaySpec, replay_graph
 
 __all__ = ["gpu_graph_ops", "missing_backends", "numba_requirement", "main"]
 
@@ -42,7 +43,7 @@ PLUGIN_OPS = {"NumbaFunction"}
 
 def numba_requirement() -> str | None:
     """What the GPU machine must provide for Equalize's numba operator, if this one cannot."""
-    from dalidr.equalize import gpu_support_problem
+    from dalidr.augment.equalize import gpu_support_problem
 
     problem = gpu_support_problem()
     return None if problem is None else f"Equalize's numba GPU operator: {problem}"
@@ -51,15 +52,15 @@ def numba_requirement() -> str | None:
 @contextlib.contextmanager
 def _equalize_as_identity(active: bool):  # type: ignore[no-untyped-def]
     """Define graphs with Equalize as an identity (only to list the other operators)."""
-    import dalidr.ops
+    import dalidr.augment.ops
 
-    saved = dalidr.ops.pil_equalize
+    saved = dalidr.augment.ops.pil_equalize
     if active:
-        dalidr.ops.pil_equalize = lambda images: fn.reshape(images, layout="HWC")
+        dalidr.augment.ops.pil_equalize = lambda images: fn.reshape(images, layout="HWC")
     try:
         yield
     finally:
-        dalidr.ops.pil_equalize = saved
+        dalidr.augment.ops.pil_equalize = saved
 
 
 def _ops_of(pipe: Pipeline) -> set[tuple[str, str]]:

@@ -6,7 +6,7 @@
 # scikit-learn and matplotlib, which ship them). The bundle is one xz-compressed tar split into
 # parts that each fit one device call beside the working tree (64 MiB per call in all).
 #
-# Equalize (PIL's table, dalidr/equalize.py) runs on the GPU through DALI's numba plugin, which
+# Equalize (PIL's table, dalidr/augment/equalize.py) runs on the GPU through DALI's numba plugin, which
 # in DALI 2.4 accepts only a CUDA 11 or 12 toolkit as numba sees it. Both routes therefore carry
 # numba, llvmlite and numba-cuda with the CUDA 12 runtime and NVVM (`numba_gpu` below), and the
 # default route is cuda120.

@@ -10,7 +10,7 @@ compares with a store's manifest at start (content hashes are checked on a sampl
 
 Many ranks, one listing: under `torchrun` (or with `DALIDR_NODE_CACHE` set) the first process
 of a node lists and stores the arrays in a node-local file, and the others map it
-(`dalidr.node_cache`; trade-offs there). The stored listing is reused while every directory it
+(`dalidr.data.node_cache`; trade-offs there). The stored listing is reused while every directory it
 read keeps its mtime (for a file list: the list's mtime), so it notices added, removed and
 renamed files, not a file rewritten in place with another size; the loaders' sampled hashes
 and `dalidr verify` are the content checks.
@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from dalidr.augment.image_formats import IMAGE_EXTENSIONS
+from dalidr.data.node_cache import cache_key, node_cache_dir, shared_arrays
+from dalidr.data.path_list import PathList
 from dalidr.errors import DatasetError
-from dalidr.image_formats import IMAGE_EXTENSIONS
-from dalidr.node_cache import cache_key, node_cache_dir, shared_arrays
-from dalidr.path_list import PathList
 
 __all__ = ["DatasetListing", "list_dataset", "IMAGE_SUFFIXES"]
 
@@ -75,7 +75,7 @@ def list_dataset(root: str | Path, file_list: str | Path | None = None, *,
                  share: bool = True) -> DatasetListing:
     """An ImageFolder tree (`root/<class>/<image>`), or `file_list` lines `<path> <label>`.
 
-    With `share` (the default) and a node cache in effect (`dalidr.node_cache`: under
+    With `share` (the default) and a node cache in effect (`dalidr.data.node_cache`: under
     `torchrun`, or `DALIDR_NODE_CACHE` set), one process per node lists and the others map its
     result; the listing is reused while no listed directory (nor the file list) has changed."""
     root = Path(root)

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from dalidr.augment.recipe import Recipe
 from dalidr.errors import DatasetError, RecordError, StoreError
 from dalidr.mldr.params import ParsedViews, convert_block, magnitude_bins, parse_view
 from dalidr.mldr.safe_load import load_file
 from dalidr.mldr.source import MldrSource, check_op_names, dataset_listing, read_source
-from dalidr.recipe import Recipe
 from store.config import StoreConfig
 from store.manifest import scan_manifest
 from store.reader import StoreReader

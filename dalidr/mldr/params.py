@@ -2,7 +2,7 @@
 
 The paper stores every view as the parameters its transforms drew (Sec. 2.2; apple/ml-dr's
 `dr/transforms.py` `Compose.compress` and `reinforce.py`), in the source image's pixels and
-torchvision's float magnitudes. A dalidr record (`dalidr.records`) holds fractions of the
+torchvision's float magnitudes. A dalidr record (`dalidr.augment.records`) holds fractions of the
 image (1/65535) and signed magnitude bins. `parse_view` reads one stored view into a block's
 `ParsedViews` (pixels, floats; -1 / NaN: absent), and `convert_block` maps the whole block:
 
@@ -25,7 +25,8 @@ MixUp and CutMix together. The paper applies MixUp, then CutMix, each with its o
 probability, so one view can carry both: the result is the blend `lam * own + (1 - lam) *
 partner` outside the CutMix box and the partner alone inside it. Such a view is stored as
 `mix` MIXUP with MixUp's `lam` *and* the CutMix `box` (CutMix's own lambda is implied by the
-box and not kept). That replays exactly, with no third mode: `dalidr.replay` computes the own
+box and not kept). That replays exactly, with no third mode: `dalidr.augment.replay` computes the
+own
 image's weight as `keep * lam` for MIXUP, where `keep` is 1 outside the record's box and 0
 inside it (an empty box, as plain MixUp records have, keeps everything); so outside the box
 the weight is `lam` (the blend) and inside it 0 (the partner alone): the paper's composite,
@@ -49,10 +50,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dalidr.augment.ops import NUM_OPS, OP_IDS
+from dalidr.augment.recipe import Recipe
+from dalidr.augment.records import COORD_SCALE, MixMode, record_dtype
 from dalidr.mldr.source import MldrSource
-from dalidr.ops import NUM_OPS, OP_IDS
-from dalidr.recipe import Recipe
-from dalidr.records import COORD_SCALE, MixMode, record_dtype
 
 __all__ = ["ParsedViews", "parse_view", "magnitude_bins", "convert_block"]
 
@@ -243,7 +244,7 @@ def _quantise(pixels: np.ndarray, extent: np.ndarray | float) -> np.ndarray:
 
 
 def _replayed(fractions: np.ndarray, extent: np.ndarray | float) -> np.ndarray:
-    """The pixels replay rounds stored fractions to (float32 maths, as dalidr.replay)."""
+    """The pixels replay rounds stored fractions to (float32 maths, as dalidr.augment.replay)."""
     scale = np.asarray(extent, np.float32) * np.float32(1.0 / COORD_SCALE)
     return np.floor(fractions.astype(np.float32) * scale + np.float32(0.5)).astype(np.int64)
 

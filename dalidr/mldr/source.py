@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dalidr.augment.ops import OPS
+from dalidr.augment.recipe import Recipe
 from dalidr.data.dataset import DatasetListing, list_dataset
 from dalidr.errors import DatasetError, RecipeError
 from dalidr.mldr.safe_load import load_file
-from dalidr.ops import OPS
-from dalidr.recipe import Recipe
 
 __all__ = ["TRANSFORM_ORDER", "PARAMLESS", "MIXING", "MLDR_OP_NAMES", "MldrSource",
            "read_source", "check_imagefolder_order", "dataset_listing", "check_op_names",

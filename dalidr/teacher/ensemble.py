@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dalidr.data.file_hash import file_sha256
 from dalidr.errors import OptionError
-from dalidr.file_hash import file_sha256
 
 __all__ = [
     "MemberSpec",

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dalidr.data.file_hash import file_sha256
 from dalidr.errors import OptionError
-from dalidr.file_hash import file_sha256
 
 __all__ = ["KEPT_TEACHERS_DIR", "INDEX_NAME", "KeptTeacher", "kept_classes", "kept_teacher",
            "kept_names"]

@@ -1,8 +1,8 @@
 """The teacher pass, `dalidr reinforce`: label every stored view with the ensemble's top-k.
 
 Paper Sec. 2.1-2.2: for each (sample, slot) the augmentation parameters are drawn from
-(seed, sample, slot) (`dalidr.records`), the view is replayed with the one augmentation
-implementation (`dalidr.replay.replay_graph`, the same graph the training loader uses), the
+(seed, sample, slot) (`dalidr.augment.records`), the view is replayed with the one augmentation
+implementation (`dalidr.augment.replay.replay_graph`, the same graph the training loader uses), the
 ensemble (`dalidr.teacher`) labels it and the top-k of its mean softmax (`kernels.topk`) goes
 to the store (`store.StoreWriter`), block by block, each block committed when complete.
 
@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dalidr.augment.recipe import PRESETS, Recipe, load_recipe
 from dalidr.data.dataset import DatasetListing, list_dataset
+from dalidr.data.path_list import RootedPaths
 from dalidr.errors import DatasetError, ImageError, OptionError, StoreError
-from dalidr.path_list import RootedPaths
-from dalidr.recipe import PRESETS, Recipe, load_recipe
 from dalidr.teacher.ensemble import Ensemble, build_teacher
 from dalidr.teacher.skips import create_skip_marks, has_skip_marks, write_skip_marks
 from dalidr.teacher.views import ViewSource, decodes, view_pipeline

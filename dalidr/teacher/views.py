@@ -1,14 +1,16 @@
 """The teacher pass's data path: blocks of (sample, slot) views, fed to DALI, decoded once.
 
 `ViewSource` walks the store blocks a process owns, draws their records
-(`dalidr.records.draw_records`) and yields batches that span samples and slots but never
+(`dalidr.augment.records.draw_records`) and yields batches that span samples and slots but never
 cross a block. Each batch carries the distinct JPEGs of its views once, with an index that
 `view_pipeline` uses to fan the decoded images out to every view (`fn.permute_batch`), so an
 image is decoded once for all of its slots in the batch (Dataset Reinforcement Sec. 2.2: many
-views per image). Every member view is rendered by `dalidr.replay.replay_graph`, the code the
-training loader runs. Images decode as PIL decodes them (`dalidr.replay.DECODE_ARGS`: EXIF
+views per image). Every member view is rendered by `dalidr.augment.replay.replay_graph`, the code
+the
+training loader runs. Images decode as PIL decodes them (`dalidr.augment.replay.DECODE_ARGS`: EXIF
 orientation ignored), whatever their format. Unreadable files, and JPEGs whose image data
-libjpeg reports missing (`dalidr.image_formats.jpeg_damage`), are refused with their path, or
+libjpeg reports missing (`dalidr.augment.image_formats.jpeg_damage`), are refused with their path,
+or
 with `--skip-bad` recorded so the store marks their views skipped (with a warning naming
 each); JPEGs libjpeg merely complains about are served, with a warning naming the path.
 """
@@ -24,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from dalidr.augment.image_formats import jpeg_damage
+from dalidr.augment.recipe import Recipe
+from dalidr.augment.records import draw_records
 from dalidr.errors import ImageError
-from dalidr.image_formats import jpeg_damage
-from dalidr.recipe import Recipe
-from dalidr.records import draw_records
 from dalidr.teacher.ensemble import TeacherView
 from store.writer import StoreWriter
 
@@ -78,7 +80,7 @@ class ViewSource:
         self._iter = self._batches()
 
     def _read(self, sample: int) -> np.ndarray | None:
-        from dalidr.replay import check_jpeg
+        from dalidr.augment.replay import check_jpeg
 
         path = self.paths[sample]
         if sample in self.known_bad:
@@ -153,7 +155,7 @@ class ViewSource:
 
 
 def _fields(recipe: Recipe) -> tuple[str, ...]:
-    from dalidr.replay import ReplaySpec
+    from dalidr.augment.replay import ReplaySpec
 
     return ReplaySpec(recipe).fields
 
@@ -162,7 +164,7 @@ def view_pipeline(recipe: Recipe, views: tuple[TeacherView, ...], source: ViewSo
                    batch_size: int, num_threads: int, device_id: int | None) -> Any:
     from nvidia.dali import fn, pipeline_def
 
-    from dalidr.replay import DECODE_ARGS, Output, ReplaySpec, replay_graph
+    from dalidr.augment.replay import DECODE_ARGS, Output, ReplaySpec, replay_graph
 
     device = "cpu" if device_id is None else "gpu"
     output = Output.FLOAT_CHW if device_id is None else Output.UINT8_HWC
@@ -194,7 +196,7 @@ def decodes(data: np.ndarray) -> bool:
     """Whether DALI's CPU decoder accepts one whole image (used to find a bad batch's culprit)."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from dalidr.replay import DECODE_ARGS
+    from dalidr.augment.replay import DECODE_ARGS
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
     def _probe() -> Any:

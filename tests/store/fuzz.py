@@ -323,7 +323,7 @@ def _reader_outputs(url: str, dataset: Any) -> dict[str, np.ndarray]:
 
 def _invalid_served(out: dict[str, np.ndarray], config: Any) -> str | None:
     """An oracle independent of store.validate: values a replay cannot take."""
-    from dalidr.ops import NUM_OPS
+    from dalidr.augment.ops import NUM_OPS
 
     for epoch in (0, 1):
         classes, probs = out[f"classes{epoch}"], out[f"probs{epoch}"]
@@ -350,7 +350,7 @@ def _invalid_served(out: dict[str, np.ndarray], config: Any) -> str | None:
 
 
 def _record_dtype(config: Any) -> np.dtype:
-    from dalidr.records import record_dtype
+    from dalidr.augment.records import record_dtype
 
     return record_dtype(config.recipe)
 
@@ -377,7 +377,7 @@ class _Worker:
         _cap_data_segment(mem_gib)
 
     def _loader_batches(self, url: str) -> list[Any]:
-        from dalidr.loader import LoaderConfig, ReinforcedLoader, Targets
+        from dalidr.training.loader import LoaderConfig, ReinforcedLoader, Targets
 
         config = LoaderConfig(batch_size=8, num_threads=1, read_threads=1, read_ahead=1,
                               prefetch_depth=1, targets=Targets.SPARSE, p=1.0)

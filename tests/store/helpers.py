@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from dalidr.path_list import PathList
-from dalidr.recipe import recipe
-from dalidr.records import draw_records
+from dalidr.augment.recipe import recipe
+from dalidr.augment.records import draw_records
+from dalidr.data.path_list import PathList
 from store.config import ATTRS_KEY, StoreConfig
 from store.layout import attrs_digest
 from store.manifest import Manifest

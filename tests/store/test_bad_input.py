@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import zarr
 
+from dalidr.augment.recipe import recipe
 from dalidr.errors import DatasetError, OptionError, StoreError
-from dalidr.loader import LastBatch, LoaderConfig, PlainLoader, ReinforcedLoader
-from dalidr.recipe import recipe
 from dalidr.teacher.reinforce import ReinforceConfig, reinforce
 from dalidr.teacher.skips import SKIPPED, create_skip_marks, skipped_views, write_skip_marks
+from dalidr.training.loader import LastBatch, LoaderConfig, PlainLoader, ReinforcedLoader
 from store.config import ATTRS_KEY, SCHEMA_VERSION
 from store.inspect import format_report, inspect_store
 from store.manifest import Manifest

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dalidr.recipe import recipe
+from dalidr.augment.recipe import recipe
 from tests.store.fuzz import FuzzRunner, Kind, Mutant, Outcome, make_mutants, reseal_arrays
 from tests.store.helpers import make_config, make_manifest, write_store
 from tests.store_builder import build_store

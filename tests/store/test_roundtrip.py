@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dalidr.recipe import PRESETS, recipe
-from dalidr.records import draw_records
+from dalidr.augment.recipe import PRESETS, recipe
+from dalidr.augment.records import draw_records
 from store.config import Compression
 from store.encoding import topk_kl
 from store.prefetch import EpochPrefetcher

@@ -11,8 +11,8 @@ import pytest
 import zarr
 
 from dalidr.data.dataset import list_dataset
+from dalidr.data.path_list import PathList
 from dalidr.errors import DalidrError, DatasetError, StoreError
-from dalidr.path_list import PathList
 from store.config import ATTRS_KEY
 from store.manifest import scan_manifest
 from store.reader import StoreReader

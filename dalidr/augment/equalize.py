@@ -153,8 +153,8 @@ def _operator(device: str, device_id: int | None) -> Any:
             problem = gpu_support_problem()
             if problem is not None:
                 raise DeviceError(
-                    f"Equalize on the GPU (dalidr/equalize.py, PIL's table) runs through DALI's "
-                    f"numba plugin, which cannot run here: {problem}. Install numba's CUDA "
+                    "Equalize on the GPU (dalidr/augment/equalize.py, PIL's table) runs through "
+                    f"DALI's numba plugin, which cannot run here: {problem}. Install numba's CUDA "
                     "support for a CUDA 12 toolkit (`pip install numba-cuda[cu12]`), or replay "
                     "on the CPU (device_id=None)")
             _OPERATORS[key] = NumbaFunction(

@@ -30,20 +30,21 @@ from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
+from dalidr.augment.replay import check_jpeg
 from dalidr.data.dataset import DatasetListing
+from dalidr.data.path_list import RootedPaths
 from dalidr.errors import DatasetError, ImageError, OptionError
-from dalidr.loader_config import (
+from dalidr.training.loader_config import (
     LastBatch,
     LoaderConfig,
     SparseTargets,
     Targets,
     distributed_rank_world,
 )
-from dalidr.path_list import RootedPaths
-from dalidr.replay import check_jpeg
 from kernels.kl_loss import densify_topk
 
-__all__: list[str] = []  # package-internal: `dalidr.loader` and `dalidr.plain_loader` use it
+# package-internal: `dalidr.training.loader` and `dalidr.training.plain_loader` use it
+__all__: list[str] = []
 
 
 class RecordSource(Protocol):

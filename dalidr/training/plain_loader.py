@@ -1,6 +1,7 @@
 """The ERM baseline loader: DALI's standard augmentation, or a recipe drawn afresh per epoch.
 
-`PlainLoader` is built from `ReinforcedLoader`'s machinery (`dalidr/dali_loader.py`: same file
+`PlainLoader` is built from `ReinforcedLoader`'s machinery (`dalidr/training/dali_loader.py`: same
+file
 reading, same feeding, same conversion to torch): DALI's standard
 `decoders.image_random_crop` + resize + flip + normalise and one-hot labels, or resize + centre
 crop for evaluation. Comparing train
@@ -19,14 +20,14 @@ import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali.data_node import DataNode
 
-from dalidr.dali_loader import _DaliLoader, _Epoch, _one_hot_topk
+from dalidr.augment.recipe import Recipe
+from dalidr.augment.records import COORD_SCALE, draw_records
+from dalidr.augment.replay import DECODE_ARGS, Output, ReplaySpec, replay_graph
 from dalidr.data.dataset import list_dataset
+from dalidr.data.image_sizes import ImageSizes
 from dalidr.errors import DatasetError, OptionError
-from dalidr.image_sizes import ImageSizes
-from dalidr.loader_config import Augment, LastBatch, LoaderConfig
-from dalidr.recipe import Recipe
-from dalidr.records import COORD_SCALE, draw_records
-from dalidr.replay import DECODE_ARGS, Output, ReplaySpec, replay_graph
+from dalidr.training.dali_loader import _DaliLoader, _Epoch, _one_hot_topk
+from dalidr.training.loader_config import Augment, LastBatch, LoaderConfig
 from store.plan import PlanSpec, UnevenShards, plan_epoch
 
 __all__ = ["PlainLoader"]

@@ -5,13 +5,14 @@ where a batch's images and targets come from, so their wall-clock times compare 
 Sec. 3: training on ImageNet+ costs what training on ImageNet costs):
 
 - `erm`: `PlainLoader` (DALI random resized crop + flip), one-hot labels; with `--augment` a
-  recipe drawn afresh each epoch and replayed by `dalidr.replay` (strong augmentation for
+  recipe drawn afresh each epoch and replayed by `dalidr.augment.replay` (strong augmentation for
   teachers, and the store's own augmentation distribution for a fair `kd` baseline);
 - `kd`: the same images, targets from the teacher ensemble run on every batch
-  (`dalidr.ensemble.MeanSoftmax` over `dalidr.teacher`, `NAME[@CKPT],...`; the
+  (`dalidr.teacher.classifier.MeanSoftmax` over `dalidr.teacher`, `NAME[@CKPT],...`; the
   online-distillation baseline, as costly as a teacher forward per step);
 - `dr`: `ReinforcedLoader` over a store, targets the stored teacher top-k.
-All three minimise `dalidr.losses.kl_loss` (on one-hot targets, the cross-entropy), optionally
+All three minimise `dalidr.training.losses.kl_loss` (on one-hot targets, the cross-entropy),
+optionally
 plus MEAL V2's discriminator term.
 
 A timm student by name, from scratch, from timm's weights (`--pretrained`) or from a local
@@ -50,23 +51,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from dalidr.cpu_threads import ThreadGovernor, ThreadPlan, plan_threads
+from dalidr.augment.recipe import load_recipe
 from dalidr.errors import OptionError
-from dalidr.loader import (
+from dalidr.training.cpu_threads import ThreadGovernor, ThreadPlan, plan_threads
+from dalidr.training.loader import (
     Augment,
     LoaderConfig,
     PlainLoader,
     ReinforcedLoader,
     Targets,
 )
-from dalidr.losses import (
+from dalidr.training.losses import (
     Densify,
     DiscriminatorConfig,
     DiscriminatorRegulariser,
     kl_loss,
     teacher_log_probs,
 )
-from dalidr.recipe import load_recipe
 
 __all__ = ["Mode", "OptimizerName", "Schedule", "TrainConfig", "train", "check_config",
            "check_model_name", "register", "load_training_checkpoint", "CHECKPOINT_NAME"]
@@ -139,7 +140,8 @@ class TrainConfig:
     bf16: bool = True
     channels_last: bool = True
     compile: bool = False
-    # DALI worker threads and PyTorch intra-op threads; None: `dalidr.cpu_threads.plan_threads`
+    # DALI worker threads and PyTorch intra-op threads; None:
+    # `dalidr.training.cpu_threads.plan_threads`
     # (on a CPU, half the cores for the loader and every core for PyTorch, lowered while
     # other processes use them).
     threads: int | None = None
@@ -303,8 +305,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
 def _train_with(config: TrainConfig, device: torch.device,
                 loader: ReinforcedLoader | PlainLoader, out: Path,
                 checkpoint: Path, plan: ThreadPlan) -> dict[str, Any]:
-    from dalidr.ensemble import MeanSoftmax
     from dalidr.progress import progress_bar, progress_wanted
+    from dalidr.teacher.classifier import MeanSoftmax
 
     num_classes = loader.num_classes
     model = _student(config, num_classes)

@@ -1,7 +1,7 @@
 """The loaders' configuration: what a batch holds, where it lives, and how epochs are cut.
 
 One frozen `LoaderConfig` is passed down to `ReinforcedLoader` and `PlainLoader`
-(`dalidr.loader`); choices are Enums. `distributed_rank_world` reads the DDP rank and world
+(`dalidr.training.loader`); choices are Enums. `distributed_rank_world` reads the DDP rank and world
 from `torch.distributed` when it is initialised.
 """
 
@@ -14,8 +14,8 @@ from typing import NamedTuple
 
 import torch
 
+from dalidr.augment.replay import IMAGENET_MEAN, IMAGENET_STD
 from dalidr.errors import OptionError
-from dalidr.replay import IMAGENET_MEAN, IMAGENET_STD
 from kernels.kl_loss import Densify
 
 __all__ = [
@@ -104,7 +104,7 @@ class LoaderConfig:
 
 
 class SparseTargets(NamedTuple):
-    """Top-k targets of a batch, for `dalidr.losses` (no [B, C] tensor is built)."""
+    """Top-k targets of a batch, for `dalidr.training.losses` (no [B, C] tensor is built)."""
 
     indices: torch.Tensor  # [B, k] int64 class indices
     probs: torch.Tensor  # [B, k] float32, as stored (one-hot rows: 1 then zeros)

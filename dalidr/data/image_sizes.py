@@ -10,7 +10,7 @@ records it in a cache file beside the data, `<root>/.dalidr/image-hw-<key>.npy` 
 map. So a start reads no image, the first epoch reads each served image's header once, and
 later runs read none. The key is a hash of the listing (paths and, for a tree, byte sizes), so
 a changed dataset gets a fresh file. Where the data is read-only the file goes to the node
-cache directory (`dalidr.node_cache`), else sizes are kept in memory only.
+cache directory (`dalidr.data.node_cache`), else sizes are kept in memory only.
 
 Trade-off: sizes are those of the file's header, as PIL reports them (no EXIF rotation), which
 is what the store's manifest records for the teacher pass; a file that is not a parseable JPEG
@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dalidr.data.dataset import DatasetListing
+from dalidr.data.node_cache import node_cache_dir
 from dalidr.errors import ImageError
-from dalidr.node_cache import node_cache_dir
 
 __all__ = ["ImageSizes", "jpeg_size", "read_image_size"]
 

@@ -2,7 +2,7 @@
 
 ImageNet's train set is JPEGs and one PNG under a .JPEG name (n02105855_2933.JPEG); other
 ImageFolder trees hold the formats torchvision's `ImageFolder` lists. Replay
-(`dalidr.replay`) decodes with DALI's `decoders.image_slice`, which tells a format by its
+(`dalidr.augment.replay`) decodes with DALI's `decoders.image_slice`, which tells a format by its
 content, not its name, so dalidr does the same: `sniff_format` reads the magic bytes and
 `check_image` refuses, naming the path, anything the replay graph does not decode (GIF, text,
 truncated files). `IMAGE_EXTENSIONS` is torchvision's `IMG_EXTENSIONS` restricted to the

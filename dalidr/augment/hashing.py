@@ -3,7 +3,7 @@
 Everything dalidr draws from (seed, sample, slot, epoch, ...) goes through this hash rather
 than a stateful generator, so a value depends only on its own coordinates: not on batching,
 chunking, the number of processes or what else was drawn before. The sampler
-(`dalidr.records`) and the epoch plans (`store.plan`) both use it.
+(`dalidr.augment.records`) and the epoch plans (`store.plan`) both use it.
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ training on a reinforced dataset costs what training on the original costs). Per
 the store's epoch plan for this rank (`StoreReader.plan` / `read_epoch`, one epoch ahead in a
 background thread with `store.prefetch.EpochPrefetcher`), reads the planned samples' JPEG bytes
 with a thread pool a few batches ahead, and replays each stored view through
-`dalidr.replay.replay_graph`, the one augmentation implementation, so the student sees exactly
+`dalidr.augment.replay.replay_graph`, the one augmentation implementation, so the student sees
+exactly
 the pixels the teacher labelled. Each step yields `(images, targets)`: images `[B, 3, H, W]`
 normalised (channels_last on request), targets dense `[B, C]` soft labels (`Densify`) or sparse
-`SparseTargets(indices, probs)` for the fused loss (`dalidr.losses`).
+`SparseTargets(indices, probs)` for the fused loss (`dalidr.training.losses`).
 
 With probability 1 - p a sample is served from the original data instead: a fresh random
 resized crop and flip (drawn with `draw_records` from (seed, sample, epoch), replayed by the same
@@ -16,8 +17,8 @@ graph with every other augmentation off) and a one-hot label (the paper's `p` op
 pure reinforced data). All draws are pure functions of (seed, epoch, sample), so a resumed epoch
 reproduces its batches exactly.
 
-`PlainLoader` (`dalidr/plain_loader.py`) is the ERM baseline built from the same machinery
-(`dalidr/dali_loader.py`), so comparing their train wall-clock compares only what differs:
+`PlainLoader` (`dalidr/training/plain_loader.py`) is the ERM baseline built from the same machinery
+(`dalidr/training/dali_loader.py`), so comparing their train wall-clock compares only what differs:
 replaying stored parameters.
 
 Distributed data parallel: the rank and world size come from `torch.distributed` when it is
@@ -33,10 +34,14 @@ from pathlib import Path
 import numpy as np
 from nvidia.dali.data_node import DataNode
 
-from dalidr.dali_loader import _check_classes, _DaliLoader, _Epoch, _one_hot_topk
+from dalidr.augment.recipe import Recipe
+from dalidr.augment.records import draw_records, identity_records
+from dalidr.augment.replay import Output, ReplaySpec, replay_graph
 from dalidr.data.dataset import DatasetListing, list_dataset
 from dalidr.errors import OptionError, StoreError
-from dalidr.loader_config import (
+from dalidr.teacher.skips import skipped_samples
+from dalidr.training.dali_loader import _check_classes, _DaliLoader, _Epoch, _one_hot_topk
+from dalidr.training.loader_config import (
     Augment,
     LastBatch,
     LoaderConfig,
@@ -44,11 +49,7 @@ from dalidr.loader_config import (
     Targets,
     distributed_rank_world,
 )
-from dalidr.plain_loader import PlainLoader
-from dalidr.recipe import Recipe
-from dalidr.records import draw_records, identity_records
-from dalidr.replay import Output, ReplaySpec, replay_graph
-from dalidr.teacher.skips import skipped_samples
+from dalidr.training.plain_loader import PlainLoader
 from store.manifest import Manifest
 from store.prefetch import EpochPrefetcher
 from store.reader import StoreReader

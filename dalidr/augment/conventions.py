@@ -9,7 +9,7 @@ this code does not implement, rather than replaying it differently in silence.
   (apple/ml-dr) decode them. EXIF orientation is ignored (DALI's default would rotate), the
   image size the sampler draws crops for is the size replay decodes, and every format of
   ImageNet's train set (a PNG under a .JPEG name among them) goes through the same graph.
-- `OP_SET`: the RandAugment op table (`dalidr.ops`): torchvision's 14 ops with its magnitude
+- `OP_SET`: the RandAugment op table (`dalidr.augment.ops`): torchvision's 14 ops with its magnitude
   bins, Equalize as PIL's `ImageOps.equalize` (which torchvision's tensor `equalize` follows).
 
 Bump a value whenever the pixels a stored record replays to would change.

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from dalidr.teacher import Ensemble
+from dalidr.teacher.ensemble import Ensemble
 
 __all__ = ["MeanSoftmax", "EnsembleLogits"]
 

@@ -10,7 +10,8 @@ centre crop, normalise), the same DALI machinery training uses; the model is reb
 checkpoint's metadata (timm name, class count, image size, normalisation), read with
 `torch.load(weights_only=True)`. An ensemble (`--teacher NAME@CKPT,...`, built by
 `dalidr.teacher` exactly as the teacher pass builds it) is scored as the log of its members'
-mean softmax (MEAL V2 eq. 1; `dalidr.ensemble.EnsembleLogits`), at the side its `dalidr train`
+mean softmax (MEAL V2 eq. 1; `dalidr.teacher.classifier.EnsembleLogits`), at the side its
+`dalidr train`
 checkpoints were trained at unless `--size` says otherwise. A progress bar counts batches
 (`dalidr.progress`). Trade-off: probabilities of the whole evaluation set are kept
 in memory ([N, C] float32: 5 GB for ImageNet's 1.28 M training images, 200 MB for its 50 000
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from dalidr.errors import OptionError
-from dalidr.loader import Augment, LastBatch, LoaderConfig, PlainLoader, Targets
+from dalidr.training.loader import Augment, LastBatch, LoaderConfig, PlainLoader, Targets
 
 __all__ = ["ECE_BINS", "Calibration", "EvalResult", "EvalConfig", "calibration", "metrics",
            "save_reliability_diagram", "evaluate", "run_eval", "register"]
@@ -191,7 +192,7 @@ def _checkpoint_model(config: EvalConfig, device: torch.device
                       ) -> tuple[torch.nn.Module, PlainLoader, dict[str, Any]]:
     import timm
 
-    from dalidr.train import load_training_checkpoint
+    from dalidr.training.train import load_training_checkpoint
 
     assert config.checkpoint is not None
     state = load_training_checkpoint(config.checkpoint)
@@ -209,8 +210,8 @@ def _checkpoint_model(config: EvalConfig, device: torch.device
 def _ensemble_model(config: EvalConfig, device: torch.device
                     ) -> tuple[torch.nn.Module, PlainLoader, dict[str, Any]]:
     from dalidr.data.dataset import list_dataset
-    from dalidr.ensemble import EnsembleLogits
     from dalidr.teacher import build_teacher, parse_teacher
+    from dalidr.teacher.classifier import EnsembleLogits
 
     assert config.teacher is not None
     specs = parse_teacher(config.teacher)

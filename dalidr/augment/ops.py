@@ -25,7 +25,7 @@ from nvidia.dali import fn, math, types
 from nvidia.dali.auto_aug.core import augmentation
 from nvidia.dali.auto_aug.core._augmentation import Augmentation
 
-from dalidr.equalize import pil_equalize
+from dalidr.augment.equalize import pil_equalize
 
 __all__ = ["OpSpec", "OPS", "NUM_OPS", "OP_IDS", "replay_ops"]
 

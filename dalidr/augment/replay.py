@@ -8,13 +8,15 @@ teacher saw (paper Sec. 2: parameters are stored, images are re-created). It run
 Per view, in the order of the paper's code (apple/ml-dr, torchvision transforms):
 1. crop: the stored fractions become source pixels (`round(fraction * side)`), and only that
    region is decoded (`decoders.image_slice`, ROI decoding where the decoder supports it).
-   Images decode as PIL decodes them (`dalidr.conventions.DECODE_CONVENTION`, `DECODE_ARGS`):
-   RGB, EXIF orientation ignored, whatever the format (`dalidr.image_formats`), so the size the
+   Images decode as PIL decodes them (`dalidr.augment.conventions.DECODE_CONVENTION`,
+   `DECODE_ARGS`):
+   RGB, EXIF orientation ignored, whatever the format (`dalidr.augment.image_formats`), so the size
+   the
    sampler drew the crop for (PIL's `Image.open(path).size`) is the size decoded here;
 2. resize to the output side (linear, antialiased, as torchvision's RandomResizedCrop);
 3. horizontal flip, folded into the resize as a mirrored region of interest;
 4. RandAugment: each stored (op id, signed magnitude bin) goes through `auto_aug.select`, which
-   splits the batch among the ops of `dalidr.ops` with DALI conditionals;
+   splits the batch among the ops of `dalidr.augment.ops` with DALI conditionals;
 5. RandomErasing: the stored box, filled with `recipe.erase_fill`;
 6. MixUp/CutMix: the partner is decoded and augmented with its own stored view (steps 1-5),
    then blended with weight lambda (MixUp) or pasted inside the stored box (CutMix).
@@ -34,11 +36,11 @@ from nvidia.dali.auto_aug.core import select, signed_bin
 from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline
 
+from dalidr.augment.image_formats import check_image
+from dalidr.augment.ops import replay_ops
+from dalidr.augment.recipe import Recipe
+from dalidr.augment.records import COORD_SCALE, MixMode, record_dtype, validate_records
 from dalidr.errors import ImageError, OptionError
-from dalidr.image_formats import check_image
-from dalidr.ops import replay_ops
-from dalidr.recipe import Recipe
-from dalidr.records import COORD_SCALE, MixMode, record_dtype, validate_records
 
 __all__ = [
     "Output",
@@ -53,7 +55,8 @@ __all__ = [
     "PEEK_ARGS",
 ]
 
-# How every dalidr pipeline decodes an image (dalidr.conventions.DECODE_CONVENTION): RGB, and
+# How every dalidr pipeline decodes an image (dalidr.augment.conventions.DECODE_CONVENTION): RGB,
+# and
 # EXIF orientation ignored, as PIL, torchvision's ImageFolder and the paper's code (DALI's
 # default would rotate). Pass to every `fn.decoders.*` and to `fn.peek_image_shape`
 # (`PEEK_ARGS`).
@@ -268,7 +271,8 @@ def replay_pipeline(
 
 def check_jpeg(data: np.ndarray | bytes, where: str) -> None:
     """Raise ImageError naming `where` unless replay decodes `data` (any format of
-    `dalidr.image_formats.REPLAY_FORMATS`, whole); kept under its old name for the loaders."""
+    `dalidr.augment.image_formats.REPLAY_FORMATS`, whole); kept under its old name for the
+    loaders."""
     check_image(data, where)
 
 

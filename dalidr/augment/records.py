@@ -2,7 +2,7 @@
 
 A record is everything needed to replay one view ("slot") of one sample: the crop, the flip, the
 RandAugment ops, the erase box and, for mixed views, the partner's index with the partner's own
-view. The store persists these arrays as they are; replay (`dalidr.replay`) reads them and
+view. The store persists these arrays as they are; replay (`dalidr.augment.replay`) reads them and
 never draws a random number.
 
 Determinism. Every record is a pure function of (seed, sample index, slot): a counter-based
@@ -17,7 +17,7 @@ record can be replayed at the student's and at a larger teacher's size (paper Se
 The crop and erase draws follow torchvision's `RandomResizedCrop.get_params` and
 `RandomErasing.get_params` (ten attempts, then the fallback), computed in pixels of the source
 (crop) and of `recipe.output_size` (erase). RandAugment follows torchvision's op list and
-magnitude bins (`dalidr.ops`), MixUp/CutMix follow timm's `Mixup` (CutMix's lambda is
+magnitude bins (`dalidr.augment.ops`), MixUp/CutMix follow timm's `Mixup` (CutMix's lambda is
 corrected for the clipped box).
 
 Bytes per record (n = `ra_num_ops`, 2 in the presets):
@@ -37,10 +37,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dalidr.augment.hashing import GOLDEN, M1, mix64
+from dalidr.augment.ops import NUM_OPS, OPS
+from dalidr.augment.recipe import Recipe
 from dalidr.errors import RecordError
-from dalidr.hashing import GOLDEN, M1, mix64
-from dalidr.ops import NUM_OPS, OPS
-from dalidr.recipe import Recipe
 
 __all__ = [
     "COORD_SCALE",
