@@ -19,13 +19,15 @@ demo: $(STAMP)
 	$(VENV)/bin/dalidr demo --out runs/demo
 
 test: $(STAMP)
+	$(PY) -m mypy
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dalidr kernels store bench tests
+	$(PY) -m mypy
 
 bench: $(STAMP)
 	$(PY) bench/replay.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build *.egg-info .mypy_cache

@@ -1,13 +1,16 @@
 """Fuzzing the store format at scale: thousands of mutants of two small valid stores.
 
 Every file of each store is mutated many ways (bit flips, truncation, extension, zeroing,
-deletion, swapping two chunks of an array, edited JSON values, out-of-range values with every
-digest recomputed; `tests/store/fuzz.py`). Invariant for every mutant: `inspect_store`,
-`StoreReader` (two epochs of records and targets, and the manifest) and, for `--loader-mutants`
-of them, the real `ReinforcedLoader` (DALI CPU, one epoch of images and targets) either serve
-exactly what the unmutated store serves or raise a dalidr error naming the store; never another
-exception type, never different data silently, never an allocation past `--mem-gib` over the
-warmed-up worker (RLIMIT_DATA), never past `--timeout` seconds (the parent kills the worker).
+deletion, swapping two chunks of an array, edited JSON values, out-of-range values or a top-k
+class repeated, with every digest recomputed; and, one mutant in eight, an object replaced by
+what a store may not hold: a symbolic link inside or outside the store or to a device, a FIFO, a
+3 GiB sparse chunk or zarr.json; `tests/store/fuzz.py`). Invariant for every mutant:
+`inspect_store`, `StoreReader` (two epochs of records and targets, and the manifest) and, for
+`--loader-mutants` of them, the real `ReinforcedLoader` (DALI CPU, one epoch of images and
+targets) either serve exactly what the unmutated store serves or raise a dalidr error naming the
+store; never another exception type, never different data silently, never an allocation past
+`--mem-gib` over the warmed-up worker (RLIMIT_DATA), never past `--timeout` seconds (the parent
+kills the worker).
 
 Stores: `mix`, the richest recipe (M*+R*: partners, boxes, RandAugment, erasing) with a
 synthetic teacher, 12 samples x 4 slots in 2 blocks; `real`, real JPEGs and a real (randomly
@@ -34,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `tests` impor
 
 from bench.machine import describe_machine, summary
 from dalidr.augment.recipe import recipe
-from tests.store.fuzz import FuzzRunner, Result, make_mutants, reseal_arrays, summarise
+from tests.store.fuzz import FuzzRunner, Outcome, Result, make_mutants, reseal_arrays, summarise
 from tests.store.helpers import make_config, make_manifest, write_store
 from tests.store_builder import build_store
 
@@ -116,7 +119,10 @@ def print_table(results: dict[str, Any]) -> None:
     total = results["total"]
     print(f"{'total':14s} {total['mutants']:8d} {len(total['violations']):10d}  "
           f"{total['outcomes']}")
-    print(f"by kind: {json.dumps(total['by_kind'])}")
+    print(f"{'mutation kind':16s} {'mutants':>8s} {'violations':>10s}  outcomes")
+    for kind, counts in total["by_kind"].items():
+        bad = sum(n for name, n in counts.items() if Outcome[name].violation)
+        print(f"{kind:16s} {sum(counts.values()):8d} {bad:10d}  {counts}")
     print(f"slowest mutant {total['max_seconds']:.2f} s, worker peak RSS "
           f"{total['max_peak_rss_mb']:.0f} MB; {results['seconds']:.0f} s in all")
     for violation in total["violations"][:20]:

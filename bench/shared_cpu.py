@@ -89,7 +89,7 @@ def _prepare(work: Path, per_class: int) -> tuple[Path, Path, Path]:
         # The loader's cost does not depend on who labelled the views: an untrained teacher.
         reinforce(ReinforceConfig(data=data, teacher="test_resnet", recipe=strong, slots=4,
                                   k=5, out=str(store), seed=0, batch_size=256,
-                                  block_size=256, progress=False))
+                                  block_size=256, random_teacher=True, progress=False))
         (work / "store.done").write_text("ok\n")
     return data, plain, store
 

@@ -49,13 +49,13 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from zarr.storage import LocalStore
 
 from bench.machine import describe_machine, summary
 from dalidr.augment.recipe import recipe
 from dalidr.augment.records import draw_records
 from store import Compression, Manifest, StoreConfig, StoreReader, create_store, topk_kl
 from store.encoding import decode_records, dequantise_probs
+from store.guarded import GuardedLocalStore
 from store.inspect import inspect_store
 from store.layout import CLASSES, PROB_GAPS
 from store.plan import PlanSpec, plan_epoch
@@ -118,9 +118,10 @@ def _one_core() -> Iterator[int]:
 
 @contextmanager
 def _count_fetched_bytes() -> Iterator[list[int]]:
-    """Count the bytes zarr's LocalStore returns from `get` (what a reader fetches)."""
+    """Count the bytes the store's local zarr store returns from `get` (what a reader
+    fetches; `locate` opens local stores as `store.guarded.GuardedLocalStore`)."""
     counter = [0]
-    original = LocalStore.get
+    original = GuardedLocalStore.get
 
     async def counting_get(self, key, prototype, byte_range=None):  # type: ignore[no-untyped-def]
         buffer = await original(self, key, prototype, byte_range)
@@ -128,11 +129,11 @@ def _count_fetched_bytes() -> Iterator[list[int]]:
             counter[0] += len(buffer)
         return buffer
 
-    LocalStore.get = counting_get  # type: ignore[method-assign]
+    GuardedLocalStore.get = counting_get  # type: ignore[method-assign]
     try:
         yield counter
     finally:
-        LocalStore.get = original  # type: ignore[method-assign]
+        GuardedLocalStore.get = original  # type: ignore[method-assign]
 
 
 def _manifest(num_samples: int, seed: int) -> Manifest:

@@ -160,7 +160,8 @@ def measure_pass(config: ReinforceConfig, work: Path, repeats: int) -> dict[str,
 def measure_forward(config: ReinforceConfig, device: torch.device, iters: int,
                     repeats: int) -> dict[str, Any]:
     """Views/s of the bare Labeller on pre-made normalised tensors (same batch, same sizes)."""
-    ensemble = build_teacher(config.teacher, 3, size=config.recipe.teacher_size)
+    ensemble = build_teacher(config.teacher, 3, size=config.recipe.teacher_size,
+                             random_seed=config.seed)
     labeller = Labeller(ensemble, device, config.k, config.batch_size, config.compile)
     g = torch.Generator(device="cpu").manual_seed(0)
     views = []
@@ -245,12 +246,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             data=work / "images", teacher=args.teacher, recipe=recipe, slots=args.slots, k=3,
             out="", batch_size=args.batch, block_size=max(args.images // 4, 1),
             device=str(device), num_threads=args.threads, compile=CompileMode(args.compile),
-            progress=False)
+            random_teacher=True, progress=False)
         full = measure_pass(config, work, args.repeats)
         print(f"full pass: {full['views_per_s']:.1f} views/s")
         bare = measure_forward(config, device, args.forward_iters, args.repeats)
         print(f"bare forward: {bare['views_per_s']:.1f} views/s")
-    ensemble = build_teacher(args.teacher, 3, size=recipe.teacher_size)
+    ensemble = build_teacher(args.teacher, 3, size=recipe.teacher_size, random_seed=0)
     sizes = [m.view.size for m in ensemble.members]
     names = [s.name for s in parse_teacher(args.teacher)]
     flops = flops_per_view(names, sizes)

@@ -6,7 +6,8 @@
 - `dalidr gallery`: every recipe replayed on bundled real JPEGs, one PNG grid each.
 - `dalidr views`: replayed views of a user's ImageFolder tree, as a PNG grid.
 - `dalidr inspect` / `dalidr subset`: reinforcement stores (`store/cli.py`).
-- `dalidr reinforce`, `dalidr train`, `dalidr eval`: registered by their own modules.
+- `dalidr reinforce`, `dalidr train`, `dalidr eval`, `dalidr import-mldr`, `dalidr pack`:
+  registered by their own modules.
 
 `python -m dalidr` is the same command line (`dalidr/__main__.py`). Every `--help` shows each
 option's default (`_DefaultsFormatter`, applied to every subcommand through `_Parser`).
@@ -30,10 +31,11 @@ import numpy as np
 from dalidr.augment.ops import OPS
 from dalidr.augment.recipe import PRESETS, Recipe, load_recipe
 from dalidr.augment.records import MixMode, draw_records, record_dtype
+from dalidr.data.shards import SHARDS_HELP
 from dalidr.errors import DalidrError, OptionError
 from dalidr.experiment import MODES, DemoConfig, ExperimentConfig, run_demo
 
-__all__ = ["main", "render_views", "sample_across_classes"]
+__all__ = ["build_parser", "main", "render_views", "sample_across_classes"]
 
 # Modules that add subcommands with `register(subparsers)`, each owning its job's options.
 _SUBCOMMAND_MODULES = (
@@ -42,6 +44,7 @@ _SUBCOMMAND_MODULES = (
     "dalidr.training.train",  # train
     "dalidr.training.evaluate",  # eval
     "dalidr.mldr.convert",  # import-mldr (the paper's published reinforcements)
+    "dalidr.data.pack",  # pack (a folder as webdataset tar shards)
 )
 
 
@@ -50,7 +53,7 @@ def _captions(records: np.ndarray, recipe: Recipe) -> list[str]:
     for record in records:
         parts = []
         if recipe.has_ra_re:
-            parts += [OPS[int(o)].name[:6] for o in record["ops"] if o != 0]
+            parts += [OPS[int(o)].name for o in record["ops"] if o != 0]
             if record["erase"][2] > 0:
                 parts.append("RE")
         if recipe.has_mix and record["mix"] != MixMode.NONE:
@@ -101,10 +104,15 @@ def _gallery(args: argparse.Namespace) -> int:
     OptionError.unless(16 <= args.size <= 4096, "--size", args.size, "16..4096")
     out = Path(args.out)
     paths = make_corpus(out / "corpus", args.images, seed=args.seed)
-    jpegs = [np.fromfile(p, dtype=np.uint8) for p in paths]
+    import io
+
     from PIL import Image
 
-    image_hw = np.array([Image.open(p).size[::-1] for p in paths])
+    from dalidr.data.data_source import FileSource
+
+    source = FileSource(out / "corpus", [p.relative_to(out / "corpus").as_posix() for p in paths])
+    jpegs = source.read(range(len(paths)))
+    image_hw = np.array([Image.open(io.BytesIO(j.tobytes())).size[::-1] for j in jpegs])
     print(f"dalidr gallery: {len(paths)} real JPEGs under {out / 'corpus'}")
     print(f"{'recipe':<12}{'bytes/record':>14}{'views':>8}{'images/s':>11}  picture")
     for name, preset in PRESETS.items():
@@ -178,6 +186,8 @@ def sample_across_classes(labels: Sequence[int] | np.ndarray, count: int,
 
 
 def _views(args: argparse.Namespace) -> int:
+    import io
+
     from PIL import Image
 
     from dalidr.data.dataset import list_dataset
@@ -187,9 +197,8 @@ def _views(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     listing = list_dataset(args.data)
     chosen = sample_across_classes(listing.labels, args.images, args.seed)
-    files = [listing.root / listing.paths[int(i)] for i in chosen]
-    jpegs = [np.fromfile(p, dtype=np.uint8) for p in files]
-    image_hw = np.array([Image.open(p).size[::-1] for p in files])
+    jpegs = listing.source.read(chosen)
+    image_hw = np.array([Image.open(io.BytesIO(j.tobytes())).size[::-1] for j in jpegs])
     labels = np.asarray(listing.labels)
     path, _ = render_views(jpegs, image_hw, recipe, args.slots, args.seed, Path(args.out),
                            recipe.variant.value,
@@ -202,9 +211,11 @@ def _add_experiment_options(parser: argparse.ArgumentParser, out: str) -> None:
     defaults = ExperimentConfig()
     data = parser.add_argument_group("data (your own, or the built-in Fashion-MNIST)")
     data.add_argument("--train", default=None, metavar="ROOT",
-                      help="training ImageFolder root (or the root of --train-list's paths); "
+                      help="training ImageFolder root (or the root of --train-list's paths, "
+                           "or webdataset tar shards as `dalidr reinforce --data` takes them); "
                            "with --test. Default: built-in Fashion-MNIST")
-    data.add_argument("--test", default=None, metavar="ROOT", help="test ImageFolder root")
+    data.add_argument("--test", default=None, metavar="ROOT",
+                      help="test ImageFolder root (or tar shards)")
     data.add_argument("--train-list", default=None, metavar="FILE",
                       help="'<path> <label>' lines under --train instead of class folders")
     data.add_argument("--test-list", default=None, metavar="FILE",
@@ -303,7 +314,9 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `dalidr` parser, every subcommand registered (docs/cli.md is rendered from it
+    by `dalidr/cli_reference.py`)."""
     parser = _Parser(prog="dalidr", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -328,7 +341,7 @@ def _parser() -> argparse.ArgumentParser:
     gallery.set_defaults(run=_gallery)
 
     views = sub.add_parser("views", help="replayed views of an ImageFolder tree, as a PNG")
-    views.add_argument("--data", required=True, help="ImageFolder root of JPEGs")
+    views.add_argument("--data", required=True, help=f"ImageFolder root of JPEGs, {SHARDS_HELP}")
     views.add_argument(
         "--recipe", default="rrc+ra/re", help=f"preset ({', '.join(PRESETS)}) or YAML/JSON file"
     )
@@ -346,7 +359,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except DalidrError as exc:

@@ -14,7 +14,12 @@ __all__ = [
     "RecordError",
     "ImageError",
     "DatasetError",
+    "RemoteReadError",
+    "UnreachableError",
+    "RangeIgnoredError",
+    "ShardChangedError",
     "StoreError",
+    "StoreWriteError",
     "DeviceError",
 ]
 
@@ -53,8 +58,31 @@ class DatasetError(DalidrError):
     """A dataset root or file list is malformed, empty or does not match a store."""
 
 
+class RemoteReadError(DatasetError):
+    """Byte ranges of a remote shard could not be read, retries spent (`dalidr.data.byte_ranges`):
+    names the shard URL, the member and its offset, and the last error."""
+
+
+class UnreachableError(RemoteReadError):
+    """No attempt to reach a remote shard got an answer (refused, reset, timed out)."""
+
+
+class RangeIgnoredError(RemoteReadError):
+    """A server answered a byte-range request with the whole object: it ignores Range."""
+
+
+class ShardChangedError(DatasetError):
+    """A shard ended early while being read: it shrank or was replaced since it was indexed."""
+
+
 class StoreError(DalidrError):
     """A reinforcement store is missing, corrupt, incomplete or of another schema."""
+
+
+class StoreWriteError(StoreError):
+    """Writing a store (or its cache) failed: disk full, no permission, I/O error. Names the
+    store, the object and, where known, the bytes needed and free; nothing wrong with the
+    input, so a rerun after fixing the cause resumes (`store.write_errors`)."""
 
 
 class DeviceError(DalidrError):

@@ -355,6 +355,7 @@ def _reinforce(config: ExperimentConfig, step: str, data: ExperimentData,
         _log(config, f"{step} reinforce: teacher {teacher.spec} at {teacher.size} px, "
                      f"{config.slots} slots, top-{config.topk}")
         t0 = time.perf_counter()
+        assert teacher.spec is not None  # the caller reinforces only with a teacher
         reinforce(ReinforceConfig(
             data=data.train.root, teacher=teacher.spec,
             recipe=load_recipe(recipe).replace(teacher_size=teacher.size), slots=config.slots,

@@ -100,7 +100,7 @@ def teacher_views_png(store: Path, listing: DatasetListing, path: Path, seed: in
     """Replayed stored views (the first `max_slots`) of `count` images, captioned with the
     teacher's top-3."""
     from dalidr.augment.replay import Replayer, ReplaySpec
-    from dalidr.grid import save_grid
+    from dalidr.grid import class_caption, save_grid
     from store import StoreReader
 
     reader = StoreReader(str(store))
@@ -110,11 +110,8 @@ def teacher_views_png(store: Path, listing: DatasetListing, path: Path, seed: in
     slots = np.arange(min(max_slots, reader.config.slots))
     records, targets = reader.read_views(np.repeat(samples, len(slots)),
                                          np.tile(slots, len(samples)))
-    root = listing.root
-    jpegs = [np.fromfile(root / listing.paths[int(s)], dtype=np.uint8)
-             for s in np.repeat(samples, len(slots))]
-    partners = ([np.fromfile(root / listing.paths[int(p)], dtype=np.uint8)
-                 for p in records["partner"]] if recipe.has_mix else None)
+    jpegs = listing.source.read(np.repeat(samples, len(slots)))
+    partners = listing.source.read(records["partner"]) if recipe.has_mix else None
     views = Replayer(ReplaySpec(recipe, size=128), batch_size=len(jpegs), num_threads=2)(
         jpegs, records, partners, num_samples=len(listing))
     labels = np.asarray(listing.labels)
@@ -122,10 +119,8 @@ def teacher_views_png(store: Path, listing: DatasetListing, path: Path, seed: in
     for i in range(len(samples)):
         part = slice(i * len(slots), (i + 1) * len(slots))
         rows.append(views[part])
-        captions.append([
-            " ".join(f"{listing.classes[int(c)][:6]} {round(100 * float(p))}%"
-                     for c, p in zip(cls[:3], prob[:3], strict=True))
-            for cls, prob in zip(targets.classes[part], targets.probs[part], strict=True)
-        ])
+        captions.append([class_caption(listing.classes, cls[:3], prob[:3])
+                         for cls, prob in zip(targets.classes[part], targets.probs[part],
+                                              strict=True)])
     titles = [listing.classes[int(labels[s])] for s in samples]
     return save_grid(rows, path, titles, captions)

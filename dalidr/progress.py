@@ -16,7 +16,7 @@ from tqdm import tqdm
 __all__ = ["progress_wanted", "progress_bar"]
 
 
-class _Bar(tqdm):  # type: ignore[misc]
+class _Bar(tqdm):
     """tqdm that draws its final count before it closes (tqdm skips redraws closer together
     than `mininterval`, so a fast last step would otherwise never show as done)."""
 

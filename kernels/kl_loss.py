@@ -201,14 +201,14 @@ class _KLTopK(torch.autograd.Function):
     """Forward computes the gradient too; backward scales it by the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, logits, indices, probs, densify):  # type: ignore[no-untyped-def, override]
+    def forward(ctx, logits, indices, probs, densify):
         loss, grad = kl_topk_triton(logits, indices, probs, densify,
                                     with_grad=logits.requires_grad)
         ctx.save_for_backward(grad if grad is not None else logits.new_empty(0))
         return loss
 
     @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[no-untyped-def, override]
+    def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
         if torch.equal(grad_output, torch.ones_like(grad_output)):
             return grad, None, None, None

@@ -30,13 +30,15 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _check_data(args: argparse.Namespace) -> int:
     """`verify`, and `inspect --data`: every served file of the data root against the store."""
-    from dalidr.data.dataset import list_dataset
+    from dalidr.data.dataset import list_dataset, source_for
     from store.reader import StoreReader
     from store.verify import verify_data
 
     manifest = StoreReader(args.store).manifest
     listing = None if args.manifest_paths else list_dataset(args.data, args.file_list)
-    report = verify_data(manifest, args.data, listing, workers=args.workers,
+    source = (source_for(args.data, manifest.paths) if listing is None
+              else listing.source.for_paths(manifest.paths))
+    report = verify_data(manifest, source, listing, workers=args.workers,
                          progress=sys.stderr.isatty() and not args.no_progress)
     for line in report.warnings:
         print(f"warning: {line}")
@@ -74,7 +76,8 @@ def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _add_data_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--data", required=required, default=None,
                         help="the dataset root the store was made from: hash every file, "
-                             "check its format, report damaged JPEG data by path")
+                             "check its format, report damaged JPEG data by path (or the "
+                             "webdataset tar shards it was made from, member by member)")
     parser.add_argument("--file-list", default=None, help="'<path> <label>' lines, if the store "
                         "was made from a file list")
     parser.add_argument("--manifest-paths", action="store_true",

@@ -103,7 +103,7 @@ class StoreConfig:
               f"1..slots ({self.slots})")
         check(15 <= self.prob_levels <= 255, "prob_levels", self.prob_levels, "15..255")
         check(isinstance(self.compression, Compression), "compression", self.compression,
-              [c.value for c in Compression])
+              str([c.value for c in Compression]))
         check(isinstance(self.teacher, str), "teacher", self.teacher, "a string")
 
     @property

@@ -27,6 +27,7 @@ from store.layout import (
     group_digest,
     open_layout,
 )
+from store.location import redacted
 from store.validate import decode_views
 
 __all__ = ["StoreReport", "inspect_store", "verify_store", "format_report"]
@@ -101,7 +102,7 @@ def verify_store(layout: StoreLayout) -> tuple[list[str], int]:
                     parts.append(array[r.start:r.stop, slots.start:slots.stop])
                 except CORRUPT_CHUNK_ERRORS as exc:
                     problems.append(f"array {name!r}, chunk (block {block}, slot group {group}) "
-                                    f"is corrupt: {exc}")
+                                    f"is corrupt: {redacted(exc)}")
                     break
             else:
                 arrays[name] = np.concatenate(parts, axis=1)

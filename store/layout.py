@@ -52,7 +52,7 @@ from zarr.errors import ZarrUserWarning
 from dalidr.errors import StoreError
 from store.config import ATTRS_KEY, Compression, StoreConfig
 from store.encoding import ColumnSpec, record_columns
-from store.location import CORRUPT_CHUNK_ERRORS, StoreLocation, locate
+from store.location import CORRUPT_CHUNK_ERRORS, StoreLocation, locate, redacted
 from store.manifest import Manifest, write_manifest
 from store.validate import check_layout, checked_manifest
 
@@ -148,8 +148,11 @@ class StoreLayout:
                     warnings.simplefilter("ignore", ZarrUserWarning)
                     # zarr skips chunks equal to the fill value, but a committed block must
                     # own every shard (a zero column is data, and the reader checks for it).
-                    array = self.group[name].with_config({"write_empty_chunks": True})
-                    self._arrays[name] = array  # type: ignore[assignment]
+                    node = self.group[name]
+                    if not isinstance(node, zarr.Array):
+                        raise KeyError(name)
+                    array = node.with_config({"write_empty_chunks": True})
+                    self._arrays[name] = array
             except KeyError as exc:
                 raise StoreError(f"{self.url}: array {name!r} is missing") from exc
         return self._arrays[name]
@@ -165,7 +168,7 @@ class StoreLayout:
         try:
             return np.asarray(self.array(COMMIT)[...], dtype=np.uint64)
         except CORRUPT_CHUNK_ERRORS as exc:
-            raise StoreError(f"{self.url}: the commit map is corrupt: {exc}; run "
+            raise StoreError(f"{self.url}: the commit map is corrupt: {redacted(exc)}; run "
                              "`dalidr inspect` on the store") from exc
 
     def commits(self) -> np.ndarray:
@@ -189,7 +192,7 @@ def create_layout(url: str, manifest: Manifest, config: StoreConfig,
         raise StoreError(f"{url}: a store already exists; open it to resume, or overwrite it")
     store_attrs = {**config.to_attrs(), "num_samples": len(manifest),
                    "fingerprint": manifest.fingerprint}
-    attrs = {ATTRS_KEY: {**store_attrs, "digest": attrs_digest(store_attrs)}}
+    attrs: dict[str, Any] = {ATTRS_KEY: {**store_attrs, "digest": attrs_digest(store_attrs)}}
     group = zarr.open_group(location.store, mode="w" if overwrite else "w-", attributes=attrs)
     write_manifest(group, manifest)
     n, b = len(manifest), config.block_size

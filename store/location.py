@@ -2,9 +2,12 @@
 
 Local paths and `file://` URLs open as zarr's `LocalStore`, which writes every object through a
 temporary file and a rename: a writer killed mid-write leaves no torn chunk behind. Every other
-scheme (`memory://` always; `s3://`, `gs://`, ... when their fsspec package is installed) opens
-as zarr's `FsspecStore`; there a killed writer may leave a partial object, which is harmless
-because its block is not committed and is rewritten whole on resume.
+scheme (`memory://` always; `http://`, `s3://`, `gs://`, ... when their fsspec package is
+installed) opens as zarr's `FsspecStore`; there a killed writer may leave a partial object,
+which is harmless because its block is not committed and is rewritten whole on resume. Both are
+opened as their guarded variants (`store.guarded`): reads take only regular files inside the
+store, within the bound the metadata gives each object, and a server that ignores byte ranges
+is named as such.
 
 The fsspec file system beside the zarr store is for what zarr does not expose synchronously:
 object sizes (bytes per record) and existence checks (a committed chunk that has gone missing
@@ -13,20 +16,37 @@ must be an error, not silently read back as fill values).
 
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
 from zarr.abc.store import Store
-from zarr.storage import FsspecStore, LocalStore
+from zarr.storage import LocalStore
 
 from dalidr.errors import StoreError
+from store.guarded import GuardedFsspecStore, GuardedLocalStore
 
-__all__ = ["StoreLocation", "locate", "CORRUPT_CHUNK_ERRORS"]
+__all__ = ["StoreLocation", "locate", "CORRUPT_CHUNK_ERRORS", "redacted"]
 
 # What zarr and its codecs raise on corrupt bytes (checksum mismatch, truncated stream, bad JSON).
 CORRUPT_CHUNK_ERRORS = (ValueError, RuntimeError, IndexError, TypeError, OSError, EOFError,
                         KeyError, MemoryError)
+_BYTES_LITERAL = re.compile(r"(?<!\w)(?:b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*")')
+
+
+def redacted(exc: BaseException) -> str:
+    """`str(exc)` with every bytes literal it quotes replaced by its length: zarr's checksum
+    errors quote the stored checksum, and no error of dalidr's echoes a store file's bytes."""
+
+    def length(match: re.Match[str]) -> str:
+        try:
+            return f"<{len(ast.literal_eval(match.group(0)))} bytes>"
+        except (ValueError, SyntaxError):
+            return "<bytes>"
+
+    return _BYTES_LITERAL.sub(length, str(exc))
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,25 @@ class StoreLocation:
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self.key_path(key)))
+
+    def list_folder(self, key: str, recursive: bool) -> list[str]:
+        """The paths under the folder `key` ("" for the root), every object below it or one
+        level; StoreError if the store cannot list folders although the folder holds a node
+        (an HTTP server without directory listings answers an empty or missing folder)."""
+        folder = self.key_path(key) if key else self.root
+        try:
+            found = self.fs.find(folder) if recursive else self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            found = None
+        if not found and self.exists(f"{key}/zarr.json" if key else "zarr.json"):
+            raise StoreError(
+                f"{self.url}: listing the folder {key or '(root)'!r} gives nothing although its "
+                "zarr.json exists: the server does not list folders, which dalidr needs to check "
+                "a store's objects; serve the store with directory listings (as `python -m "
+                "http.server` or nginx's autoindex do), or copy it locally")
+        if found is None:
+            raise FileNotFoundError(folder)
+        return [str(path) for path in found]
 
     def size(self, key: str = "") -> int:
         """Bytes under `key` (the whole store for "")."""
@@ -75,10 +114,11 @@ def locate(url: str | Path, read_only: bool) -> StoreLocation:
     if scheme == "file":
         path = Path(text[len("file://"):] if text.startswith("file://") else text).absolute()
         fs = fsspec.filesystem("file")
-        return StoreLocation(text, LocalStore(path, read_only=read_only), fs, str(path))
+        return StoreLocation(text, GuardedLocalStore(path, read_only=read_only, url=text), fs,
+                             str(path))
     try:
         fs, root = fsspec.core.url_to_fs(text)
-        store = FsspecStore.from_url(text, read_only=read_only)
+        store = GuardedFsspecStore.from_url(text, read_only=read_only)
     except (ImportError, ValueError) as exc:
         raise StoreError(
             f"store URL {text!r}: scheme {scheme!r} is not available ({exc}); local paths, "

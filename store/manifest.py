@@ -15,29 +15,33 @@ digest), so a manifest edited or damaged on disk is refused when it is read.
 
 Checking a store against a data root at every training start must not read the dataset
 (1.28M files, 140 GB): `check_listing` compares the listing's paths, labels and file sizes with
-the manifest, vectorised, and `check_sampled_content` hashes a small deterministic sample of
-files. `verify_content` hashes every file (`dalidr verify`).
+the manifest, vectorised, and `check_content` hashes a small deterministic sample of files
+(`sampled_indices`); `dalidr verify` hashes every file (`store.verify`). Every read goes
+through the data's `DataSource` (files under a folder, or members of tar shards, named by
+member in the manifest), so a sample in a shard is named by shard, member and offset.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
+import zarr.codecs
 from PIL import Image, UnidentifiedImageError
 
 from dalidr.augment.hashing import mix64
+from dalidr.data.data_source import DataSource, FileSource
 from dalidr.data.dataset import DatasetListing
-from dalidr.data.file_hash import file_sha256
 from dalidr.data.path_list import PathList
 from dalidr.errors import DatasetError, ImageError, StoreError
-from store.location import CORRUPT_CHUNK_ERRORS
+from store.location import CORRUPT_CHUNK_ERRORS, redacted
 
 __all__ = ["Manifest", "scan_manifest", "write_manifest", "read_manifest",
            "MANIFEST_COLUMNS", "SAMPLED_HASHES"]
@@ -65,8 +69,9 @@ class Manifest:
     hashes: np.ndarray
     # (height, width) of each image as PIL reports it, [N, 2]; records are drawn against these.
     image_hw: np.ndarray
-    # Unreadable at the teacher pass (`--skip-bad`): never read or served, [N] bool.
-    skipped: np.ndarray | None = None
+    # Unreadable at the teacher pass (`--skip-bad`): never read or served, [N] bool (None: none;
+    # __post_init__ always makes it an array).
+    skipped: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         n = len(self.paths)
@@ -143,9 +148,10 @@ class Manifest:
             mine = Manifest(PathList.from_strings(self.paths[int(i)] for i in keep),
                             self.labels[keep], self.sizes[keep], self.hashes[keep],
                             self.image_hw[keep])
-            sub = DatasetListing(listing.root, PathList.from_strings(
-                p for p, ok in zip(paths, theirs, strict=True) if ok), labels[theirs],
-                listing.classes, None if sizes is None else sizes[theirs])
+            kept = PathList.from_strings(p for p, ok in zip(paths, theirs, strict=True) if ok)
+            sub = DatasetListing(listing.root, kept, labels[theirs], listing.classes,
+                                 None if sizes is None else sizes[theirs],
+                                 listing.source.for_paths(kept))
             return mine.check_listing(sub)
         if len(listing) != len(self):
             return (f"the store's manifest lists {len(self)} images, {listing.root} has "
@@ -159,13 +165,13 @@ class Manifest:
         if bad.size:
             i = int(bad[0])
             found.append((i, f"{self.paths[i]!r}: label {self.labels[i]} in the store, "
-                             f"{labels[i]} in the data"))
+                             f"{labels[i]} in the data ({listing.source.describe(i)})"))
         if sizes is not None:
             bad = np.flatnonzero((self.sizes != sizes) & ~self.skipped)
             if bad.size:
                 i = int(bad[0])
                 found.append((i, f"{self.paths[i]!r}: {self.sizes[i]} bytes in the store, "
-                                 f"{sizes[i]} in the data"))
+                                 f"{sizes[i]} in the data ({listing.source.describe(i)})"))
         if not found:
             return None
         i, what = min(found)
@@ -179,24 +185,25 @@ class Manifest:
         keys = mix64(served.astype(np.uint64) ^ np.uint64(0x5A3D_11E5))
         return np.sort(served[np.argsort(keys, kind="stable")[:count]])
 
-    def check_content(self, root: str | Path, indices: Sequence[int] | np.ndarray,
+    def check_content(self, data: str | Path | DataSource, indices: Sequence[int] | np.ndarray,
                       workers: int = 8, progress: bool = False) -> list[str]:
-        """Hash the files of `indices` under `root`; one line per file that differs."""
-        root = Path(root)
+        """Hash the samples `indices` of `data` (a folder root, or a source whose sample i is
+        this manifest's sample i); one line per sample that differs."""
+        source = data if isinstance(data, DataSource) else FileSource(data, self.paths)
         indices = [int(i) for i in indices if not self.skipped[int(i)]]
 
         def one(i: int) -> str | None:
-            path = root / self.paths[i]
+            where = source.describe(i)
             try:
-                digest = bytes.fromhex(file_sha256(path))
-            except OSError as exc:
-                return f"sample {i} ({path}): cannot be read: {exc}"
+                digest = hashlib.sha256(source.read([i])[0].tobytes()).digest()
+            except DatasetError as exc:
+                return f"sample {i} ({where}): cannot be read: {exc}"
             if digest != self.hashes[i].tobytes():
-                return f"sample {i} ({path}): content differs from the store's manifest"
+                return f"sample {i} ({where}): content differs from the store's manifest"
             return None
 
         with ThreadPoolExecutor(max(1, min(workers, len(indices) or 1))) as pool:
-            lines = pool.map(one, indices)
+            lines: Iterable[str | None] = pool.map(one, indices)
             if progress:
                 from tqdm import tqdm
 
@@ -204,47 +211,44 @@ class Manifest:
             return [line for line in lines if line]
 
 
-def _scan_one(root: Path, rel: str) -> tuple[int, bytes, tuple[int, int]]:
-    path = root / rel
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"dataset file {path} cannot be read: {exc}") from exc
+def _scan_one(source: DataSource, i: int) -> tuple[int, bytes, tuple[int, int]]:
+    where = source.describe(i)
+    data = source.read([i])[0].tobytes()  # DatasetError naming the file, or shard and member
     try:
         # PIL's size ignores EXIF orientation, as replay does (dalidr.augment.conventions).
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageError(f"dataset file {path} is not a readable image: {exc}") from exc
+        raise ImageError(f"dataset file {where} is not a readable image: {exc}") from exc
     if not data:
-        raise ImageError(f"dataset file {path} is empty")
+        raise ImageError(f"dataset file {where} is empty")
     return len(data), hashlib.sha256(data).digest(), (height, width)
 
 
-def _scan_one_or_skip(root: Path, rel: str) -> tuple[int, bytes, tuple[int, int]] | int:
-    """A scanned file, or its byte size (-1: missing) when it is unreadable."""
+def _scan_one_or_skip(source: DataSource, i: int) -> tuple[int, bytes, tuple[int, int]] | int:
+    """A scanned sample, or its byte size (-1: missing) when it is unreadable."""
     try:
-        return _scan_one(root, rel)
+        return _scan_one(source, i)
     except (ImageError, DatasetError):
-        try:
-            return os.stat(root / rel).st_size
-        except OSError:
-            return -1
+        return source.size(i)
 
 
 def scan_manifest(
-    root: str | Path, paths: Sequence[str], labels: Sequence[int] | np.ndarray,
+    root: str | Path | DataSource, paths: Sequence[str], labels: Sequence[int] | np.ndarray,
     workers: int = 8, skip_bad: bool = False, progress: bool = False,
 ) -> Manifest:
-    """Hash, size and measure every file of a dataset (relative `paths` under `root`).
+    """Hash, size and measure every sample of a dataset: relative `paths` under a folder
+    `root`, or the samples of a source (a listing's `source`, whose sample i is `paths[i]`).
 
-    With `skip_bad`, an unreadable file becomes a skipped sample instead of an error."""
-    root = Path(root)
-    if len(paths) != len(labels):
-        raise DatasetError(f"{len(paths)} paths but {len(labels)} labels under {root}")
+    With `skip_bad`, an unreadable sample becomes a skipped sample instead of an error."""
+    source = root if isinstance(root, DataSource) else FileSource(root, paths)
+    if len(paths) != len(labels) or len(source) != len(paths):
+        raise DatasetError(f"{len(paths)} paths but {len(labels)} labels "
+                           f"({len(source)} samples) in {source.name}")
     scan = _scan_one_or_skip if skip_bad else _scan_one
     with ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1))) as pool:
-        results = pool.map(lambda rel: scan(root, rel), paths)
+        results: Iterable[tuple[int, bytes, tuple[int, int]] | int] = pool.map(
+            lambda i: scan(source, i), range(len(paths)))
         if progress:
             from tqdm import tqdm
 
@@ -290,7 +294,14 @@ def _read_arrays(root: zarr.Group, where: str, num_samples: int) -> dict[str, np
     of it is read (a forged count cannot make this allocate more than the objects justify)."""
     try:
         group = root[_GROUP]
-        arrays = {name: group[name] for name in ("path_bytes", "path_offsets", *MANIFEST_COLUMNS)}
+        if not isinstance(group, zarr.Group):
+            raise TypeError(f"{_GROUP!r} is an array, not a group")
+        arrays: dict[str, zarr.Array] = {}
+        for name in ("path_bytes", "path_offsets", *MANIFEST_COLUMNS):
+            node = group[name]
+            if not isinstance(node, zarr.Array):
+                raise TypeError(f"{name!r} is a group, not an array")
+            arrays[name] = node
     except KeyError as exc:
         raise StoreError(f"{where}: manifest array {exc} is missing") from exc
     except (ValueError, TypeError, OSError) as exc:
@@ -314,7 +325,8 @@ def _read_arrays(root: zarr.Group, where: str, num_samples: int) -> dict[str, np
         try:
             out[name] = np.asarray(array[...])
         except CORRUPT_CHUNK_ERRORS as exc:
-            raise StoreError(f"{where}: manifest array {name!r} is corrupt: {exc}") from exc
+            raise StoreError(f"{where}: manifest array {name!r} is corrupt: "
+                             f"{redacted(exc)}") from exc
     return out
 
 

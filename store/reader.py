@@ -31,6 +31,7 @@ from store.layout import (
     group_digest,
     open_layout,
 )
+from store.location import redacted
 from store.manifest import SAMPLED_HASHES, Manifest
 from store.plan import EpochPlan, PlanSpec, UnevenShards, plan_epoch
 from store.validate import decode_views
@@ -118,7 +119,8 @@ class StoreReader:
         difference = self.manifest.check_listing(dataset)
         if difference is None and sampled_hashes > 0:
             bad = self.manifest.check_content(
-                dataset.root, self.manifest.sampled_indices(sampled_hashes))
+                dataset.source.for_paths(self.manifest.paths),
+                self.manifest.sampled_indices(sampled_hashes))
             if bad:
                 difference = (f"{bad[0]} ({len(bad)} of {sampled_hashes} sampled files differ; "
                               f"`dalidr verify {self.url} --data {dataset.root}` checks all)")
@@ -173,7 +175,7 @@ class StoreReader:
         hi = self.layout.block_range(blocks.stop - 1).stop
         array = self.layout.array(name)
         try:
-            return array[lo:hi, slots.start:slots.stop]
+            return np.asarray(array[lo:hi, slots.start:slots.stop])
         except CORRUPT_CHUNK_ERRORS as exc:
             for b in blocks:  # find the culprit chunk for the message
                 r = self.layout.block_range(b)
@@ -181,8 +183,8 @@ class StoreReader:
                     array[r.start:r.stop, slots.start:slots.stop]
                 except CORRUPT_CHUNK_ERRORS as inner:
                     raise StoreError(f"{self.url}: array {name!r}, chunk (block {b}, slot group "
-                                     f"{group}) is corrupt: {inner}") from inner
-            raise StoreError(f"{self.url}: array {name!r} cannot be read: {exc}") from exc
+                                     f"{group}) is corrupt: {redacted(inner)}") from inner
+            raise StoreError(f"{self.url}: array {name!r} cannot be read: {redacted(exc)}") from exc
 
     def read_views(self, samples: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, TopKTargets]:
         """Records and targets of the views (samples[i], slots[i]), in the given order.
@@ -251,10 +253,10 @@ class StoreReader:
 
         def whole(name: str) -> np.ndarray:
             try:
-                return self.layout.array(name)[r.start:r.stop]
+                return np.asarray(self.layout.array(name)[r.start:r.stop])
             except CORRUPT_CHUNK_ERRORS as exc:
                 raise StoreError(f"{self.url}: array {name!r}, shard of block {block} is "
-                                 f"corrupt: {exc}") from exc
+                                 f"corrupt: {redacted(exc)}") from exc
 
         arrays = {name: whole(name) for name in self.layout.data_names}
         for group in range(cfg.num_groups):

@@ -16,9 +16,10 @@ through this module, so inspect never calls a store intact that the loader would
   into records and top-k targets, validating op ids, magnitude bins, crops, erase and CutMix
   boxes, mix modes, partners (`dalidr.augment.records.validate_records`), class indices and
   probability levels, vectorised over the views, and names the store, array, block, sample and
-  slot of the first bad value. (A class repeated within one top-k is refused by the writer but
-  not re-checked on read: it cannot index out of bounds, and sorting every top-k would cost
-  more than all the other checks together.)
+  slot of the first bad value. A class repeated within one top-k is refused too (densified, it
+  would give a target that does not sum to 1): every pair of the k positions is compared at
+  once on the transposed [k, views] classes (`_repeated_class`), long contiguous rows rather
+  than a sort of every top-k, which would cost more than all the other checks together.
 
 Trade-off: values are validated where they are decoded, for exactly the views read (an epoch's
 one slot per sample, or a whole block for inspect), so the cost follows the data served; it is
@@ -28,6 +29,7 @@ block read against the read itself).
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections.abc import Sequence
@@ -42,6 +44,7 @@ from dalidr.augment.recipe import Recipe
 from dalidr.augment.records import COORD_SCALE, MixMode, validate_records
 from dalidr.errors import DalidrError, RecordError, StoreError
 from store.encoding import decode_records, dequantise_probs
+from store.location import redacted
 
 if TYPE_CHECKING:
     from store.layout import StoreLayout
@@ -91,7 +94,7 @@ def read_array(layout: StoreLayout, name: str, selection: object = Ellipsis,
         raise
     except READ_ERRORS as exc:
         raise StoreError(f"{layout.url}: array {name!r}{where} is damaged: "
-                         f"{type(exc).__name__}: {exc}") from exc
+                         f"{type(exc).__name__}: {redacted(exc)}") from exc
 
 
 def _open_node(layout: StoreLayout, name: str) -> zarr.Array:
@@ -141,7 +144,8 @@ def _chunk_objects_present(layout: StoreLayout, name: str, array: zarr.Array) ->
     chunk, location = array.chunks[0], layout.location
     folder = location.key_path(name)
     try:  # one listing (one request on an object store), not one existence check per chunk
-        listed = {str(path)[len(folder):].lstrip("/") for path in location.fs.find(folder)}
+        listed = {path[len(folder):].lstrip("/")
+                  for path in location.list_folder(name, recursive=True)}
     except (OSError, ValueError) as exc:
         raise StoreError(f"{layout.url}: array {name!r} cannot be listed: {exc}") from exc
     for index in range(-(-array.shape[0] // chunk)):
@@ -201,9 +205,8 @@ def _child_arrays(layout: StoreLayout, prefix: str = "") -> list[str]:
     """Names of the nodes under `prefix` that hold metadata, listed from the objects (not by
     parsing them, so one damaged zarr.json is reported under its own name)."""
     location = layout.location
-    folder = location.key_path(prefix) if prefix else location.root
     try:
-        entries = location.fs.ls(folder, detail=False)
+        entries = location.list_folder(prefix, recursive=False)
     except (OSError, ValueError) as exc:
         raise StoreError(f"{layout.url}: {prefix or 'the store root'} cannot be listed: "
                          f"{exc}") from exc
@@ -229,7 +232,7 @@ def _check_extra_arrays(layout: StoreLayout) -> None:
                              f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(node, zarr.Array):
             continue
-        dims = node.metadata.dimension_names or ()
+        dims = getattr(node.metadata, "dimension_names", None) or ()
         if dims[:1] == ("sample",) and node.shape[0] != layout.num_samples:
             raise StoreError(f"{layout.url}: array {name!r} has shape {list(node.shape)}, the "
                              f"store has {layout.num_samples} samples")
@@ -250,7 +253,8 @@ def checked_manifest(layout: StoreLayout) -> Manifest:
         raise
     except READ_ERRORS as exc:
         raise StoreError(f"{layout.url}: the manifest cannot be read (a damaged chunk or "
-                         f"metadata under manifest/): {type(exc).__name__}: {exc}") from exc
+                         f"metadata under manifest/): {type(exc).__name__}: "
+                         f"{redacted(exc)}") from exc
     check_manifest(layout, manifest)
     return manifest
 
@@ -268,7 +272,8 @@ def check_manifest(layout: StoreLayout, manifest: Manifest) -> None:
         raise StoreError(f"{url}: manifest sample {i} ({manifest.paths[i]}) has label "
                          f"{int(labels[i])}, outside -1..{layout.config.num_classes - 1}")
     sizes = np.asarray(manifest.sizes)
-    bad = np.flatnonzero(sizes < 0)
+    # -1: a skipped sample's file could not even be stat'ed (`reinforce --skip-bad`, spec 9).
+    bad = np.flatnonzero((sizes < 0) & ~((sizes == -1) & np.asarray(manifest.skipped)))
     if bad.size:
         i = int(bad[0])
         raise StoreError(f"{url}: manifest sample {i} ({manifest.paths[i]}) has byte size "
@@ -308,6 +313,33 @@ def _records_ok(records: np.ndarray, recipe: Recipe, num_samples: int) -> bool:
 
 
 
+_PIECE = 4096  # views per duplicate-class pass: 4096 x 45 pairs x 2 B x 2 gathers < 1 MB
+
+
+@functools.cache
+def _pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (i < j) of top-k positions."""
+    return np.triu_indices(k, 1)
+
+
+def _repeated_class(flat: np.ndarray) -> np.ndarray | None:
+    """None if every row of the [views, k] classes is distinct, else the mask of rows that are
+    not. Per piece of `_PIECE` views, the k (k - 1) / 2 position pairs are compared in one pass
+    over two gathers of the transposed classes (contiguous rows, cache-sized temporaries)."""
+    k = flat.shape[-1]
+    if k < 2:
+        return None
+    first, second = _pairs(k)
+    for start in range(0, len(flat), _PIECE):
+        columns = flat[start:start + _PIECE].T.copy()
+        same = np.equal(columns.take(first, 0), columns.take(second, 0))
+        if same.any():
+            mask = np.zeros(len(flat), dtype=bool)
+            mask[start:start + _PIECE] = same.any(0)
+            return mask
+    return None
+
+
 class _ViewNames(Sequence[str]):
     """Lazy culprit names: flat view index -> block, sample and slot (nothing is broadcast
     unless an error is raised)."""
@@ -321,7 +353,7 @@ class _ViewNames(Sequence[str]):
     def __len__(self) -> int:
         return int(np.prod(self.shape))
 
-    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+    def __getitem__(self, index):
         where = np.unravel_index(int(index), self.shape)
         sample = int(np.broadcast_to(self.samples, self.shape)[where])
         slot = int(np.broadcast_to(self.slots, self.shape)[where])
@@ -361,9 +393,15 @@ def decode_views(layout: StoreLayout, columns: dict[str, np.ndarray], classes: n
     classes = np.asarray(classes)
     flat = classes.reshape(-1, classes.shape[-1])
     if flat.size and flat.max() >= cfg.num_classes:
-        bad = (flat >= cfg.num_classes).any(-1)
+        bad = np.asarray((flat >= cfg.num_classes).any(-1))
         raise fail("topk/classes", bad, f"a class index is outside 0..{cfg.num_classes - 1}: "
                    f"{flat[bad][0].tolist()}")
+    repeated = _repeated_class(flat)
+    if repeated is not None:
+        row = flat[repeated][0]
+        twice = int(row[np.flatnonzero((row[:, None] == row[None, :]).sum(0) > 1)[0]])
+        raise fail("topk/classes", repeated, f"class {twice} appears twice in one top-k: "
+                   f"{row.tolist()}")
     try:  # dequantising checks every level is >= 1; find the culprit only when one is not
         probs = dequantise_probs(np.asarray(gaps), cfg.prob_levels)
     except StoreError:

@@ -1,5 +1,5 @@
 """Checking a data root against a store's manifest, file by file (`dalidr verify`,
-`dalidr inspect --data`).
+`dalidr inspect --data`); tar shards member by member, each read by its byte range.
 
 A loader's start only compares the listing with the manifest and hashes a sample of files
 (`store.manifest`); this reads every file the store serves, once each, in parallel: its SHA-256
@@ -13,6 +13,7 @@ Samples the teacher pass skipped (`--skip-bad`) are not read.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from dalidr.augment.image_formats import check_image, jpeg_damage
+from dalidr.data.data_source import DataSource, FileSource
 from dalidr.data.dataset import DatasetListing
-from dalidr.errors import ImageError
+from dalidr.errors import DatasetError, ImageError
 from store.manifest import Manifest
 
 __all__ = ["DataReport", "verify_data"]
@@ -39,12 +41,12 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def _one(manifest: Manifest, root: Path, i: int, images: bool) -> tuple[str | None, str | None]:
-    path = root / manifest.paths[i]
-    where = f"sample {i} ({path})"
+def _one(manifest: Manifest, source: DataSource, i: int, images: bool
+         ) -> tuple[str | None, str | None]:
+    where = f"sample {i} ({source.describe(i)})"
     try:
-        data = path.read_bytes()
-    except OSError as exc:
+        data = source.read([i])[0].tobytes()
+    except DatasetError as exc:
         return f"{where}: cannot be read: {exc}", None
     if hashlib.sha256(data).digest() != manifest.hashes[i].tobytes():
         return f"{where}: content differs from the store's manifest", None
@@ -60,18 +62,21 @@ def _one(manifest: Manifest, root: Path, i: int, images: bool) -> tuple[str | No
     return (str(damage), None) if damage.corrupt else (None, str(damage))
 
 
-def verify_data(manifest: Manifest, root: str | Path, listing: DatasetListing | None = None,
-                workers: int = 8, progress: bool = False, images: bool = True) -> DataReport:
-    """Check every served file under `root` against `manifest` (and `listing`, if given)."""
-    root = Path(root)
+def verify_data(manifest: Manifest, data: str | Path | DataSource,
+                listing: DatasetListing | None = None, workers: int = 8,
+                progress: bool = False, images: bool = True) -> DataReport:
+    """Check every served sample of `data` (a folder root, or a source whose sample i is the
+    manifest's sample i) against `manifest` (and `listing`, if given)."""
+    source = data if isinstance(data, DataSource) else FileSource(data, manifest.paths)
     problems: list[str] = []
     if listing is not None:
         difference = manifest.check_listing(listing)
         if difference is not None:
-            problems.append(f"listing of {root}: {difference}")
+            problems.append(f"listing of {source.name}: {difference}")
     served = manifest.served
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = pool.map(lambda i: _one(manifest, root, int(i), images), served)
+        results: Iterable[tuple[str | None, str | None]] = pool.map(
+            lambda i: _one(manifest, source, int(i), images), served)
         if progress:
             from tqdm import tqdm
 

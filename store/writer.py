@@ -15,14 +15,14 @@ slot) and the codecs are too, so the final store is byte-identical whatever the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from dalidr.augment.records import record_dtype, validate_records
 from dalidr.errors import StoreError
-from store.config import StoreConfig
-from store.encoding import encode_records, quantise_probs, sort_topk
+from store.config import ATTRS_KEY, StoreConfig
+from store.encoding import encode_records, quantise_probs, record_columns, sort_topk
 from store.layout import (
     CLASSES,
     COMMIT,
@@ -33,9 +33,12 @@ from store.layout import (
     group_digest,
     open_layout,
 )
+from store.location import locate
 from store.manifest import Manifest
+from store.write_errors import human_bytes, writing
 
-__all__ = ["StoreWriter", "create_store", "BlockProducer", "commit_row"]
+__all__ = ["StoreWriter", "create_store", "resume_or_create", "interrupted_creation",
+           "BlockProducer", "commit_row"]
 
 # Given a block's samples, returns its records [n, slots], classes [n, slots, k] and
 # probabilities [n, slots, k] (the teacher's top-k, in any order).
@@ -44,9 +47,57 @@ BlockProducer = Callable[[range], "tuple[np.ndarray, np.ndarray, np.ndarray]"]
 
 def create_store(url: str, manifest: Manifest, config: StoreConfig,
                  overwrite: bool = False) -> StoreWriter:
-    """Create an empty store for `manifest` (run once, before any writer starts)."""
-    create_layout(url, manifest, config, overwrite=overwrite)
+    """Create an empty store for `manifest` (run once, before any writer starts).
+
+    A write that fails (full disk, ...) raises StoreWriteError naming the store; the
+    creation cut short is redone by `resume_or_create` (see `interrupted_creation`)."""
+    location = locate(url, read_only=False)
+    # The manifest's columns plus a few kB of JSON per array: an upper bound of the bytes.
+    needed = (manifest.paths.data.nbytes + manifest.paths.offsets.nbytes
+              + 49 * len(manifest) + 4096 * (16 + len(record_columns(config.recipe))))
+    with writing(location, "the store's metadata and manifest", needed):
+        create_layout(url, manifest, config, overwrite=overwrite)
     return StoreWriter(url)
+
+
+def interrupted_creation(url: str, config: StoreConfig) -> bool:
+    """Whether `url` holds a store of exactly `config` that cannot be opened and has no
+    committed block: a creation cut short (killed, or a write that failed), safe to redo."""
+    import zarr
+
+    try:
+        group = zarr.open_group(locate(url, read_only=True).store, mode="r")
+        saved = group.attrs.get(ATTRS_KEY) or {}
+        if not isinstance(saved, Mapping):
+            return False
+        attrs = dict(saved)
+        found = StoreConfig.from_attrs({k: v for k, v in attrs.items()
+                                        if k not in ("num_samples", "fingerprint", "digest")},
+                                       url)
+        try:
+            commit = group["commit"]
+            committed = isinstance(commit, zarr.Array) and bool(np.asarray(commit[...]).any())
+        except KeyError:
+            committed = False
+    except (ValueError, KeyError, OSError, StoreError):
+        return False
+    return found == config and not committed
+
+
+def resume_or_create(url: str, config: StoreConfig,
+                     manifest: Callable[[], Manifest]) -> StoreWriter:
+    """A writer of the store at `url`: the existing one (to resume; the caller checks its
+    config), else a new one for `manifest()`, also over a creation cut short."""
+    if not locate(url, read_only=False).exists("zarr.json"):
+        return create_store(url, manifest(), config)
+    try:
+        return StoreWriter(url)
+    except (StoreError, ValueError, KeyError, OSError) as exc:
+        if not interrupted_creation(url, config):
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"{url}: a store exists but cannot be opened: {exc}") from exc
+    return create_store(url, manifest(), config, overwrite=True)
 
 
 class StoreWriter:
@@ -126,11 +177,36 @@ class StoreWriter:
                 got = arrays[name].shape if name in arrays else "nothing"
                 raise StoreError(f"{self.layout.url}: block {block} of array {name!r} must be "
                                  f"{list(expected)}, got {got}")
-        for name in self.layout.data_names + [COMMIT]:
-            self.layout.location.remove_partials(self.layout.shard_key(name, block))
+        location, where = self.layout.location, f"block {block} (samples {samples.start}.."
+        where += f"{samples.stop - 1})"
+        with writing(location, f"{where}: removing the partial objects of an earlier run"):
+            for name in self.layout.data_names + [COMMIT]:
+                location.remove_partials(self.layout.shard_key(name, block))
         for name in self.layout.data_names:
-            self.layout.array(name)[samples.start:samples.stop] = arrays[name]
-        self.layout.array(COMMIT)[block] = commit_row(self.config, arrays, block)
+            key = self.layout.shard_key(name, block)
+            with writing(location, f"{where} of array {name!r} (object {key})",
+                         _block_bytes(arrays, [name]), self._remaining(arrays)):
+                self.layout.array(name)[samples.start:samples.stop] = arrays[name]
+        row = commit_row(self.config, arrays, block)
+        key = self.layout.shard_key(COMMIT, block)
+        with writing(location, f"the commit entry of {where} (object {key})", row.nbytes,
+                     self._remaining(arrays)):
+            self.layout.array(COMMIT)[block] = row
+
+    def _remaining(self, arrays: dict[str, np.ndarray]) -> str:
+        """"; N blocks (this one included) are still to write, up to X each", for messages."""
+        try:
+            left = int((~self.committed()).sum())
+        except (StoreError, OSError):
+            return ""
+        return (f"; {left} block(s) of the store, this one included, are still to write, up "
+                f"to {human_bytes(_block_bytes(arrays))} each")
+
+
+def _block_bytes(arrays: dict[str, np.ndarray], names: Sequence[str] | None = None) -> int:
+    """Uncompressed bytes of a block's arrays (all, or `names`), plus a shard index each."""
+    chosen = arrays if names is None else {name: arrays[name] for name in names}
+    return sum(a.nbytes + 4096 for a in chosen.values())
 
 
 def commit_row(config: StoreConfig, arrays: dict[str, np.ndarray], block: int) -> np.ndarray:
@@ -153,14 +229,14 @@ class _RecordNames(Sequence[str]):
     def __len__(self) -> int:
         return 1 << 62
 
-    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+    def __getitem__(self, index):
         sample, slot = divmod(int(index), self.slots)
         return f"{self.prefix} {self.start + sample}, slot {slot}"
 
 
 def _check_topk(classes: np.ndarray, probs: np.ndarray, num_classes: int, where: str,
                 slots: int) -> None:
-    def fail(mask: np.ndarray, what: str) -> None:
+    def fail(mask: np.ndarray | np.bool_, what: str) -> None:
         flat = int(np.flatnonzero(mask.reshape(-1))[0])
         sample, slot = divmod(flat, slots)
         raise StoreError(f"{where}: sample {sample} of the block, slot {slot}: {what}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dalidr.cli import _parser, main, sample_across_classes
+from dalidr.cli import build_parser, main, sample_across_classes
 from dalidr.data.sample_data import make_corpus
 from dalidr.grid import wrap_text
 
@@ -77,7 +77,7 @@ def test_python_m_dalidr_is_the_console_script() -> None:
 
 
 def test_every_help_shows_every_default() -> None:
-    parser = _parser()
+    parser = build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     checked = 0
     for name, sub in subcommands.choices.items():
@@ -120,6 +120,20 @@ def test_views_of_small_images_are_enlarged_with_readable_captions(tmp_path) -> 
     lines = wrap_text(draw, long, 100, None)
     assert len(lines) > 1 and all(draw.textlength(line) <= 100 for line in lines)
     assert " ".join(lines) == long
+
+
+def test_view_captions_name_whole_operations() -> None:
+    from dalidr.augment.ops import OPS
+    from dalidr.augment.recipe import PRESETS
+    from dalidr.augment.records import draw_records
+    from dalidr.cli import _captions
+
+    recipe = PRESETS["rrc+ra/re"]
+    records = draw_records(recipe, 0, np.arange(40), np.arange(1), np.full((40, 2), 64))[:, 0]
+    words = {word for caption in _captions(records, recipe) for word in caption.split()}
+    ops = {op.name for op in OPS}
+    assert words <= ops | {"RE", "flip"} and len(words & ops) >= 5
+    assert any(len(word) > 6 for word in words)  # e.g. TranslateX, AutoContrast: not cut at 6
 
 
 def test_a_failing_command_leaves_no_folder(tmp_path, capsys) -> None:

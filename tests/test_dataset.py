@@ -157,3 +157,110 @@ def test_file_list_listing_is_shared_and_follows_the_list(tmp_path, monkeypatch)
     listed.write_text("n00000000/n00000000_0.JPEG 3\n")
     os.utime(listed, ns=(1, 2))  # an mtime that differs whatever the clock's resolution
     assert list(list_dataset(root, listed).labels) == [3]
+
+
+def _torchvision_tree(tmp_path: Path) -> Path:
+    """Class names whose order depends on the sort (case, digits, punctuation)."""
+    sources = make_corpus(tmp_path / "src", 3)
+    root = tmp_path / "data"
+    for i, name in enumerate(["b", "B", "_x", "10", "9", "a-b", "a"]):
+        (root / name).mkdir(parents=True)
+        for j in range(1 + i % 2):
+            os.link(sources[(i + j) % 3], root / name / f"{j}.jpg")
+    return root
+
+
+def test_class_indices_are_torchvisions(tmp_path) -> None:
+    from torchvision.datasets import ImageFolder
+
+    root = _torchvision_tree(tmp_path)
+    theirs = ImageFolder(str(root))
+    listing = list_dataset(root, share=False)
+    assert listing.classes == tuple(theirs.classes)
+    assert [Path(p).relative_to(root).as_posix() for p, _ in theirs.samples] == list(
+        listing.paths)
+    assert list(listing.labels) == theirs.targets
+    # dalidr's own cache folder in the root is not a class (image sizes are kept there).
+    (root / ".dalidr").mkdir()
+    (root / ".dalidr" / "image-hw-0.npy").write_bytes(b"\x93NUMPY")
+    again = list_dataset(root, share=False)
+    assert again.classes == listing.classes and list(again.labels) == list(listing.labels)
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["alone", "node-cache"])
+def test_a_hidden_class_folder_is_refused_by_name(tmp_path, monkeypatch, share) -> None:
+    """torchvision counts `.hidden` as class 0; skipping it would shift every label."""
+    from torchvision.datasets import ImageFolder
+
+    root = _torchvision_tree(tmp_path)
+    monkeypatch.setenv(node_cache.ENV, str(tmp_path / "cache"))
+    before = list_dataset(root, share=share)  # stored in the node cache when shared
+    (root / ".hidden").mkdir()
+    os.link(root / "a" / "0.jpg", root / ".hidden" / "0.jpg")
+    assert ImageFolder(str(root)).classes[0] == ".hidden"
+    with pytest.raises(DatasetError, match=r"data: hidden folder\(s\) '\.hidden' would be class "
+                                           r"folders: torchvision's ImageFolder counts them"):
+        list_dataset(root, share=share)
+    (root / ".hidden" / "0.jpg").unlink()
+    (root / ".hidden").rmdir()
+    assert list(list_dataset(root, share=share).labels) == list(before.labels)
+    # Hidden files and folders inside a class folder are listed, as torchvision lists them.
+    os.link(root / "a" / "0.jpg", root / "a" / ".dot.jpg")
+    (root / "a" / ".sub").mkdir()
+    os.link(root / "a" / "0.jpg", root / "a" / ".sub" / "1.jpg")
+    theirs = ImageFolder(str(root))
+    assert sorted(list_dataset(root, share=share).paths) == sorted(
+        Path(p).relative_to(root).as_posix() for p, _ in theirs.samples)
+
+
+def test_an_empty_class_folder_is_refused_by_name(tmp_path) -> None:
+    from torchvision.datasets import ImageFolder
+
+    root = _torchvision_tree(tmp_path)
+    (root / "empty").mkdir()
+    (root / "nested" / "deeper").mkdir(parents=True)
+    (root / "nested" / "notes.txt").write_text("no image here")
+    with pytest.raises(FileNotFoundError, match="empty, nested"):
+        ImageFolder(str(root))
+    with pytest.raises(DatasetError, match=r"class folder\(s\) 'empty', 'nested' hold no image "
+                                           r"files \(\.jpg, .*torchvision's ImageFolder refuses"):
+        list_dataset(root, share=False)
+
+
+@pytest.mark.parametrize("command", [
+    ["reinforce", "--teacher", "resnet10t", "--slots", "2", "--topk", "1", "--out", "s.zarr",
+     "--device", "cpu", "--no-progress"],
+    ["train", "--mode", "erm", "--model", "resnet10t", "--epochs", "1", "--out", "run",
+     "--device", "cpu", "--no-progress"],
+    ["eval", "--teacher", "resnet10t", "--device", "cpu", "--no-progress"],
+], ids=lambda c: c[0])
+def test_every_command_names_an_empty_class_folder(tmp_path, monkeypatch, capsys,
+                                                   command) -> None:
+    from dalidr.cli import main
+
+    root = _torchvision_tree(tmp_path)
+    (root / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main([command[0], "--data", str(root), *command[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dalidr {command[0]}: error: dataset root {root}: class folder(s) "
+                          "'empty' hold no image files")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_node_cache_that_cannot_be_written_warns_and_leaves_nothing(tmp_path,
+                                                                      monkeypatch) -> None:
+    import errno
+
+    root = _torchvision_tree(tmp_path)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(node_cache.ENV, str(cache))
+
+    def full(src, dst):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(node_cache.os, "replace", full)
+    with pytest.warns(UserWarning, match=rf"node cache {cache} unusable .*No space left"):
+        listing = list_dataset(root)
+    assert list(listing.labels) == list(list_dataset(root, share=False).labels)
+    assert sorted(p.name for p in cache.iterdir()) == []  # no temporary file, no lock

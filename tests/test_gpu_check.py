@@ -69,8 +69,8 @@ def test_rehearsal_runs_every_step_and_writes_every_result(rehearsal) -> None:
     # The graphs really are on the GPU: decoding mixed, resizing and RandAugment ops on GPU.
     assert {"decoders__ImageSlice (mixed)", "Resize (gpu)", "WarpAffine (gpu)",
             "Erase (gpu)"} <= set(sanity["gpu_ops"])
-    # Equalize is PIL's table through DALI's numba plugin: on the GPU graph, or (where numba's
-    # CUDA toolkit is one DALI 2.4's plugin refuses, as CUDA 13 here) a named requirement.
+    # Equalize is PIL's table through DALI's numba plugin: on the GPU graph, or (where the plugin
+    # cannot run: no driver here, and numba's built-in CUDA target on CUDA 13) a named requirement.
     assert ("NumbaFunction (gpu)" in sanity["gpu_ops"]) != bool(sanity["gpu_requirement"])
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dalidr.data import image_sizes, node_cache
+from dalidr.data import data_source, node_cache
 from dalidr.data.dataset import list_dataset
 from dalidr.data.image_sizes import ImageSizes, jpeg_size, read_image_size
 from dalidr.data.sample_data import make_corpus
@@ -50,7 +50,7 @@ def _count_opens(monkeypatch) -> list[str]:
         opened.append(str(path))
         return builtins.open(path, *args, **kwargs)
 
-    monkeypatch.setattr(image_sizes, "open", counting, raising=False)
+    monkeypatch.setattr(data_source, "open", counting, raising=False)
     return opened
 
 
@@ -89,3 +89,40 @@ def test_sizes_go_to_the_node_cache_or_memory_where_the_data_is_read_only(
     in_memory = ImageSizes(listing)
     assert in_memory.path is None
     assert (in_memory.full(np.arange(4)) == sizes.full(np.arange(4))).all()
+
+
+def test_a_full_disk_keeps_sizes_in_memory_instead_of_crashing(tmp_path) -> None:
+    """A memory map of a sparse cache file dies of SIGBUS at its first write to a page the
+    full disk cannot hold; the cache file's blocks are allocated when it is made, so a full
+    disk is an OSError there and the sizes stay in memory. In a child: SIGBUS kills it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from dalidr.data.sample_data import link_tree
+    from tests.faults import PAGE, full_disk
+
+    mount = tmp_path / "mnt"
+    with full_disk(mount, 96 * PAGE):
+        sources = make_corpus(mount / "src", 3)
+        root = link_tree(mount / "data", sources, 4000, 4)  # a 16 kB cache file: 4 pages
+        free = shutil.disk_usage(mount).free
+        try:
+            (mount / "filler").write_bytes(b"\0" * (free - 2 * PAGE))  # 2 pages left
+        except OSError:
+            pytest.skip("cannot fill the tmpfs to a known number of free pages")
+        code = ("import numpy as np\n"
+                "from dalidr.data.dataset import list_dataset\n"
+                "from dalidr.data.image_sizes import ImageSizes\n"
+                f"listing = list_dataset({str(root)!r}, share=False)\n"
+                "sizes = ImageSizes(listing)\n"
+                "hw = sizes.full(np.arange(len(listing)))\n"
+                "print(sizes.path, len(listing), hw.min(), flush=True)\n")
+        env = {**os.environ, node_cache.ENV: "off", "PYTHONPATH": str(Path.cwd())}
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+        assert result.stdout.split()[:2] == ["None", "4000"]  # kept in memory
+        assert int(result.stdout.split()[2]) > 0
+        assert not list((root / ".dalidr").glob("*")) if (root / ".dalidr").exists() else True

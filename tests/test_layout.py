@@ -21,6 +21,7 @@ PACKAGES = ("dalidr", "store", "kernels")
 FLOOR = {
     "dalidr.errors": 0,
     "dalidr.progress": 0,
+    "dalidr.ranks": 0,
     "dalidr.augment": 1,
     "dalidr.data": 1,
     "kernels": 1,

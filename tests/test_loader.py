@@ -223,6 +223,83 @@ def test_two_processes_see_disjoint_complete_shards(built, tmp_path) -> None:
     assert results[0]["served"]["0"] != results[0]["served"]["1"]  # reshuffled per epoch
 
 
+def _served(loader: ReinforcedLoader | PlainLoader) -> list[int]:
+    with loader:
+        return [int(s) for _ in loader for s in loader.served_samples]
+
+
+def test_torchrun_variables_shard_a_loader_made_without_a_process_group(
+        built, monkeypatch) -> None:
+    """No process group yet: RANK / WORLD_SIZE decide the shard (as `dalidr reinforce` reads
+    them); half-set variables are refused; explicit arguments win."""
+    config = LoaderConfig(batch_size=4)
+    served = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        loader = ReinforcedLoader(built.url, built.root, config, manifest=built.manifest)
+        assert (loader.rank, loader.world) == (rank, 2)
+        served.append(_served(loader))
+    assert len(served[0]) == len(served[1]) == 12
+    assert sorted(served[0] + served[1]) == list(range(24))
+    with PlainLoader(built.root, config, size=40) as plain:  # RANK=1 of 2 still set
+        assert (plain.rank, plain.world, len(plain)) == (1, 2, 3)
+    explicit = ReinforcedLoader(built.url, built.root, config, manifest=built.manifest, rank=0,
+                                world=1)
+    assert len(_served(explicit)) == 24
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(OptionError, match="WORLD_SIZE is not set but RANK is"):
+        ReinforcedLoader(built.url, built.root, config, manifest=built.manifest)
+
+
+def test_drop_cuts_shards_like_distributed_sampler_drop_last(built) -> None:
+    """24 samples over 5 ranks. DROP: 4 distinct samples per rank, 4 sit out, no sample twice
+    (DistributedSampler(drop_last=True)); PARTIAL: 5 per rank, one sample twice, as before."""
+    drop = LoaderConfig(batch_size=2)
+    shards = [_served(ReinforcedLoader(built.url, built.root, drop, manifest=built.manifest,
+                                       rank=r, world=5)) for r in range(5)]
+    every = [s for shard in shards for s in shard]
+    assert [len(s) for s in shards] == [4] * 5 and len(set(every)) == 20
+    plain = [_served(PlainLoader(built.root, drop, size=40, rank=r, world=5)) for r in range(5)]
+    every = [s for shard in plain for s in shard]
+    assert [len(s) for s in plain] == [4] * 5 and len(set(every)) == 20
+    partial = LoaderConfig(batch_size=2, last_batch=LastBatch.PARTIAL)
+    reader = StoreReader(built.url)  # the default policy, PAD
+    for rank in range(5):
+        loader = ReinforcedLoader(built.url, built.root, partial, manifest=built.manifest,
+                                  rank=rank, world=5)
+        assert _served(loader) == reader.plan(0, rank, 5).samples.tolist()
+    padded = [s for r in range(5) for s in reader.plan(0, r, 5).samples.tolist()]
+    assert len(padded) == 25 and set(padded) == set(range(24))
+
+
+_TORCHRUN_SCRIPT = """
+import json, os, sys
+from dalidr.training.loader import LoaderConfig, ReinforcedLoader
+url, root, out = sys.argv[1:4]
+loader = ReinforcedLoader(url, root, LoaderConfig(batch_size=4))  # no init_process_group
+served = [int(s) for _ in loader for s in loader.served_samples]
+with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump({"rank": loader.rank, "world": loader.world, "served": served}, f)
+"""
+
+
+def test_torchrun_ranks_serve_disjoint_shards_before_init_process_group(built, tmp_path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "shard.py"
+    script.write_text(_TORCHRUN_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(root), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), built.url, str(built.root), str(tmp_path)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [(r["rank"], r["world"]) for r in results] == [(0, 2), (1, 2)]
+    a, b = (r["served"] for r in results)
+    assert len(a) == len(b) == 12 and sorted(a + b) == list(range(24))
+
+
 def test_mismatched_data_or_model_fails_fast(built, tmp_path) -> None:
     with pytest.raises(DatasetError, match="predicts 10 classes"):
         ReinforcedLoader(built.url, built.root, LoaderConfig(), num_classes=10,

@@ -7,6 +7,8 @@ import dataclasses
 import io
 import os
 import pickle
+import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,9 @@ from dalidr.mldr import ImportConfig, import_mldr
 from dalidr.training.loader import LoaderConfig, ReinforcedLoader
 from store.manifest import scan_manifest
 from store.reader import StoreReader
+from tests.faults import FAULTS, PAGE, enospc_on, full_disk, pages
 from tests.mldr_builder import MldrSpec, mldr_config, save_sample, write_mldr_dataset
+from tests.store.helpers import tree_bytes
 
 SPEC = MldrSpec(size=48, slots=6, topk=4, num_classes=10, formats=("torch", "gzip", "joblib"))
 
@@ -239,3 +243,81 @@ def test_an_unknown_op_name_is_named(source, tmp_path: Path) -> None:
     save_sample((0, views), rdata / "0.pth.tar")
     with pytest.raises(DatasetError, match=r"0\.pth\.tar.*'Colour' is not one of \['Identity'"):
         import_mldr(_config(folder, rdata, str(tmp_path / "s.zarr")))
+
+
+def _cli(folder: Path, rdata: Path, out: Path) -> list[str]:
+    return ["import-mldr", str(rdata), "--images", str(folder / "images"), "--out", str(out),
+            "--workers", "1", "--block-size", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def clean_import(source, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder, _, _ = source
+    want = tmp_path_factory.mktemp("clean") / "store.zarr"
+    import_mldr(_config(folder, folder / "rdata", str(want)))
+    return want
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_full_disk_stops_the_import_named_and_a_rerun_is_byte_identical(
+        source, clean_import: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], fault: str) -> None:
+    """Not reported as a problem of the sample files: the store, the object and the space
+    (the error crosses a process pool as it is: test_the_error_survives_a_process_pool)."""
+    folder, _, _ = source
+    want = clean_import
+    out = tmp_path / "mnt" / "store.zarr"
+    with ExitStack() as mounts:
+        if fault == "tmpfs":
+            need = pages(want)
+            disk = mounts.enter_context(full_disk(out.parent, PAGE * (need * 2 // 3)))
+        else:
+            enospc_on(monkeypatch, lambda p: "/topk/classes/c/2/" in p)
+        args = _cli(folder, folder / "rdata", out)
+        assert cli_main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"dalidr import-mldr: error: store {out}: writing ")
+        assert "No space left on device (ENOSPC)" in err and "rerun the same command" in err
+        assert "problem" not in err and "Traceback" not in err and err.count("\n") == 1
+        if fault == "tmpfs":
+            assert "are free on the file system of" in err
+            disk.grow(PAGE * (need + 64))
+        else:
+            assert ("block 2 (samples 8..11) of array 'topk/classes' (object "
+                    "topk/classes/c/2/0/0) failed") in err
+            monkeypatch.undo()
+        assert cli_main(args) == 0
+        assert "4/4 blocks committed" in capsys.readouterr().out
+        assert tree_bytes(out) == tree_bytes(want)
+
+
+def test_empty_and_hidden_class_folders_are_named_not_torchvision_tracebacks(
+        source, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dalidr.mldr.source import dataset_listing
+
+    folder, _, _ = source
+    images = tmp_path / "images"
+    shutil.copytree(folder / "images", images, copy_function=os.link)
+    reference = dataset_listing(images, None)
+    (images / "aaa_empty").mkdir()
+    args = ["import-mldr", str(folder / "rdata"), "--images", str(images), "--out",
+            str(tmp_path / "s.zarr"), "--workers", "1", "--no-progress"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dalidr import-mldr: error: dataset root {images}: class folder(s) "
+                          "'aaa_empty' hold no image files") and "Traceback" not in err
+    (images / "aaa_empty").rmdir()
+    # A hidden class: torchvision's ImageFolder would make it class 0 (the paper's indices).
+    hidden = images / ".thumbnails"
+    hidden.mkdir()
+    os.link(images / reference.paths[0], hidden / "0.jpg")
+    with pytest.raises(DatasetError, match=r"hidden folder\(s\) '\.thumbnails' would be class "
+                                           "folders"):
+        import_mldr(_config(tmp_path, folder / "rdata", str(tmp_path / "s.zarr")))
+    shutil.rmtree(hidden)
+    # dalidr's own cache folder is neither dalidr's class nor the paper's.
+    (images / ".dalidr").mkdir()
+    (images / ".dalidr" / "image-hw-0.npy").write_bytes(b"")
+    listing = dataset_listing(images, None)
+    assert listing.classes == reference.classes and listing.paths == reference.paths
+    assert not (tmp_path / "s.zarr").exists()

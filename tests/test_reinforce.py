@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from dalidr.teacher.reinforce import CompileMode, ReinforceConfig, reinforce
 from dalidr.teacher.skips import skipped_views
 from kernels.topk import ensemble_topk_reference
 from store import StoreReader
+from tests.faults import FAULTS, PAGE, enospc_on, full_disk, pages
 from tests.store.helpers import tree_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,7 +241,9 @@ def test_rerun_with_other_options_is_refused(
     ({"k": 4}, "--topk 4 must be in 1..3"),
     ({"teacher": "five"}, "predicts 5 classes but the dataset has 3"),
     ({"teacher": "mismatch"}, "does not fit timm architecture 'test_efficientnet'"),
-], ids=["unknown-name", "k-above-classes", "teacher-classes", "checkpoint-architecture"])
+    ({"teacher": "test_resnet"}, "teacher member 'test_resnet' has no checkpoint"),
+], ids=["unknown-name", "k-above-classes", "teacher-classes", "checkpoint-architecture",
+        "no-weights-chosen"])
 def test_bad_input_is_refused_before_any_work(
         data: Path, checkpoints: dict[str, Path], tmp_path: Path,
         capsys: pytest.CaptureFixture[str], change: dict[str, object], message: str) -> None:
@@ -288,3 +292,38 @@ def test_unreadable_images_fail_with_their_path_or_are_skipped(
     probs = targets.probs.reshape(24, SLOTS, K)
     # Skipped views hold the lowest quantisation level; real ones carry mass.
     assert (probs[marks] < 1e-3).all() and (probs[~marks][:, 0] > 1e-3).all()
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_full_disk_is_named_and_the_same_command_resumes_byte_identical(
+        light_reference: tuple[ReinforceConfig, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fault: str) -> None:
+    """On a real full tmpfs (where the test may mount one), or with ENOSPC injected into
+    block 3's shard of the top-k probabilities."""
+    config, want = light_reference
+    out = tmp_path / "mnt" / "store"
+    with ExitStack() as mounts:
+        if fault == "tmpfs":
+            need = pages(want)
+            disk = mounts.enter_context(full_disk(out.parent, PAGE * (need // 2)))
+        else:
+            out.parent.mkdir()
+            enospc_on(monkeypatch, lambda p: "/topk/prob_gaps/c/3/" in p)
+        args = _cli_args(dataclasses.replace(config, out=str(out)))  # recipe.json beside it
+        assert cli_main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"dalidr reinforce: error: store {out}: writing ") and (
+            err.count("\n") == 1 and "Traceback" not in err)
+        assert "No space left on device (ENOSPC)" in err and "rerun the same command" in err
+        if fault == "tmpfs":
+            assert "are free on the file system of" in err
+            disk.grow(PAGE * (need + 64))
+        else:
+            assert ("block 3 (samples 12..15) of array 'topk/prob_gaps' (object "
+                    "topk/prob_gaps/c/3/0/0) failed") in err
+            monkeypatch.undo()
+        assert 0 < _commits(out) < 6
+        assert cli_main(args) == 0
+        assert "6/6 blocks committed" in capsys.readouterr().out
+        assert not list(out.rglob("*.partial"))
+        assert tree_bytes(out) == tree_bytes(want)

@@ -43,7 +43,8 @@ def test_parse_teacher() -> None:
 def test_members_get_their_own_size_and_normalisation(tmp_path: Path) -> None:
     r10 = _save(tmp_path, "resnet10t", 3, kind="torch")
     tr = _save(tmp_path, "test_resnet", 3)
-    ensemble = build_teacher(f"resnet10t@{r10},test_resnet@{tr},test_efficientnet", 3)
+    ensemble = build_teacher(f"resnet10t@{r10},test_resnet@{tr},test_efficientnet", 3,
+                             random_seed=0)
     sizes = [m.view.size for m in ensemble.members]
     assert sizes == [176, 160, 160]  # from each model's timm pretrained config
     assert ensemble.members[0].view.mean == pytest.approx((0.485, 0.456, 0.406))
@@ -57,8 +58,8 @@ def test_members_get_their_own_size_and_normalisation(tmp_path: Path) -> None:
     assert all(torch.equal(got[k], v) for k, v in state.items())
     text = ensemble.describe()
     assert "resnet10t@resnet10t-3.pth#sha256:" in text and "[176px" in text
-    assert text == build_teacher(f"resnet10t@{r10},test_resnet@{tr},test_efficientnet",
-                                 3).describe()  # stable: it goes into the store's metadata
+    assert text == build_teacher(f"resnet10t@{r10},test_resnet@{tr},test_efficientnet", 3,
+                                 random_seed=0).describe()  # stable: in the store's metadata
     # A size override (the recipe's teacher_size) puts everyone at one size; views merge
     # where the normalisation agrees too.
     small = build_teacher(f"test_resnet@{tr},test_resnet@{tr}", 3, size=48)
@@ -96,7 +97,7 @@ def test_a_checkpoint_is_fed_the_normalisation_it_was_trained_with(tmp_path: Pat
 
 
 def test_forward_and_top_k_are_the_mean_softmax(tmp_path: Path) -> None:
-    ensemble = build_teacher("test_resnet,test_efficientnet", 3, size=32)
+    ensemble = build_teacher("test_resnet,test_efficientnet", 3, size=32, random_seed=0)
     x = torch.randn(5, 3, 32, 32)
     with torch.inference_mode():
         logits = ensemble([x] * len(ensemble.views))
@@ -106,6 +107,33 @@ def test_forward_and_top_k_are_the_mean_softmax(tmp_path: Path) -> None:
     mean = (separate[0] + separate[1]) / 2
     torch.testing.assert_close(probs, mean.gather(1, classes), rtol=1e-5, atol=1e-6)
     assert (probs[:, 0] >= probs[:, 1]).all()
+
+
+def test_random_weights_are_asked_for_and_seeded_by_seed_and_member() -> None:
+    """No checkpoint and no --pretrained: refused, naming the member and the three choices,
+    unless random weights are asked for; then they are a function of (seed, member index), so
+    every rank and every resume of a pass labels with the same teacher (issue 23)."""
+    with pytest.raises(OptionError, match=r"member 'test_resnet' has no checkpoint.*"
+                                          r"test_resnet@CHECKPOINT.*--pretrained.*--random-teacher"):
+        build_teacher("test_resnet", 3)
+    before = torch.random.get_rng_state()
+    first = build_teacher("test_resnet,test_resnet", 3, random_seed=7)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global generator is untouched
+    torch.manual_seed(1234)  # whatever the caller's generator holds
+    again = build_teacher("test_resnet,test_resnet", 3, random_seed=7)
+    other = build_teacher("test_resnet", 3, random_seed=8)
+
+    def weights(ensemble, member: int) -> dict[str, torch.Tensor]:
+        return ensemble.members[member].model.state_dict()
+
+    for member in (0, 1):
+        a, b = weights(first, member), weights(again, member)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    name = "conv1.0.weight"
+    assert not torch.equal(weights(first, 0)[name], weights(first, 1)[name])  # by member index
+    assert not torch.equal(weights(first, 0)[name], weights(other, 0)[name])  # by seed
+    with pytest.raises(OptionError, match="--pretrained and --random-teacher"):
+        build_teacher("test_resnet", 3, pretrained=True, random_seed=0)
 
 
 def test_unknown_timm_name_is_refused_with_suggestions() -> None:

@@ -73,7 +73,7 @@ def test_resume_continues_where_the_checkpoint_stopped(built, tmp_path) -> None:
 
 @pytest.mark.parametrize("mode", ["erm", "kd", "erm-augment"])
 def test_erm_and_kd_modes_share_the_script(built, tmp_path, mode) -> None:
-    extra = {"erm": [], "kd": ["--teacher", "resnet10t"],
+    extra = {"erm": [], "kd": ["--teacher", "resnet10t", "--random-teacher"],
              "erm-augment": ["--augment", "m*+r*"]}[mode]
     mode = mode.split("-")[0]
     summary = tmp_path / f"{mode}.json"

@@ -3,7 +3,9 @@
 Run by bench/gpu/verify_bundle.sh with a Python 3.12 (the GPU machine's) whose PYTHONPATH
 starts with the bundle's site/: DALI decodes one of the bundle's photographs in CPU mode,
 zarr writes and reads an array with the codecs dalidr's store uses (Blosc, CRC32C), pytest
-imports. Prints one line of versions; exits non-zero on any failure. Needs only numpy besides
+imports, and numba's CUDA target is numba-cuda seeing CUDA 13 with its NVVM loaded (no driver
+needed; bench/gpu/bundle_env.sh sets that up). Prints one line of versions; exits non-zero on
+any failure. Needs only numpy besides
 the bundle (the GPU machine has it with torch).
 """
 
@@ -51,8 +53,21 @@ def main() -> int:
     if not np.array_equal(checked[:], data):
         print("zarr round trip changed the data", file=sys.stderr)
         return 1
+    from numba import cuda
+    from numba.cuda.cudadrv import nvvm
+
+    if getattr(cuda, "implementation", "Built-in") != "NVIDIA":  # the .pth redirect did not run
+        print(f"numba.cuda is numba's built-in target ({cuda.__file__}), not numba-cuda",
+              file=sys.stderr)
+        return 1
+    toolkit = cuda.runtime.get_version()  # numba-cuda reads it from NVRTC
+    if toolkit[0] != 13:
+        print(f"numba-cuda sees CUDA {toolkit}, not the bundle's CUDA 13", file=sys.stderr)
+        return 1
+    nvvm_version = nvvm.NVVM().get_version()
     print(f"python {sys.version.split()[0]}: DALI {dali.__version__} decoded {shape}, zarr "
-          f"{zarr.__version__}, numcodecs {numcodecs.__version__}, pytest {pytest.__version__}")
+          f"{zarr.__version__}, numcodecs {numcodecs.__version__}, pytest {pytest.__version__}, "
+          f"numba-cuda sees CUDA {toolkit[0]}.{toolkit[1]} with NVVM {nvvm_version}")
     return 0
 
 

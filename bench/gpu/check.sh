@@ -25,19 +25,9 @@ if ! "$PYTHON" -c 'import nvidia.dali, zarr' 2>/dev/null; then
   if [ ! -d "$target/site" ]; then
     timeout 40 bash bench/gpu/unpack.sh || { echo "[check.sh] no bundle unpacked (above); stopping" >&2; exit 3; }
   fi
-  export PYTHONPATH="$target/site${PYTHONPATH:+:$PYTHONPATH}"
-  GPU_BUNDLE_ROUTE=$(head -1 "$target/BUNDLE.txt" 2>/dev/null | cut -d' ' -f2)
-  export GPU_BUNDLE_ROUTE
-fi
-# Equalize's numba GPU operator needs numba to see a CUDA 12 toolkit (DALI 2.4's plugin refuses
-# 13): a toolkit-shaped folder of the bundle's CUDA 12 runtime and NVVM, as CUDA_HOME, so numba
-# does not pick a system /usr/local/cuda of another version.
-nv="$target/site/nvidia"
-if [ -d "$nv/cuda_runtime/lib" ] && [ -d "$nv/cuda_nvcc/nvvm" ] && [ -z "${CUDA_HOME:-}" ]; then
-  rm -rf /tmp/dalidr-cuda12 && mkdir -p /tmp/dalidr-cuda12/lib64 /tmp/dalidr-cuda12/nvvm
-  ln -s "$nv"/cuda_runtime/lib/* /tmp/dalidr-cuda12/lib64/
-  ln -s "$nv"/cuda_nvcc/nvvm/* /tmp/dalidr-cuda12/nvvm/
-  export CUDA_HOME=/tmp/dalidr-cuda12
+  # The bundle on PYTHONPATH, numba-cuda as numba's CUDA target, CUDA_HOME at its CUDA 13
+  # NVRTC and NVVM (for Equalize's numba GPU operator): bench/gpu/bundle_env.sh.
+  source bench/gpu/bundle_env.sh "$target"
 fi
 # The corpus's photographs, where scikit-learn or matplotlib (which ship them) is missing.
 if [ -d "$target/photos" ] && ! "$PYTHON" -c 'import sklearn, matplotlib' 2>/dev/null; then

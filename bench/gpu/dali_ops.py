@@ -11,9 +11,11 @@ is then looked up in DALI's registry of GPU and mixed operator schemas
 `NumbaFunction` (Equalize as PIL's table, `dalidr/augment/equalize.py`) is a Python plugin operator,
 not in DALI's registry: whether it can run on the GPU is
 `dalidr.augment.equalize.gpu_support_problem()`
-(numba's CUDA toolkit as DALI's plugin accepts it). Where that names a problem, as on a CPU
-machine whose numba sees CUDA 13, it is reported as a requirement of the GPU machine, and the
-graphs are defined with Equalize as an identity so the rest of their operators are still checked.
+(numba's CUDA toolkit as DALI's plugin accepts it, and a driver). Where that names a problem, as
+on a CPU machine (no driver, or numba's built-in CUDA target on CUDA 13), it is reported as a
+requirement of the GPU machine, and the graphs are defined with Equalize as an identity so the
+rest of their operators are still checked. `numba_cuda_found` records which CUDA target numba
+uses and where it found NVRTC, NVVM and libdevice (no driver needed).
 
 Run: `python -m bench.gpu.dali_ops` (prints the operators, exits 1 if one lacks its backend).
 """
@@ -35,7 +37,7 @@ from nvidia.dali.pipeline import Pipeline
 from dalidr.augment.recipe import PRESETS, Recipe
 from dalidr.augment.replay import Output, ReplaySpec, replay_graph
 
-__all__ = ["gpu_graph_ops", "missing_backends", "numba_requirement", "main"]
+__all__ = ["gpu_graph_ops", "missing_backends", "numba_requirement", "numba_cuda_found", "main"]
 
 # Plugin operators defined in Python, checked by `numba_requirement` instead of the registry.
 PLUGIN_OPS = {"NumbaFunction"}
@@ -47,6 +49,25 @@ def numba_requirement() -> str | None:
 
     problem = gpu_support_problem()
     return None if problem is None else f"Equalize's numba GPU operator: {problem}"
+
+
+def numba_cuda_found() -> dict[str, Any]:
+    """numba's CUDA target ("NVIDIA" is numba-cuda), the toolkit it sees, and where it found
+    NVRTC, NVVM and libdevice (numba-cuda's own record: how, and the path), or the error."""
+    from numba import cuda
+
+    found: dict[str, Any] = {"implementation": getattr(cuda, "implementation", "Built-in")}
+    try:
+        found["toolkit"] = ".".join(str(part) for part in cuda.runtime.get_version())
+        from numba.cuda.cuda_paths import get_cuda_paths
+
+        paths = get_cuda_paths()
+        for name in ("nvrtc", "nvvm", "libdevice"):  # numba's built-in target lacks nvrtc
+            if name in paths:
+                found[name] = f"{paths[name].by}: {paths[name].info}"
+    except Exception as exc:  # noqa: BLE001 - recorded: what the GPU session reads first
+        found["error"] = f"{type(exc).__name__}: {exc}"[:500]
+    return found
 
 
 @contextlib.contextmanager

@@ -6,10 +6,13 @@
 # scikit-learn and matplotlib, which ship them). The bundle is one xz-compressed tar split into
 # parts that each fit one device call beside the working tree (64 MiB per call in all).
 #
-# Equalize (PIL's table, dalidr/augment/equalize.py) runs on the GPU through DALI's numba plugin, which
-# in DALI 2.4 accepts only a CUDA 11 or 12 toolkit as numba sees it. Both routes therefore carry
-# numba, llvmlite and numba-cuda with the CUDA 12 runtime and NVVM (`numba_gpu` below), and the
-# default route is cuda120.
+# Equalize (PIL's table, dalidr/augment/equalize.py) runs on the GPU through DALI's numba plugin.
+# Both routes carry numba, llvmlite and the `gpu` extra of pyproject.toml: numba-cuda on CUDA 13
+# (cuda-bindings 13, NVRTC, NVVM with libdevice, the CUDA runtime; `numba_gpu` below), the same
+# CUDA as torch 2.14's build. DALI 2.4's plugin lists only CUDA 11 and 12; equalize.py adds 13
+# (docs/gpu.md: what the first GPU run must confirm). bench/gpu/bundle_env.sh makes numba-cuda
+# numba's CUDA target in the unpacked bundle and points CUDA_HOME at its NVRTC and NVVM. The
+# default route is cuda120, the DALI users install.
 #
 # Routes (bench/gpu/README.md has the measurements behind them):
 #   cuda130  nvidia-dali-cuda130 with the libraries it loads at run time (nvImageCodec,
@@ -19,18 +22,21 @@
 #            before the numba stack; any driver for CUDA 12 or 13. What users install.
 #
 # Usage, from the project's root:
-#   bench/gpu/pack.sh [--route cuda130|cuda120] [--verify]
+#   bench/gpu/pack.sh [--route cuda130|cuda120] [--verify] [--list]
 # The parts land in .gpu-bundle/ROUTE/ (git-ignored) with SHA256SUMS and BUNDLE.txt; --verify then
 # unpacks them and imports DALI (CPU mode), zarr and numcodecs with a Python 3.12
-# (bench/gpu/verify_bundle.sh). PART_MB overrides the part size (default: what fits one call).
+# (bench/gpu/verify_bundle.sh). --list only prints the requirements it would fetch. PART_MB
+# overrides the part size (default: what fits one call).
 set -euo pipefail
 route=cuda120
 verify=0
+list=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --route) route=$2; shift 2 ;;
     --verify) verify=1; shift ;;
-    *) echo "usage: $0 [--route cuda120|cuda130] [--verify]" >&2; exit 2 ;;
+    --list) list=1; shift ;;
+    *) echo "usage: $0 [--route cuda120|cuda130] [--verify] [--list]" >&2; exit 2 ;;
   esac
 done
 root=$(git rev-parse --show-toplevel)
@@ -46,17 +52,24 @@ case "$route" in
 esac
 # Pinned to the versions the project is tested with (the shared venv), so the GPU run tests
 # the same code. DALI's own dependencies first, then the store's, then the test runner's.
-# Equalize's GPU operator: numba with numba-cuda, CUDA 12 runtime and NVVM (from nvcc).
-numba_gpu=(numba==0.68.1 llvmlite==0.50.0 numba-cuda==0.30.4 "cuda-bindings>=12.9.1,<13"
-           "cuda-core>=0.5.1,<2" "cuda-pathfinder>=1.4,<2" "nvidia-cuda-runtime-cu12==12.9.*"
-           "nvidia-cuda-nvcc-cu12==12.9.*")
+# Equalize's GPU operator: numba (a base dependency) and the `gpu` extra of pyproject.toml as
+# it stands (numba-cuda, cuda-bindings 13, CUDA 13.0's NVRTC, NVVM and runtime), so the bundle
+# and `pip install "dalidr[gpu]"` bring the same packages.
+mapfile -t numba_gpu < <("${PYTHON:-.venv/bin/python}" -c 'import tomllib
+with open("pyproject.toml", "rb") as f:
+    print("\n".join(tomllib.load(f)["project"]["optional-dependencies"]["gpu"]))')
+[ "${#numba_gpu[@]}" -gt 0 ] || { echo "no gpu extra read from pyproject.toml" >&2; exit 1; }
 pkgs=(
-  "${dali[@]}" "${numba_gpu[@]}"
+  "${dali[@]}" numba==0.68.1 llvmlite==0.50.0 "${numba_gpu[@]}"
   astunparse==1.6.3 gast==0.7.0 optree==0.20.0 nvtx==0.2.17 makefun==1.16.0 libcst==1.9.0
   six==1.17.0 packaging==26.3
   zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0
   pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0
 )
+if [ "$list" = 1 ]; then  # what would be fetched, one requirement a line; nothing fetched
+  printf '%s\n' "${pkgs[@]}"
+  exit 0
+fi
 stage=$(mktemp -d "${TMPDIR:-/tmp}/dalidr-bundle.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 echo "route $route: fetching ${#pkgs[@]} distributions for CPython 3.12 x86-64"
@@ -81,6 +94,11 @@ if [ -d "$site/nvidia/cu13/lib" ]; then
     ! -name 'libnppig.so*' -delete
 fi
 rm -f "$site"/nvidia/nvimgcodec/extensions/lib{nvjpeg2k,nvtiff}_ext.so*  # their libraries are left out
+# The gpu extra's CUDA 13 wheels (nvidia/cu13/): numba-cuda loads libnvrtc.so.13 (and its
+# builtins) and libnvvm.so.4 with nvvm/libdevice; never the "alt" NVRTC variants or NVVM's cicc
+# executable (~190 MB installed).
+rm -f "$site"/nvidia/cu13/lib/libnvrtc.alt.so.* "$site"/nvidia/cu13/lib/libnvrtc-builtins.alt.so.*
+rm -rf "$site"/nvidia/cu13/nvvm/bin
 find "$site" -name __pycache__ -type d -prune -exec rm -rf {} +
 # DALI's libraries carry their full symbol tables (.symtab/.strtab, ~60 MB), which nothing reads
 # at run time (the dynamic linker uses .dynsym); CUDA kernels (.nv_fatbin) are loaded sections

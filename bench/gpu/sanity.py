@@ -111,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         report["decode"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
         print(f"decode failed: {report['decode']['error']}")
         ok = False
-    from bench.gpu.dali_ops import gpu_graph_ops, missing_backends, numba_requirement
+    from bench.gpu.dali_ops import (
+        gpu_graph_ops,
+        missing_backends,
+        numba_cuda_found,
+        numba_requirement,
+    )
 
     errors: dict[str, str] = {}
     graphs = gpu_graph_ops(errors)
@@ -125,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(report['gpu_ops'])} GPU/mixed operators in {len(graphs)} graphs; missing a "
           f"backend: {report['gpu_ops_missing_backend'] or 'none'}")
     ok = ok and not missing and not errors
+    report["numba_cuda"] = numba_cuda_found()
+    print(f"numba's CUDA target: {report['numba_cuda']}")
     requirement = numba_requirement()
     report["gpu_requirement"] = requirement
     if requirement is not None:

@@ -2,7 +2,7 @@
 # Checks a built bundle as the GPU machine will use it: unpacks .gpu-bundle/part-* (as
 # bench/gpu/unpack.sh does there) and runs bench/gpu/bundle_check.py with a Python 3.12 whose
 # only packages are numpy, PyYAML and typing_extensions (what the GPU machine has with torch and
-# timm), the bundle's site/ first on PYTHONPATH.
+# timm), with the bundle's environment (bench/gpu/bundle_env.sh).
 # Usage: bench/gpu/verify_bundle.sh [BUNDLE_FOLDER=.gpu-bundle/cuda130]
 # The Python 3.12: $PY312, else python3.12 on PATH, else pyenv's. Its venv with numpy is made
 # once in BUNDLE_FOLDER/py312 (needs the package registry the first time). Exit 77: no Python
@@ -34,5 +34,8 @@ target="$folder/unpacked"
 start=$(date +%s.%N)
 BUNDLE_DIR="$folder" BUNDLE_TARGET="$target" PYTHON="$venv/bin/python" bash "$root/bench/gpu/unpack.sh"
 echo "unpacked in $(python3 -c "import time; print(round(time.time() - $start, 1))") s"
-PYTHONPATH="$target/site" "$venv/bin/python" "$root/bench/gpu/bundle_check.py" "$target/photos" 2>&1 \
+# As check.sh sets it up on the GPU machine: bench/gpu/bundle_env.sh (a CUDA_HOME of this
+# machine's own is left out, as the GPU machine has none set).
+(unset PYTHONPATH CUDA_HOME; source "$root/bench/gpu/bundle_env.sh" "$target"
+ "$venv/bin/python" "$root/bench/gpu/bundle_check.py" "$target/photos") 2>&1 \
   | grep -v -e nvjpeg2k -e nvtiff -e nvJPEG2000 -e nvTIFF

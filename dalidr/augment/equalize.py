@@ -92,7 +92,7 @@ def _equalize_gpu(out: Any, image: Any) -> None:
     height, width, channels = image.shape
     total = height * width
     hist[t] = 0
-    cuda.syncthreads()
+    cuda.syncthreads()  # type: ignore[call-arg]  # numba's stub types the lowering, not the call
     if c < channels:
         i = t
         while i < total:
@@ -114,20 +114,56 @@ def _equalize_gpu(out: Any, image: Any) -> None:
 _OPERATORS: dict[tuple[str, int | None], Any] = {}
 
 
+# DALI 2.4's numba plugin keeps the CUDA toolkits it runs GPU operators under in a module table,
+# `minimal_numba_version` (CUDA 11 and 12, each with its least numba), and refuses any other
+# ("Unsupported CUDA toolkit version"). Its GPU path has numba compile the kernel and hands DALI
+# the kernel's handle, which numba-cuda builds for CUDA 13 as for 12. torch 2.14 is a CUDA 13
+# build, so the `gpu` extra is numba-cuda on CUDA 13, and CUDA 13 joins that table (with
+# numba-cuda's own least numba) where numba-cuda is numba's CUDA target (`numba.cuda` is then
+# numba-cuda's, implementation "NVIDIA"). Not yet run on a GPU: docs/gpu.md says what the first
+# GPU session must confirm.
+_CUDA_13_LEAST_NUMBA = "0.60.0"
+
+
+def _accept_cuda_13() -> dict[int, Any]:
+    """DALI's table of CUDA toolkits, with 13 added where numba-cuda is numba's CUDA target."""
+    from nvidia.dali.plugin import numba as plugin
+    from packaging.version import Version
+
+    table = getattr(plugin, "minimal_numba_version", None)
+    if not isinstance(table, dict):  # a DALI that decides otherwise: leave it to its checks
+        return {}
+    if getattr(cuda, "implementation", "Built-in") == "NVIDIA":
+        table.setdefault(13, Version(_CUDA_13_LEAST_NUMBA))
+    return table
+
+
 def gpu_support_problem() -> str | None:
     """Why DALI's numba plugin cannot place Equalize on the GPU here, or None if it can.
 
-    DALI 2.4's plugin accepts a CUDA 11 or 12 toolkit as numba sees it (CUDA 13 is refused),
-    and a driver at least as new as that toolkit unless numba-cuda is installed."""
+    DALI 2.4's plugin accepts the CUDA toolkits of its table as numba sees them (11 and 12, and
+    13 once `_accept_cuda_13` has added it, which needs numba-cuda), and a driver at least as
+    new as that toolkit unless numba-cuda is installed; here a driver of the toolkit's major
+    version is required in any case. None means these checks pass; that a CUDA 13 kernel then
+    runs on DALI's stream is for a GPU run to confirm (docs/gpu.md)."""
     from nvidia.dali.plugin.numba import NumbaFunction
 
-    try:
-        if not NumbaFunction._check_minimal_numba_version(throw=False):
+    accepted = _accept_cuda_13()
+    try:  # two private checks of the plugin, absent from its stub (hence the ignores)
+        if not NumbaFunction._check_minimal_numba_version(throw=False):  # type: ignore[attr-defined]
             version = cuda.runtime.get_version()
+            listed = ", ".join(str(major) for major in sorted(accepted)) or "its own list"
+            hint = "" if 13 in accepted else "; 13 needs numba-cuda as numba's CUDA target"
             return (f"numba {numba_version()} sees CUDA toolkit {version[0]}.{version[1]}, "
-                    "which DALI's numba plugin does not support (it needs CUDA 11 or 12)")
-        if not NumbaFunction._check_cuda_compatibility(throw=False):
+                    f"which DALI's numba plugin does not accept (it accepts CUDA {listed}{hint})")
+        if not NumbaFunction._check_cuda_compatibility(throw=False):  # type: ignore[attr-defined]
             return "the CUDA driver is older than the CUDA toolkit numba sees"
+        # The plugin leaves that to numba-cuda, which cannot bridge a major version: NVVM 13's
+        # code needs a driver for CUDA 13 (R580 or newer).
+        driver, toolkit = cuda.driver.driver.get_version(), cuda.runtime.get_version()
+        if driver[0] < toolkit[0]:
+            return (f"the CUDA driver supports CUDA {driver[0]}.{driver[1]}, older than the CUDA "
+                    f"{toolkit[0]}.{toolkit[1]} toolkit numba sees")
     except Exception as exc:  # noqa: BLE001 - any failure to probe CUDA is the answer
         return f"numba cannot probe CUDA: {type(exc).__name__}: {exc}"
     return None
@@ -146,17 +182,20 @@ def _operator(device: str, device_id: int | None) -> Any:
     if key not in _OPERATORS:
         from nvidia.dali.plugin.numba import NumbaFunction
 
-        common = dict(
-            out_types=[types.UINT8], in_types=[types.UINT8], outs_ndim=[3], ins_ndim=[3]
+        common: dict[str, Any] = dict(
+            out_types=[types.DALIDataType.UINT8],
+            in_types=[types.DALIDataType.UINT8],
+            outs_ndim=[3],
+            ins_ndim=[3],
         )
         if device == "gpu":
             problem = gpu_support_problem()
             if problem is not None:
                 raise DeviceError(
                     "Equalize on the GPU (dalidr/augment/equalize.py, PIL's table) runs through "
-                    f"DALI's numba plugin, which cannot run here: {problem}. Install numba's CUDA "
-                    "support for a CUDA 12 toolkit (`pip install numba-cuda[cu12]`), or replay "
-                    "on the CPU (device_id=None)")
+                    f"DALI's numba plugin, which cannot run here: {problem}. Install numba-cuda "
+                    'for CUDA 13 (`pip install "dalidr[gpu]"`), or replay on the CPU '
+                    "(device_id=None)")
             _OPERATORS[key] = NumbaFunction(
                 device="gpu",
                 run_fn=_equalize_gpu,

@@ -8,6 +8,8 @@ chunking, the number of processes or what else was drawn before. The sampler
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 
 __all__ = ["GOLDEN", "M1", "M2", "mix64"]
@@ -15,9 +17,11 @@ __all__ = ["GOLDEN", "M1", "M2", "mix64"]
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: the splitmix64 increment
 M1 = np.uint64(0xBF58476D1CE4E5B9)
 M2 = np.uint64(0x94D049BB133111EB)
+# An array, or one uint64 (a seed being mixed); the result is of the same kind.
+_U64 = TypeVar("_U64", np.ndarray, np.uint64)
 
 
-def mix64(x: np.ndarray) -> np.ndarray:
+def mix64(x: _U64) -> _U64:
     """splitmix64's finaliser, elementwise on uint64 (a bijection with good avalanche)."""
     x = x ^ (x >> np.uint64(30))
     x = x * M1

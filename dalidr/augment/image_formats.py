@@ -216,7 +216,8 @@ def _libjpeg_messages(raw: bytes) -> tuple[list[str], str | None]:
             os.close(saved)
         sink.seek(0)
         text = sink.read().decode("utf-8", errors="replace")
-    ours, others = [], []
+    ours: list[str] = []
+    others: list[str] = []
     for line in text.splitlines():
         (ours if line.strip().lower().startswith(_LIBJPEG) else others).append(line)
     if others:

@@ -55,7 +55,7 @@ def _grey(data):
 
 
 def _to_uint8(values):
-    return fn.cast(math.clamp(values, 0.0, 255.0), dtype=types.UINT8)
+    return fn.cast(math.clamp(values, 0.0, 255.0), dtype=types.DALIDataType.UINT8)
 
 
 @augmentation
@@ -64,7 +64,7 @@ def identity(data, _):
 
 
 @augmentation(mag_range=(0, 0.3), randomly_negate=True, mag_to_param=_shear_x_param)
-def shear_x(data, shear, fill_value=0, interp_type=types.INTERP_NN):
+def shear_x(data, shear, fill_value=0, interp_type=types.DALIInterpType.INTERP_NN):
     matrix = fn.transforms.shear(shear=shear)
     return fn.warp_affine(
         data, matrix=matrix, fill_value=fill_value, interp_type=interp_type, inverse_map=False
@@ -72,7 +72,7 @@ def shear_x(data, shear, fill_value=0, interp_type=types.INTERP_NN):
 
 
 @augmentation(mag_range=(0, 0.3), randomly_negate=True, mag_to_param=_shear_y_param)
-def shear_y(data, shear, fill_value=0, interp_type=types.INTERP_NN):
+def shear_y(data, shear, fill_value=0, interp_type=types.DALIInterpType.INTERP_NN):
     matrix = fn.transforms.shear(shear=shear)
     return fn.warp_affine(
         data, matrix=matrix, fill_value=fill_value, interp_type=interp_type, inverse_map=False
@@ -85,7 +85,7 @@ def shear_y(data, shear, fill_value=0, interp_type=types.INTERP_NN):
 def _shift(data, offset, axis: int, fill_value: float):
     return fn.slice(
         data,
-        start=fn.cast(-offset, dtype=types.INT32),
+        start=fn.cast(-offset, dtype=types.DALIDataType.INT32),
         rel_shape=[1.0],
         axes=[axis],
         out_of_bounds_policy="pad",
@@ -104,7 +104,7 @@ def translate_y(data, offset, fill_value=0):
 
 
 @augmentation(mag_range=(0, 30), randomly_negate=True)
-def rotate(data, angle, fill_value=0, interp_type=types.INTERP_NN):
+def rotate(data, angle, fill_value=0, interp_type=types.DALIInterpType.INTERP_NN):
     return fn.rotate(
         data, angle=angle, fill_value=fill_value, interp_type=interp_type, keep_size=True
     )
@@ -125,7 +125,9 @@ def color(data, factor):
 @augmentation(mag_range=(0, 0.9), randomly_negate=True, mag_to_param=_enhance_factor)
 def contrast(data, factor):
     if data.device == "cpu":
-        grey = fn.color_space_conversion(data, image_type=types.RGB, output_type=types.GRAY)
+        grey = fn.color_space_conversion(
+            data, image_type=types.DALIImageType.RGB, output_type=types.DALIImageType.GRAY
+        )
         return fn.brightness_contrast(
             data, contrast=factor, contrast_center=fn.reductions.mean(grey)
         )
@@ -156,7 +158,7 @@ def posterize(data, mask):
 @augmentation(mag_range=(255.0, 0.0), param_device="auto")
 def solarize(data, threshold):
     # 255 - x is x ^ 255 for uint8: invert the pixels at or above the threshold in one pass.
-    return data ^ ((data >= threshold) * types.Constant(255, dtype=types.UINT8))
+    return data ^ ((data >= threshold) * types.Constant(255, dtype=types.DALIDataType.UINT8))
 
 
 @augmentation
@@ -165,20 +167,22 @@ def auto_contrast(data, _):
     hi = fn.reductions.max(data, axis_names="HW", keep_dims=True)
     if data.device == "cpu":
         # One native pass: (x - lo) / ((hi - lo) / 255) per channel; flat channels unchanged.
-        low = fn.cast(lo, dtype=types.FLOAT)
-        spread = fn.cast(hi, dtype=types.FLOAT) - low
+        low = fn.cast(lo, dtype=types.DALIDataType.FLOAT)
+        spread = fn.cast(hi, dtype=types.DALIDataType.FLOAT) - low
         stretch = spread > 0
         return fn.normalize(
             data,
             mean=low * stretch,
             stddev=(spread * stretch + (stretch ^ True) * 255.0) * (1 / 255.0),
             axis_names="HW",
-            dtype=types.UINT8,
+            dtype=types.DALIDataType.UINT8,
         )
     # On the GPU the reductions are GPU tensors, which cannot be an operator's argument.
     spread = hi - lo
     stretch = spread > 0
-    scale = 255.0 / (spread * stretch + types.Constant(255, dtype=types.UINT8) * (stretch ^ True))
+    scale = 255.0 / (
+        spread * stretch + types.Constant(255, dtype=types.DALIDataType.UINT8) * (stretch ^ True)
+    )
     return _to_uint8((data - lo * stretch) * scale)
 
 

@@ -110,7 +110,8 @@ class Recipe:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise RecipeError(f"unknown recipe field(s) {unknown}; valid fields: {sorted(known)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in data.items()}
         return cls(**values)
 
     def replace(self, **changes: Any) -> Recipe:

@@ -152,8 +152,8 @@ def _attempts(
 
 def _keys(seed: int, samples: np.ndarray, slots: np.ndarray, stream: int) -> np.ndarray:
     with np.errstate(over="ignore"):
-        k = mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * GOLDEN + np.uint64(stream))
-        k = mix64(k + samples.astype(np.uint64) * GOLDEN)
+        base = mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * GOLDEN + np.uint64(stream))
+        k = mix64(base + samples.astype(np.uint64) * GOLDEN)
         return mix64(k + slots.astype(np.uint64) * M1)
 
 
@@ -169,7 +169,7 @@ def _normal(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- view parameters
 
 
-def _quantise(value: np.ndarray, extent: np.ndarray | int) -> np.ndarray:
+def _quantise(value: np.ndarray, extent: np.ndarray | float) -> np.ndarray:
     return np.rint(value / np.asarray(extent, dtype=np.float64) * COORD_SCALE).astype(np.uint16)
 
 
@@ -398,7 +398,7 @@ def validate_records(
             f"records have dtype {records.dtype}, recipe {recipe.variant.value!r} needs "
             f"{record_dtype(recipe)}"
         )
-    problems: list[tuple[np.ndarray, str]] = []
+    problems: list[tuple[np.ndarray | np.bool_, str]] = []
     prefixes = ["", "p_"] if recipe.has_mix else [""]
     for prefix in prefixes:
         crop = records[prefix + "crop"].astype(np.int64)

@@ -29,12 +29,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from nvidia.dali import fn, math, pipeline_def, types
 from nvidia.dali.auto_aug.core import select, signed_bin
 from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline
+from nvidia.dali.tensors import TensorListGPU
 
 from dalidr.augment.image_formats import check_image
 from dalidr.augment.ops import replay_ops
@@ -60,8 +62,11 @@ __all__ = [
 # EXIF orientation ignored, as PIL, torchvision's ImageFolder and the paper's code (DALI's
 # default would rotate). Pass to every `fn.decoders.*` and to `fn.peek_image_shape`
 # (`PEEK_ARGS`).
-DECODE_ARGS: dict[str, object] = {"output_type": types.RGB, "adjust_orientation": False}
-PEEK_ARGS: dict[str, object] = {"adjust_orientation": False}
+DECODE_ARGS: dict[str, Any] = {
+    "output_type": types.DALIImageType.RGB,
+    "adjust_orientation": False,
+}
+PEEK_ARGS: dict[str, Any] = {"adjust_orientation": False}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,7 +105,9 @@ class ReplaySpec:
 
 def _pixels(fraction: DataNode, extent: DataNode | float) -> DataNode:
     """Stored 1/65535 fractions of `extent` rounded to whole pixels, as float."""
-    return math.floor(fn.cast(fraction, dtype=types.FLOAT) * (extent * (1.0 / COORD_SCALE)) + 0.5)
+    return math.floor(
+        fn.cast(fraction, dtype=types.DALIDataType.FLOAT) * (extent * (1.0 / COORD_SCALE)) + 0.5
+    )
 
 
 def _view(
@@ -119,7 +126,7 @@ def _view(
     """
     recipe, side = spec.recipe, spec.side
     crop = inputs[prefix + "crop"]
-    source_hw = fn.peek_image_shape(jpegs, dtype=types.FLOAT, **PEEK_ARGS)[0:2]
+    source_hw = fn.peek_image_shape(jpegs, dtype=types.DALIDataType.FLOAT, **PEEK_ARGS)[0:2]
     anchor, extent = _pixels(crop[0:2], source_hw), _pixels(crop[2:4], source_hw)
     if decoded is None:
         images = fn.decoders.image_slice(
@@ -142,12 +149,12 @@ def _view(
             normalized_shape=False,
         )
     # The flip rides on the resize: a relative ROI running right to left mirrors the output.
-    flip = fn.cast(inputs[prefix + "flip"], dtype=types.FLOAT)
+    flip = fn.cast(inputs[prefix + "flip"], dtype=types.DALIDataType.FLOAT)
     images = fn.resize(
         images,
         size=[side, side],
         antialias=True,
-        interp_type=types.INTERP_LINEAR,
+        interp_type=types.DALIInterpType.INTERP_LINEAR,
         roi_start=fn.stack(types.Constant(0.0), flip),
         roi_end=fn.stack(types.Constant(1.0), 1.0 - flip),
         roi_relative=True,
@@ -158,15 +165,20 @@ def _view(
         for k in range(max(recipe.ra_num_ops, 1)):
             magnitude = mags[k]
             negative = magnitude < 0
-            bin_ = fn.cast(math.abs(fn.cast(magnitude, dtype=types.INT32)), dtype=types.INT32)
+            bin_ = fn.cast(
+                math.abs(fn.cast(magnitude, dtype=types.DALIDataType.INT32)),
+                dtype=types.DALIDataType.INT32,
+            )
             images = select(
                 ops,
                 op_ids[k],
                 images,
-                magnitude_bin=signed_bin(bin_, random_sign=fn.cast(negative, dtype=types.INT32)),
+                magnitude_bin=signed_bin(
+                    bin_, random_sign=fn.cast(negative, dtype=types.DALIDataType.INT32)
+                ),
                 num_magnitude_bins=recipe.ra_num_bins,
                 fill_value=float(recipe.fill),
-                interp_type=types.INTERP_NN,
+                interp_type=types.DALIInterpType.INTERP_NN,
             )
         erase = inputs[prefix + "erase"]
         images = fn.erase(
@@ -181,7 +193,7 @@ def _view(
 
 def _mix(own: DataNode, partner: DataNode, inputs: dict[str, DataNode], side: int) -> DataNode:
     """Blend with lambda (MixUp) or paste the partner inside the box (CutMix), in float."""
-    lam = fn.cast(inputs["lam"], dtype=types.FLOAT) * (1.0 / COORD_SCALE)
+    lam = fn.cast(inputs["lam"], dtype=types.DALIDataType.FLOAT) * (1.0 / COORD_SCALE)
     is_cutmix = inputs["mix"] == int(MixMode.CUTMIX)
     box = inputs["box"]
     ones = types.Constant(np.ones((side, side, 1), dtype=np.float32), device=own.device)
@@ -194,10 +206,10 @@ def _mix(own: DataNode, partner: DataNode, inputs: dict[str, DataNode], side: in
         fill_value=0.0,
     )
     weight = keep * (is_cutmix + (is_cutmix ^ True) * lam)
-    mixed = fn.cast(own, dtype=types.FLOAT) * weight + fn.cast(partner, dtype=types.FLOAT) * (
-        1.0 - weight
-    )
-    return fn.cast(math.clamp(mixed, 0.0, 255.0), dtype=types.UINT8)  # the cast rounds
+    mixed = fn.cast(own, dtype=types.DALIDataType.FLOAT) * weight + fn.cast(
+        partner, dtype=types.DALIDataType.FLOAT
+    ) * (1.0 - weight)
+    return fn.cast(math.clamp(mixed, 0.0, 255.0), dtype=types.DALIDataType.UINT8)  # the cast rounds
 
 
 def replay_graph(
@@ -226,7 +238,7 @@ def replay_graph(
     if spec.output is Output.FLOAT_CHW:
         images = fn.crop_mirror_normalize(
             images,
-            dtype=types.FLOAT,
+            dtype=types.DALIDataType.FLOAT,
             output_layout="CHW",
             mean=[255.0 * m for m in spec.mean],
             std=[255.0 * s for s in spec.std],
@@ -249,11 +261,11 @@ def replay_pipeline(
 
     @pipeline_def(enable_conditionals=True)
     def _pipeline() -> DataNode:
-        jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, no_copy=True)
+        jpegs = fn.external_source(name="jpegs", dtype=types.DALIDataType.UINT8, no_copy=True)
         partner_jpegs = None
         if spec.recipe.has_mix:
             partner_jpegs = fn.external_source(
-                name="partner_jpegs", dtype=types.UINT8, no_copy=True
+                name="partner_jpegs", dtype=types.DALIDataType.UINT8, no_copy=True
             )
         inputs = {field: fn.external_source(name=field, no_copy=False) for field in spec.fields}
         return replay_graph(jpegs, partner_jpegs, inputs, spec, device)
@@ -328,6 +340,6 @@ class Replayer:
             (images,) = self.pipeline.run()
         except RuntimeError as exc:
             raise ImageError(f"replaying the batch {names} failed: {exc}") from exc
-        if hasattr(images, "as_cpu"):
+        if isinstance(images, TensorListGPU):
             images = images.as_cpu()
         return np.asarray(images.as_array())

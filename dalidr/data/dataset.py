@@ -1,4 +1,6 @@
-"""Datasets users bring: a torchvision ImageFolder tree of images, or a file list with labels.
+"""Datasets users bring: a torchvision ImageFolder tree of images, or a file list with labels
+(or webdataset tar shards, indexed by `dalidr.data.shards`; every listing reads through its
+`source`, `dalidr.data.data_source`).
 
 `list_dataset` returns relative paths in a fixed order (classes sorted, files sorted), so the
 sample index of a file is the same on every machine and in every process; the store's manifest
@@ -14,6 +16,15 @@ of a node lists and stores the arrays in a node-local file, and the others map i
 read keeps its mtime (for a file list: the list's mtime), so it notices added, removed and
 renamed files, not a file rewritten in place with another size; the loaders' sampled hashes
 and `dalidr verify` are the content checks.
+
+Class folders are those of torchvision's `ImageFolder` (`find_classes`: every sub-directory,
+sorted), so a label is the class index torchvision would give. Where the two could disagree
+the listing refuses, naming the folder, instead of choosing: a hidden class folder (a name
+starting with "."; torchvision counts it, a user rarely means it) and a class folder without
+images (torchvision raises on it). dalidr's own cache folder, `CACHE_FOLDER`, is passed over:
+torchvision would take it for an empty class and raise, so no index can differ silently.
+Trade-off: a tree that lists under torchvision with a hidden class needs that folder moved or
+renamed first, or a `--file-list`.
 """
 
 from __future__ import annotations
@@ -27,14 +38,19 @@ from typing import Any
 import numpy as np
 
 from dalidr.augment.image_formats import IMAGE_EXTENSIONS
+from dalidr.data.data_source import DataSource, FileSource
 from dalidr.data.node_cache import cache_key, node_cache_dir, shared_arrays
 from dalidr.data.path_list import PathList
+from dalidr.data.shards import DataSpec, is_shard_spec, list_shards
 from dalidr.errors import DatasetError
 
-__all__ = ["DatasetListing", "list_dataset", "IMAGE_SUFFIXES"]
+__all__ = ["DatasetListing", "list_dataset", "source_for", "IMAGE_SUFFIXES", "CACHE_FOLDER"]
 
 # torchvision's ImageFolder extensions (`IMG_EXTENSIONS`), compared case-insensitively as it does.
 IMAGE_SUFFIXES = IMAGE_EXTENSIONS
+# dalidr's own folder in a dataset root (`dalidr.data.image_sizes` keeps image sizes there):
+# never a class folder.
+CACHE_FOLDER = ".dalidr"
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,9 +67,14 @@ class DatasetListing:
     # File size in bytes per sample, int64 [N], from the listing's stat; None if not listed
     # (a file list is taken as it is, without touching the files).
     sizes: np.ndarray | None = None
+    # Where each sample's bytes are read (`dalidr.data.data_source`): the files under root
+    # (the default), or members of tar shards (`dalidr.data.shards`; root is then the spec).
+    source: DataSource = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "paths", PathList.from_strings(self.paths))
+        if self.source is None:
+            object.__setattr__(self, "source", FileSource(self.root, self.paths))
         object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64).reshape(-1))
         if self.sizes is not None:
             object.__setattr__(self, "sizes", np.asarray(self.sizes, dtype=np.int64).reshape(-1))
@@ -67,32 +88,48 @@ class DatasetListing:
         return len(self.paths)
 
     def file(self, index: int) -> Path:
-        """The absolute path of one sample."""
+        """The absolute path of one sample (of a folder or file list; shard members have
+        none: read them through `source`)."""
+        if not isinstance(self.source, FileSource):
+            raise DatasetError(f"sample {index} of {self.root} is a shard member "
+                               f"({self.source.describe(index)}), not a file")
         return self.root / self.paths[index]
 
 
-def list_dataset(root: str | Path, file_list: str | Path | None = None, *,
+def list_dataset(root: DataSpec, file_list: str | Path | None = None, *,
                  share: bool = True) -> DatasetListing:
-    """An ImageFolder tree (`root/<class>/<image>`), or `file_list` lines `<path> <label>`.
+    """An ImageFolder tree (`root/<class>/<image>`), or `file_list` lines `<path> <label>`,
+    or webdataset tar shards (`dalidr.data.shards`: a `.tar`, a brace pattern, a list).
 
     With `share` (the default) and a node cache in effect (`dalidr.data.node_cache`: under
     `torchrun`, or `DALIDR_NODE_CACHE` set), one process per node lists and the others map its
-    result; the listing is reused while no listed directory (nor the file list) has changed."""
-    root = Path(root)
+    result; the listing is reused while no listed directory (nor the file list, nor shard)
+    has changed."""
+    if is_shard_spec(root):
+        if file_list is not None:
+            raise DatasetError(f"a file list ({file_list}) names files under a folder; shards "
+                               f"({root}) carry their own labels: give one or the other")
+        shards = list_shards(root, share=share)
+        return DatasetListing(Path(shards.spec.text), shards.names, shards.labels,
+                              shards.classes, shards.sizes, shards.source())
+    root = Path(root)  # type: ignore[arg-type]
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a directory")
     directory = node_cache_dir() if share else None
     if directory is None:
         return _list(root, file_list)[0]
     source = "" if file_list is None else os.path.realpath(file_list)
-    key = cache_key("listing", os.path.realpath(root), source)
+    # "listing-2": listings stored before hidden and empty class folders were refused are
+    # not reused (they may have skipped a hidden folder silently).
+    key = cache_key("listing-2", os.path.realpath(root), source)
 
     def produce() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         listing, stamps = _list(root, file_list)
-        header = {"root": os.path.realpath(root), "file_list": source,
-                  "classes": list(listing.classes), "stamps": stamps}
-        arrays = {"path_bytes": listing.paths.data, "path_offsets": listing.paths.offsets,
-                  "labels": listing.labels}
+        header: dict[str, Any] = {"root": os.path.realpath(root), "file_list": source,
+                                  "classes": list(listing.classes), "stamps": stamps}
+        arrays: dict[str, np.ndarray] = {"path_bytes": listing.paths.data,
+                                         "path_offsets": listing.paths.offsets,
+                                         "labels": listing.labels}
         if listing.sizes is not None:
             arrays["sizes"] = listing.sizes
         return header, arrays
@@ -109,6 +146,14 @@ def list_dataset(root: str | Path, file_list: str | Path | None = None, *,
         warnings.warn(f"dataset {root}: node cache {directory} unusable ({exc}); "
                       "listing in this process", stacklevel=2)
         return _list(root, file_list)[0]
+
+
+def source_for(data: DataSpec, paths: PathList) -> DataSource:
+    """The bytes of the samples named `paths` (a store's manifest) in `data`: a folder's files
+    (nothing listed), or shard members (the shards indexed, or their cached index)."""
+    if is_shard_spec(data):
+        return list_dataset(data).source.for_paths(paths)
+    return FileSource(Path(data), paths)  # type: ignore[arg-type]
 
 
 _CHUNK_LINES = 1 << 16  # file list lines parsed per compact chunk
@@ -134,11 +179,23 @@ def _list(root: Path, file_list: str | Path | None) -> tuple[DatasetListing, _St
     return _walk_tree(root)
 
 
+def _named(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def _walk_tree(root: Path) -> tuple[DatasetListing, _Stamps]:
     """One scandir per folder; each image's size from its directory entry's stat."""
     stamps: _Stamps = [("", os.stat(root).st_mtime_ns)]
     with os.scandir(root) as entries:
-        classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        classes = sorted(e.name for e in entries if e.is_dir() and e.name != CACHE_FOLDER)
+    hidden = [name for name in classes if name.startswith(".")]
+    if hidden:
+        raise DatasetError(
+            f"dataset root {root}: hidden folder(s) {_named(hidden)} would be class folders: "
+            "torchvision's ImageFolder counts them as classes (shifting every class index "
+            "after them), so dalidr refuses rather than choose an order silently; move or "
+            f"rename them (only dalidr's own {CACHE_FOLDER!r} folder is ignored)")
     if not classes:
         raise DatasetError(
             f"dataset root {root} has no class folders (expected root/<class>/<image>.jpg)"
@@ -157,6 +214,12 @@ def _walk_tree(root: Path) -> tuple[DatasetListing, _Stamps]:
     if not sum(counts):
         raise DatasetError(f"dataset root {root} has class folders but no image files "
                            f"({', '.join(IMAGE_SUFFIXES)})")
+    empty = [name for name, count in zip(classes, counts, strict=True) if not count]
+    if empty:
+        raise DatasetError(
+            f"dataset root {root}: class folder(s) {_named(empty)} hold no image files "
+            f"({', '.join(IMAGE_SUFFIXES)}); torchvision's ImageFolder refuses such a tree "
+            "and a class without samples cannot be learnt: add images or remove the folder(s)")
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), counts)
     return DatasetListing(root, PathList.concatenate(parts), labels, tuple(classes),
                           np.concatenate(sizes)), stamps

@@ -99,7 +99,7 @@ def load_digits_fallback(split: str) -> tuple[np.ndarray, np.ndarray]:
     digits = load_digits()
     images = (digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     images = np.stack(
-        [np.asarray(Image.fromarray(i).resize((28, 28), Image.BICUBIC)) for i in images]
+        [np.asarray(Image.fromarray(i).resize((28, 28), Image.Resampling.BICUBIC)) for i in images]
     )
     cut = int(0.8 * len(images))
     part = slice(0, cut) if split == "train" else slice(cut, None)

@@ -9,8 +9,10 @@ records it in a cache file beside the data, `<root>/.dalidr/image-hw-<key>.npy` 
 [N, 2], 0 = not read yet), shared by every process on the machine through a writable memory
 map. So a start reads no image, the first epoch reads each served image's header once, and
 later runs read none. The key is a hash of the listing (paths and, for a tree, byte sizes), so
-a changed dataset gets a fresh file. Where the data is read-only the file goes to the node
-cache directory (`dalidr.data.node_cache`), else sizes are kept in memory only.
+a changed dataset gets a fresh file. Where the data is read-only (and for tar shards, never
+written beside) the file goes to the node cache directory (`dalidr.data.node_cache`), else
+sizes are kept in memory only. Reads go through the listing's `source` (a file, or a shard
+member's byte range).
 
 Trade-off: sizes are those of the file's header, as PIL reports them (no EXIF rotation), which
 is what the store's manifest records for the teacher pass; a file that is not a parseable JPEG
@@ -20,17 +22,19 @@ falls back to PIL. A header is trusted as read; `dalidr verify` checks file cont
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dalidr.data.dataset import DatasetListing
+from dalidr.data.data_source import DataSource, FileSource
+from dalidr.data.dataset import CACHE_FOLDER, DatasetListing
 from dalidr.data.node_cache import node_cache_dir
-from dalidr.errors import ImageError
+from dalidr.errors import DatasetError, ImageError
 
-__all__ = ["ImageSizes", "jpeg_size", "read_image_size"]
+__all__ = ["ImageSizes", "jpeg_size", "read_image_size", "sample_image_size"]
 
 _HEAD = 4096  # bytes read first; most JPEGs have their frame header within them
 # Start-of-frame markers (baseline, progressive, lossless, arithmetic): not C4, C8, CC.
@@ -68,22 +72,48 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 def read_image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of one image file, from its header."""
+    path = Path(path)
+    return sample_image_size(FileSource(path.parent, [path.name]), 0)
+
+
+def sample_image_size(source: DataSource, index: int) -> tuple[int, int]:
+    """(height, width) of one sample, from its header (the first few KB; all of it for a JPEG
+    whose frame header comes later), else as PIL reads it; ImageError naming the sample's file
+    (or shard and member)."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(_HEAD)
-            found = jpeg_size(head)
-            if found is None and head[:2] == b"\xff\xd8":
-                found = jpeg_size(head + f.read())
-    except OSError as exc:
-        raise ImageError(f"dataset file {path} cannot be read: {exc}") from exc
-    if found is not None:
-        return found
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
+        data = source.read_head(index, _HEAD)
+        found = jpeg_size(data)
+        if found is None and len(data) == _HEAD and data[:2] == b"\xff\xd8":
+            data = source.read([index])[0].tobytes()
+            found = jpeg_size(data)
+        if found is not None:
+            return found
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        except (UnidentifiedImageError, OSError):
+            if len(data) < _HEAD or data[:2] == b"\xff\xd8":
+                raise
+            with Image.open(io.BytesIO(source.read([index])[0].tobytes())) as image:
+                width, height = image.size
+    except DatasetError as exc:
+        raise ImageError(str(exc)) from exc
     except (UnidentifiedImageError, OSError) as exc:
-        raise ImageError(f"dataset file {path} is not a readable image: {exc}") from exc
+        raise ImageError(f"dataset file {source.describe(index)} is not a readable image: "
+                         f"{exc}") from exc
     return height, width
+
+
+def _allocated_zeros(path: Path, shape: tuple[int, int]) -> None:
+    """A `.npy` file of uint16 zeros whose disk blocks exist now. A memory map of a sparse
+    file dies of SIGBUS at its first write once the disk is full; writing the zeros (and
+    `posix_fallocate` where there is one) fails here instead, with an OSError (ENOSPC), and
+    the sizes are kept elsewhere."""
+    with open(path, "wb") as out:
+        np.save(out, np.zeros(shape, dtype=np.uint16))
+        out.flush()
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(out.fileno(), 0, out.tell())
 
 
 class ImageSizes:
@@ -94,15 +124,17 @@ class ImageSizes:
         n = len(listing)
         self.path: Path | None = None
         self._stored: np.ndarray = np.zeros((n, 2), dtype=np.uint16)
+        # Beside a folder's images, else (shards: never beside them) in the node cache.
+        beside = listing.root / CACHE_FOLDER if isinstance(listing.source, FileSource) else None
         if cache:
-            for folder in (listing.root / ".dalidr", node_cache_dir()):
+            for folder in (beside, node_cache_dir()):
                 if folder is not None and (opened := self._open(folder)) is not None:
                     self.path, self._stored = opened
                     break
         # Sizes for `draw_records`, which takes the whole dataset's: 1 where not read yet
         # (a draw only uses the rows of its samples and partners, which are read first).
         self._full = np.maximum(self._stored, 1).astype(np.int64)
-        self._known = (self._stored > 0).all(axis=1)
+        self._known = np.asarray((self._stored > 0).all(axis=1))
 
     def _key(self) -> str:
         h = hashlib.sha256(self.listing.paths.digest())
@@ -118,13 +150,13 @@ class ImageSizes:
             folder.mkdir(parents=True, exist_ok=True)
             if not path.exists():
                 tmp = folder / f"{path.name}.{os.getpid()}.tmp"
-                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=shape).flush()
                 try:
+                    _allocated_zeros(tmp, shape)
                     os.link(tmp, path)  # never replaces a file another process filled
                 except FileExistsError:
                     pass
                 finally:
-                    tmp.unlink()
+                    tmp.unlink(missing_ok=True)
             stored = np.lib.format.open_memmap(path, mode="r+")
             if stored.dtype != np.uint16 or stored.shape != shape:
                 path.unlink()
@@ -145,7 +177,7 @@ class ImageSizes:
             stored = np.asarray(self._stored[missing])  # another process may have read them
             fresh = missing[~(stored > 0).all(axis=1)]
             for i in fresh.tolist():
-                self._stored[i] = read_image_size(self.listing.file(i))
+                self._stored[i] = sample_image_size(self.listing.source, i)
             self._full[missing] = self._stored[missing]
             self._known[missing] = True
         return self._full

@@ -153,14 +153,18 @@ def _store(path: Path, header: Header, arrays: Arrays) -> None:
     text = json.dumps({"header": header, "arrays": table}).encode()
     start = -(-(len(_MAGIC) + 8 + len(text)) // _ALIGN) * _ALIGN
     tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as out:
-        out.write(_MAGIC + np.uint64(len(text)).astype("<u8").tobytes() + text)
-        out.write(b"\0" * (start - out.tell()))
-        for name, array in arrays.items():
-            out.seek(start + table[name]["offset"])
-            out.write(np.ascontiguousarray(array, dtype=table[name]["dtype"]).tobytes())
-        out.truncate(start + offset)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as out:
+            out.write(_MAGIC + np.uint64(len(text)).astype("<u8").tobytes() + text)
+            out.write(b"\0" * (start - out.tell()))
+            for name, array in arrays.items():
+                out.seek(start + table[name]["offset"])
+                out.write(np.ascontiguousarray(array, dtype=table[name]["dtype"]).tobytes())
+            out.truncate(start + offset)
+        os.replace(tmp, path)
+    except OSError:
+        _remove(tmp)  # a full disk leaves no temporary file behind; the caller warns
+        raise
 
 
 def _load(path: Path) -> tuple[Header, Arrays] | None:

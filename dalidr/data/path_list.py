@@ -173,7 +173,7 @@ class RootedPaths(Sequence[Path]):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+    def __getitem__(self, index):
         if isinstance(index, slice):
             return [self.root / p for p in self.paths[index]]
         return self.root / self.paths[int(index)]

@@ -98,7 +98,8 @@ def make_corpus(
         x0, y0 = int(px * (width - w)), int(py * (height - h))
         crop = photo.crop((x0, y0, x0 + w, y0 + h))
         scale = side / max(w, h)
-        out = crop.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+        out = crop.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                          Image.Resampling.BICUBIC)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(encode_jpeg(out, quality, subsampling))

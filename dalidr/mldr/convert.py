@@ -13,8 +13,10 @@ Nothing is lost: every file must hold its own index and exactly `slots` views of
 probabilities; after writing, each block is read back and compared (records bit for bit,
 classes exactly, probabilities within the store's quantisation). Problems are collected per
 file and reported together; blocks without problems stay committed, so a rerun after fixing
-the files converts only the rest. Trade-off: the read-back costs about a tenth of the import
-and buys a check of every stored value.
+the files converts only the rest. A write that fails (a full disk) is not a file's problem: it
+stops the import with a `StoreWriteError` naming the store, the object and the space needed,
+and a rerun after freeing space resumes. Trade-off: the read-back costs about a tenth of the
+import and buys a check of every stored value.
 """
 
 from __future__ import annotations
@@ -34,14 +36,14 @@ import numpy as np
 import torch
 
 from dalidr.augment.recipe import Recipe
-from dalidr.errors import DatasetError, RecordError, StoreError
+from dalidr.errors import DatasetError, RecordError, StoreError, StoreWriteError
 from dalidr.mldr.params import ParsedViews, convert_block, magnitude_bins, parse_view
 from dalidr.mldr.safe_load import load_file
 from dalidr.mldr.source import MldrSource, check_op_names, dataset_listing, read_source
 from store.config import StoreConfig
 from store.manifest import scan_manifest
 from store.reader import StoreReader
-from store.writer import StoreWriter, create_store
+from store.writer import StoreWriter, resume_or_create
 
 __all__ = ["ImportConfig", "ImportReport", "import_mldr", "register"]
 
@@ -144,6 +146,8 @@ def _convert(block: int) -> _BlockResult:
     if not views.problems:
         try:
             writer.write_block(block, records, a["classes"], a["probs"])
+        except StoreWriteError:
+            raise  # the disk, not the files: stop, named (a rerun resumes)
         except (StoreError, RecordError) as exc:
             views.problems.append(f"block {block} ({files[0]} .. {files[-1]}): {exc}")
         else:
@@ -225,12 +229,8 @@ def _store_bytes(url: str) -> int | None:
 
 
 def _open_store(config: ImportConfig, store_config: StoreConfig, listing: Any) -> StoreWriter:
-    from store.location import locate
-
-    if not locate(config.out, read_only=False).exists("zarr.json"):
-        manifest = scan_manifest(listing.root, listing.paths, listing.labels)
-        return create_store(config.out, manifest, store_config)
-    writer = StoreWriter(config.out)
+    writer = resume_or_create(config.out, store_config,
+                              lambda: scan_manifest(listing.root, listing.paths, listing.labels))
     if writer.config != store_config:
         raise StoreError(f"{config.out} holds a store made with other options "
                          f"({writer.config}); this import asks for {store_config}: use the "
@@ -339,7 +339,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("rdata_dir", help="directory of {index}.pth.tar files and "
                         "config.pth.tar (the extracted reinforced_data.tar.gz)")
     parser.add_argument("--images", required=True, help="the dataset the reinforcements "
-                        "index: ImageFolder root (torchvision order) or --file-list's root")
+                        "index: ImageFolder root (torchvision order) or --file-list's root; "
+                        "not tar shards (the paper's stores index ImageFolder order)")
     parser.add_argument("--out", required=True, help="store path or URL")
     parser.add_argument("--file-list", help="'<relative path> <label>' lines in the paper's "
                         "index order")

@@ -256,7 +256,7 @@ class _Checker:
         self.views = views
         self.bad = np.zeros((views.count, views.slots), bool)
 
-    def check(self, wrong: np.ndarray, message: str) -> None:
+    def check(self, wrong: np.ndarray | np.bool_, message: str) -> None:
         fresh = wrong & ~self.bad
         for row in np.flatnonzero(fresh.any(axis=1)):
             slot = int(np.flatnonzero(fresh[row])[0])
@@ -330,7 +330,7 @@ def convert_block(views: ParsedViews, samples: np.ndarray, image_hw: np.ndarray,
         views_of.append(("p_", image_hw[partner], mixed))
     for prefix, hw, present in views_of:
         crop = np.where(present[..., None], a[prefix + "crop"], -1)
-        full = (crop < 0).all(-1)
+        full = np.asarray((crop < 0).all(-1))
         crop = np.where(full[..., None], np.concatenate([np.zeros_like(hw), hw], -1), crop)
         checker.check((crop[..., 2] == 0) | (crop[..., 3] == 0), f"{prefix}crop is empty")
         out[prefix + "crop"] = _boxes(checker, crop, hw, f"{prefix}crop of the source")

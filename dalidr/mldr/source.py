@@ -27,7 +27,8 @@ from typing import Any
 
 from dalidr.augment.ops import OPS
 from dalidr.augment.recipe import Recipe
-from dalidr.data.dataset import DatasetListing, list_dataset
+from dalidr.data.dataset import CACHE_FOLDER, DatasetListing, list_dataset
+from dalidr.data.shards import is_shard_spec
 from dalidr.errors import DatasetError, RecipeError
 from dalidr.mldr.safe_load import load_file
 
@@ -203,8 +204,10 @@ def _recipe(transforms: tuple[tuple[str, dict], ...], where: str) -> Recipe:
         mixed = 1 - (1 - p_mixup) * (1 - p_cutmix)
         # Descriptive only: every stored view carries its own mixing in its record.
         fields.update(mix_prob=mixed,
-                      mixup_alpha=float(mixup.get("alpha", 1.0)) if p_mixup else 0.0,
-                      cutmix_alpha=float(cutmix.get("alpha", 1.0)) if p_cutmix else 0.0,
+                      mixup_alpha=float(mixup.get("alpha", 1.0))
+                      if p_mixup and mixup is not None else 0.0,
+                      cutmix_alpha=float(cutmix.get("alpha", 1.0))
+                      if p_cutmix and cutmix is not None else 0.0,
                       cutmix_switch_prob=p_cutmix / mixed if mixed else 0.5)
     try:
         return Recipe(**fields)
@@ -282,13 +285,25 @@ def check_imagefolder_order(listing: DatasetListing) -> None:
     """DatasetError unless dalidr's listing is torchvision ImageFolder's sample order.
 
     The paper's indices are positions in torchvision's dataset; dalidr's store and loader use
-    `list_dataset`'s order. For a plain tree of JPEGs they agree; a tree with other image types,
-    hidden class folders or nested folders may not, and then the import stops (pass a
-    `--file-list` in the paper's order instead)."""
+    `list_dataset`'s order. For a plain tree of JPEGs they agree; a tree with other image types
+    or nested folders may not, and then the import stops (pass a `--file-list` in the paper's
+    order instead). Hidden and empty class folders are refused by `list_dataset` already;
+    dalidr's own cache folder is left out of torchvision's classes (it is not the paper's), and
+    whatever torchvision cannot list is a DatasetError naming the root, not its traceback."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-    classes, class_to_idx = find_classes(str(listing.root))
-    samples = make_dataset(str(listing.root), class_to_idx, extensions=IMG_EXTENSIONS)
+    try:
+        classes = [c for c in find_classes(str(listing.root))[0] if c != CACHE_FOLDER]
+        class_to_idx = {name: i for i, name in enumerate(classes)}
+        samples = make_dataset(str(listing.root), class_to_idx, extensions=IMG_EXTENSIONS)
+    except (FileNotFoundError, ValueError) as exc:
+        raise DatasetError(f"{listing.root}: torchvision's ImageFolder cannot list it ({exc}), "
+                           "so the paper's indices are unknown; fix the tree or pass "
+                           "--file-list with the paper's order") from exc
+    if tuple(classes) != listing.classes:
+        raise DatasetError(f"{listing.root}: torchvision's ImageFolder finds classes "
+                           f"{classes[:10]}, dalidr's listing {list(listing.classes[:10])}; "
+                           "pass --file-list with the paper's order")
     theirs = [Path(p).relative_to(listing.root).as_posix() for p, _ in samples]
     if theirs == list(listing.paths):
         return
@@ -303,7 +318,13 @@ def check_imagefolder_order(listing: DatasetListing) -> None:
 
 
 def dataset_listing(images: str | Path, file_list: str | Path | None) -> DatasetListing:
-    """The dataset the reinforcements index, in the paper's order (see check_imagefolder_order)."""
+    """The dataset the reinforcements index, in the paper's order (see check_imagefolder_order).
+    A folder tree or a file list only: the paper's stores index ImageFolder order, which tar
+    shards do not carry."""
+    if is_shard_spec(images):
+        raise DatasetError(f"--images {images}: import-mldr reads an ImageFolder tree (or a "
+                           "--file-list's root), not tar shards: the paper's reinforcements "
+                           "index torchvision's ImageFolder order")
     listing = list_dataset(images, file_list)
     if file_list is None:
         check_imagefolder_order(listing)

@@ -25,6 +25,9 @@ __all__ = ["MeanSoftmax", "EnsembleLogits"]
 class MeanSoftmax(nn.Module):
     """`forward(images)` -> the members' mean softmax [B, C] (float32, no gradients)."""
 
+    input_mean: torch.Tensor  # buffers, registered in __init__
+    input_std: torch.Tensor
+
     def __init__(self, ensemble: Ensemble, input_mean: Sequence[float],
                  input_std: Sequence[float]) -> None:
         super().__init__()

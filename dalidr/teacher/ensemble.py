@@ -14,6 +14,11 @@ shifted inputs and lose most of its accuracy): records are resolution-independen
 every member sees the same crop, rendered at its own size, as the paper does for teachers
 trained at higher resolution. Members that share (size, mean, std) share one rendered view.
 
+A member without a checkpoint takes timm's pretrained weights (`pretrained`), or random weights
+only when asked (`random_seed`, `dalidr reinforce --random-teacher`: tests, benchmarks), drawn
+from a generator seeded with (seed, member index), so every rank and every resume of a pass
+labels with the same weights; a member with neither is refused by name.
+
 Checkpoints are data, never code: `.safetensors` files are read with safetensors, anything
 else with `torch.load(weights_only=True)`. A checkpoint must fit its architecture exactly
 (strict loading); a classifier of the wrong width is reported as a class-count mismatch.
@@ -23,7 +28,9 @@ of building every model up front (cheap next to the pass itself).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +52,7 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "build_teacher",
+    "member_seed",
 ]
 
 
@@ -54,7 +62,8 @@ class MemberSpec:
 
     # timm model name (`timm.list_models()`), with an optional pretrained tag (`name.tag`).
     name: str
-    # Local checkpoint (safetensors or a torch state dict); None: timm's initialisation.
+    # Local checkpoint (safetensors or a torch state dict); None: timm's pretrained weights, or
+    # seeded random ones when asked (`build_teacher`).
     checkpoint: Path | None = None
 
 
@@ -169,7 +178,7 @@ def _read_checkpoint(path: Path, role: str
 
 def _classifier_width(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
     """Rows of the checkpoint's classifier weight, located through the timm config."""
-    names = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
+    names = getattr(model, "pretrained_cfg", {}).get("classifier")
     for name in [names] if isinstance(names, str) else list(names or ()):
         weight = state.get(f"{name}.weight")
         if weight is not None and weight.dim() >= 1:
@@ -208,18 +217,36 @@ def _view_of(model: nn.Module, size: int | None,
     config = resolve_data_config({}, model=model)
     side = int(size or max(config["input_size"][1:]))
     mean, std = normalisation or (config["mean"], config["std"])
-    return TeacherView(side, tuple(float(v) for v in mean),  # type: ignore[arg-type]
-                       tuple(float(v) for v in std))
+    # Three channels, as timm's config and the checkpoints give them (the length is not typed).
+    return TeacherView(side, tuple(map(float, mean)), tuple(map(float, std)))  # type: ignore[arg-type]
 
 
-def _build_member(spec: MemberSpec, num_classes: int, pretrained: bool,
-                  size: int | None) -> TeacherMember:
+def member_seed(seed: int, index: int) -> int:
+    """The torch seed of member `index`'s random weights in a pass of seed `seed`."""
+    digest = hashlib.sha256(f"dalidr random teacher {seed} {index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _no_weights(spec: MemberSpec) -> OptionError:
+    return OptionError(
+        f"teacher member {spec.name!r} has no checkpoint and no weights were chosen for it; "
+        f"give a checkpoint ({spec.name}@CHECKPOINT), timm's pretrained weights "
+        "(--pretrained), or random weights seeded from --seed (--random-teacher: labels that "
+        "mean nothing, for tests and benchmarks)")
+
+
+def _build_member(spec: MemberSpec, num_classes: int, pretrained: bool, size: int | None,
+                  random_seed: int | None = None, index: int = 0) -> TeacherMember:
     import timm
 
     _check_name(spec.name)
-    if spec.checkpoint is None:
-        kwargs = {} if pretrained else {"num_classes": num_classes}
-        model = timm.create_model(spec.name, pretrained=pretrained, **kwargs)
+    if spec.checkpoint is None:  # build_teacher checked that weights were chosen
+        kwargs: dict[str, Any] = {} if pretrained else {"num_classes": num_classes}
+        seeded = contextlib.nullcontext() if pretrained else torch.random.fork_rng(devices=[])
+        with seeded:  # the caller's global generator is left as it was
+            if not pretrained:
+                torch.manual_seed(member_seed(random_seed or 0, index))
+            model = timm.create_model(spec.name, pretrained=pretrained, **kwargs)
         width = int(getattr(model, "num_classes", num_classes))
         if width != num_classes:
             raise OptionError(f"teacher member {spec.name!r} predicts {width} classes but the "
@@ -259,7 +286,7 @@ class Ensemble(nn.Module):
         parts = []
         for member in self.members:
             text = member.spec.name
-            if member.spec.checkpoint is not None:
+            if member.spec.checkpoint is not None and member.checkpoint_sha256 is not None:
                 text += f"@{member.spec.checkpoint.name}#sha256:{member.checkpoint_sha256[:16]}"
             view = member.view
             text += (f" [{view.size}px mean={list(view.mean)} std={list(view.std)}]")
@@ -268,13 +295,24 @@ class Ensemble(nn.Module):
 
 
 def build_teacher(text: str, num_classes: int, pretrained: bool = False,
-                  size: int | None = None) -> Ensemble:
+                  size: int | None = None, random_seed: int | None = None) -> Ensemble:
     """Parse, check and build the ensemble on the CPU (eval mode, no gradients).
 
-    `size` overrides every member's input side (the recipe's `teacher_size`); None uses each
-    member's timm config. Raises OptionError for an unknown name, an unreadable checkpoint, a
-    checkpoint that does not fit, or a member whose class count is not `num_classes`."""
+    A member without a checkpoint takes timm's pretrained weights (`pretrained`) or, given
+    `random_seed` (the store's seed), random weights drawn from `member_seed(random_seed,
+    index)`: the same on every rank and every resume. `size` overrides every member's input
+    side (the recipe's `teacher_size`); None uses each member's timm config. Raises OptionError
+    for an unknown name, a member with no weights chosen, an unreadable checkpoint, a checkpoint
+    that does not fit, or a member whose class count is not `num_classes`."""
+    if pretrained and random_seed is not None:
+        raise OptionError("--pretrained and --random-teacher both choose the weights of members "
+                          "without a checkpoint; give one")
+    if random_seed is not None and (isinstance(random_seed, bool) or random_seed < 0):
+        raise OptionError(f"random teacher seed {random_seed!r}; valid: an integer >= 0")
     specs = parse_teacher(text)
     for spec in specs:
         _check_name(spec.name)
-    return Ensemble([_build_member(s, num_classes, pretrained, size) for s in specs], num_classes)
+        if spec.checkpoint is None and not pretrained and random_seed is None:
+            raise _no_weights(spec)
+    return Ensemble([_build_member(s, num_classes, pretrained, size, random_seed, i)
+                     for i, s in enumerate(specs)], num_classes)

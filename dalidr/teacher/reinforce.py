@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -42,18 +41,19 @@ import torch
 
 from dalidr.augment.recipe import PRESETS, Recipe, load_recipe
 from dalidr.data.dataset import DatasetListing, list_dataset
-from dalidr.data.path_list import RootedPaths
+from dalidr.data.shards import SHARDS_HELP, DataSpec
 from dalidr.errors import DatasetError, ImageError, OptionError, StoreError
+from dalidr.ranks import local_cuda_index, rank_and_world
 from dalidr.teacher.ensemble import Ensemble, build_teacher
 from dalidr.teacher.skips import create_skip_marks, has_skip_marks, write_skip_marks
 from dalidr.teacher.views import ViewSource, decodes, view_pipeline
 from kernels.topk import ensemble_topk
 from store.config import StoreConfig
 from store.manifest import Manifest, scan_manifest
-from store.writer import StoreWriter, create_store
+from store.writer import StoreWriter, create_store, interrupted_creation
 
 __all__ = ["CompileMode", "Labeller", "ReinforceConfig", "ReinforceReport", "forward_settings",
-           "rank_and_world", "reinforce", "register"]
+           "reinforce", "register"]
 
 
 class CompileMode(enum.Enum):
@@ -68,8 +68,9 @@ class CompileMode(enum.Enum):
 class ReinforceConfig:
     """One teacher pass, as given on the command line."""
 
-    # Dataset root: an ImageFolder tree of JPEGs, or the root of `file_list`'s relative paths.
-    data: Path
+    # Dataset: an ImageFolder tree of JPEGs, the root of `file_list`'s relative paths, or
+    # webdataset tar shards (`dalidr.data.shards`).
+    data: DataSpec
     # Ensemble, `NAME[@CHECKPOINT][,NAME...]` (timm names, local checkpoints).
     teacher: str
     # Reinforcement recipe (records are drawn with it).
@@ -95,6 +96,9 @@ class ReinforceConfig:
     compile: CompileMode = CompileMode.AUTO
     # Load timm's pretrained weights for members without a checkpoint (needs the model hub).
     pretrained: bool = False
+    # Or give them random weights seeded from `seed` and the member's index, the same on every
+    # rank and resume (tests, benchmarks). Neither: a member without a checkpoint is refused.
+    random_teacher: bool = False
     # Record unreadable images as skipped instead of failing.
     skip_bad: bool = False
     # Show a progress bar (rank 0 only).
@@ -121,23 +125,11 @@ class ReinforceReport:
     steady_seconds: float = 0.0
 
 
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the world size: torch.distributed if initialised, else the
-    RANK/WORLD_SIZE variables torchrun sets, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    try:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    except ValueError as exc:
-        raise OptionError(f"RANK/WORLD_SIZE are not integers: {exc}") from exc
-
-
 def _device(name: str) -> torch.device:
-    local = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
-        name = f"cuda:{local % max(torch.cuda.device_count(), 1)}"
+        name = f"cuda:{local_cuda_index() or 0}"
     try:
         device = torch.device(name)
     except RuntimeError as exc:
@@ -157,7 +149,7 @@ def _num_classes(listing: DatasetListing, file_list: Path | None) -> int:
 
 def _scan(listing: DatasetListing, skip_bad: bool, progress: bool) -> Manifest:
     try:
-        return scan_manifest(listing.root, listing.paths, listing.labels, skip_bad=skip_bad,
+        return scan_manifest(listing.source, listing.paths, listing.labels, skip_bad=skip_bad,
                              progress=progress)
     except (ImageError, DatasetError) as exc:
         raise type(exc)(f"{exc} (rerun with --skip-bad to record it as skipped)") from exc
@@ -171,36 +163,13 @@ def _check_listing(manifest: Manifest, listing: DatasetListing, url: str) -> Non
                            f"{difference}; use the same data or another --out")
 
 
-def _interrupted_creation(url: str, config: StoreConfig) -> bool:
-    """Whether `url` holds a store of exactly `config` that cannot be opened and has no
-    committed block: a creation killed half-way, safe to redo."""
-    import zarr
-
-    from store.config import ATTRS_KEY
-    from store.location import locate
-
-    try:
-        group = zarr.open_group(locate(url, read_only=True).store, mode="r")
-        attrs = dict(group.attrs.get(ATTRS_KEY) or {})
-        found = StoreConfig.from_attrs({k: v for k, v in attrs.items()
-                                        if k not in ("num_samples", "fingerprint", "digest")},
-                                       url)
-        try:
-            committed = bool(np.asarray(group["commit"][...]).any())
-        except KeyError:
-            committed = False
-    except (ValueError, KeyError, OSError, StoreError):
-        return False
-    return found == config and not committed
-
-
 def _open_writer(url: str, config: StoreConfig, listing: DatasetListing, skip_bad: bool,
                  rank: int, timeout: float, progress: bool = True) -> StoreWriter:
     from store.location import locate
 
     if rank == 0:
         exists = locate(url, read_only=False).exists("zarr.json")
-        if exists and not _openable(url) and _interrupted_creation(url, config):
+        if exists and not _openable(url) and interrupted_creation(url, config):
             exists = False
         if not exists:
             create_store(url, _scan(listing, skip_bad, progress), config, overwrite=True)
@@ -328,10 +297,7 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
               world: int | None = None) -> ReinforceReport:
     """Run this process's share of the teacher pass; every bad input is refused up front."""
     start = time.perf_counter()
-    if rank is None or world is None:
-        rank, world = rank_and_world()
-    if not 0 <= rank < world:
-        raise OptionError(f"rank {rank} is not in 0..{world - 1}")
+    rank, world = rank_and_world(rank, world)
     if config.batch_size < 1:
         raise OptionError(f"option 'batch' is {config.batch_size}; must be at least 1")
     if config.num_threads < 1:
@@ -344,7 +310,8 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
         raise OptionError(f"--topk {config.k} must be in 1..{num_classes} (the dataset's "
                           "number of classes)")
     ensemble = build_teacher(config.teacher, num_classes, config.pretrained,
-                             size=config.recipe.teacher_size)
+                             size=config.recipe.teacher_size,
+                             random_seed=config.seed if config.random_teacher else None)
     store_config = StoreConfig(config.recipe, ensemble.describe(), config.seed, config.slots,
                                config.k, num_classes, config.block_size,
                                min(config.slot_group, config.slots))
@@ -353,7 +320,7 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
     blocks = writer.pending(rank, world)
     labeller = Labeller(ensemble, device, config.k, config.batch_size, config.compile)
     manifest = writer.layout.manifest
-    paths = RootedPaths(listing.root, manifest.paths)
+    data = listing.source.for_paths(manifest.paths)
     known_bad: set[int] = {int(i) for i in np.flatnonzero(manifest.skipped)}
     total = sum(len(writer.block_range(b)) for b in blocks) * config.slots
     bar = _progress(config.progress and rank == 0, total, writer)
@@ -366,7 +333,7 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
                 todo = [b for b in blocks if b not in written]
                 if not todo:
                     break
-                source = ViewSource(writer, todo, paths, config.batch_size, known_bad,
+                source = ViewSource(writer, todo, data, config.batch_size, known_bad,
                                  config.skip_bad)
                 try:
                     views += _run_blocks(source, ensemble, labeller, config, device, writer,
@@ -454,14 +421,21 @@ def _culprits(exc: RuntimeError, source: ViewSource, config: ReinforceConfig) ->
         chosen = state.records.reshape(-1)[batch.positions]
         if config.recipe.has_mix:
             suspects |= {int(r["partner"]) for r in chosen if r["mix"] != 0}
-    bad = {s for s in sorted(suspects) if not decodes(np.fromfile(source.paths[s], np.uint8))}
+    bad = {s for s in sorted(suspects) if not _decodes(source, s)}
     if not bad:
         return ImageError(f"replaying a batch failed: {text.strip().splitlines()[0]}")
     if not config.skip_bad:
-        names = ", ".join(f"sample {s} ({source.paths[s]})" for s in sorted(bad))
+        names = ", ".join(f"sample {s} ({source.data.describe(s)})" for s in sorted(bad))
         return ImageError(f"cannot decode {names}; rerun with --skip-bad to record it as "
                           "skipped")
     return _BadBatch(bad)
+
+
+def _decodes(source: ViewSource, sample: int) -> bool:
+    try:
+        return decodes(source.data.read([sample])[0])
+    except DatasetError:
+        return False
 
 
 def _progress(enabled: bool, total: int, writer: StoreWriter) -> Any:
@@ -482,12 +456,13 @@ def _set_blocks(bar: Any, writer: StoreWriter) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     config = ReinforceConfig(
-        data=Path(args.data), teacher=args.teacher, recipe=load_recipe(args.recipe),
+        data=args.data, teacher=args.teacher, recipe=load_recipe(args.recipe),
         slots=args.slots, k=args.topk, out=args.out,
         file_list=Path(args.file_list) if args.file_list else None, seed=args.seed,
         batch_size=args.batch, block_size=args.block_size, slot_group=args.slot_group,
         device=args.device, num_threads=args.threads, compile=CompileMode(args.compile),
-        pretrained=args.pretrained, skip_bad=args.skip_bad, progress=not args.no_progress)
+        pretrained=args.pretrained, random_teacher=args.random_teacher, skip_bad=args.skip_bad,
+        progress=not args.no_progress)
     if args.teacher_size is not None:
         config = replace(config, recipe=config.recipe.replace(teacher_size=args.teacher_size))
     report = reinforce(config)
@@ -508,7 +483,7 @@ def register(subparsers: Any) -> None:
                     "to resume; under torchrun (e.g. `torchrun --nproc_per_node 8 --no-python "
                     "dalidr reinforce ...`) ranks share the blocks.")
     parser.add_argument("--data", required=True, help="ImageFolder root of JPEGs (or the root "
-                        "of --file-list's paths)")
+                        f"of --file-list's paths), {SHARDS_HELP}")
     parser.add_argument("--file-list", help="'<relative path> <label>' lines instead of "
                         "class folders")
     parser.add_argument("--teacher", required=True,
@@ -530,6 +505,9 @@ def register(subparsers: Any) -> None:
                         help="torch.compile the teacher (auto: on GPU)")
     parser.add_argument("--pretrained", action="store_true",
                         help="timm pretrained weights for members without a checkpoint")
+    parser.add_argument("--random-teacher", action="store_true",
+                        help="random weights, seeded from --seed, for members without a "
+                             "checkpoint (tests and benchmarks: the labels mean nothing)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="record unreadable images as skipped instead of failing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

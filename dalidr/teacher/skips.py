@@ -13,82 +13,24 @@ the marks are as crash-safe and byte-reproducible as the block itself. The top-k
 view is stored as classes 0..k-1 with probability 0 (quantised to the lowest level, which a
 real teacher's top-1 practically never is), a second, schema-level sign; loaders must use
 `skipped_views` (or `skipped_samples`) to leave such views out. Trade-off: a separate array
-keeps `store/` untouched at the cost of readers having to ask for it; a schema field would make
-the store readers enforce it (proposed to the store's owner).
+keeps the schema unchanged at the cost of readers having to ask for it; a schema field would
+make the store readers enforce it (proposed to the store's owner). The array and its helpers
+are `store.skip_marks`, re-exported here.
 """
 
 from __future__ import annotations
 
-import warnings
-
-import numpy as np
-import zarr
-from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
-from zarr.errors import ZarrUserWarning
-
-from dalidr.errors import StoreError
-from store.layout import StoreLayout, open_layout
+# The marks and their helpers live on the store's floor (store/skip_marks.py), so that store
+# tools such as `dalidr subset` carry them; this module keeps the teacher pass's import path.
+from store.skip_marks import (
+    SKIPPED,
+    create_skip_marks,
+    has_skip_marks,
+    read_skip_marks,
+    skipped_samples,
+    skipped_views,
+    write_skip_marks,
+)
 
 __all__ = ["SKIPPED", "create_skip_marks", "has_skip_marks", "write_skip_marks",
-           "skipped_views", "skipped_samples"]
-
-SKIPPED = "dalidr_skipped"
-
-
-def _array(layout: StoreLayout) -> zarr.Array | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ZarrUserWarning)
-        try:
-            return layout.group[SKIPPED]  # type: ignore[return-value]
-        except KeyError:
-            return None
-
-
-def create_skip_marks(url: str) -> None:
-    """Add the (all zero) skip-mark array to a freshly created store."""
-    layout = open_layout(url, read_only=False)
-    cfg = layout.config
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ZarrUserWarning)
-        layout.group.create_array(
-            SKIPPED, shape=(layout.num_samples, cfg.slots), dtype="u1",
-            chunks=(cfg.block_size, cfg.slots),
-            compressors=[BloscCodec(cname="zstd", clevel=9, shuffle=BloscShuffle.bitshuffle),
-                         Crc32cCodec()],
-            fill_value=0, dimension_names=("sample", "slot"))
-
-
-def has_skip_marks(url: str) -> bool:
-    return _array(open_layout(url)) is not None
-
-
-def write_skip_marks(layout: StoreLayout, block: int, marks: np.ndarray) -> None:
-    """Write one block's marks [n, slots] (bool); call before the block is committed."""
-    array = _array(layout)
-    samples = layout.block_range(block)
-    marks = np.asarray(marks, dtype=np.uint8)
-    if marks.shape != (len(samples), layout.config.slots):
-        raise StoreError(f"{layout.url}: skip marks of block {block} have shape "
-                         f"{list(marks.shape)}, expected {[len(samples), layout.config.slots]}")
-    if array is None:
-        if marks.any():
-            raise StoreError(f"{layout.url}: the store has no {SKIPPED!r} array to record "
-                             "skipped views in (it was not created by `dalidr reinforce`)")
-        return
-    # A writer killed while writing this chunk left `<key>.<uuid>.partial` behind: remove it.
-    layout.location.remove_partials(f"{SKIPPED}/{array.metadata.encode_chunk_key((block, 0))}")
-    array[samples.start:samples.stop] = marks
-
-
-def skipped_views(url: str) -> np.ndarray:
-    """[N, slots] bool: views the teacher pass skipped (all False if the store has no marks)."""
-    layout = open_layout(url)
-    array = _array(layout)
-    if array is None:
-        return np.zeros((layout.num_samples, layout.config.slots), dtype=bool)
-    return np.asarray(array[...]) != 0
-
-
-def skipped_samples(url: str) -> np.ndarray:
-    """Indices of samples with at least one skipped view."""
-    return np.flatnonzero(skipped_views(url).any(axis=1))
+           "read_skip_marks", "skipped_views", "skipped_samples"]

@@ -21,7 +21,6 @@ import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,8 @@ import numpy as np
 from dalidr.augment.image_formats import jpeg_damage
 from dalidr.augment.recipe import Recipe
 from dalidr.augment.records import draw_records
-from dalidr.errors import ImageError
+from dalidr.data.data_source import DataSource
+from dalidr.errors import DatasetError, ImageError
 from dalidr.teacher.ensemble import TeacherView
 from store.writer import StoreWriter
 
@@ -66,36 +66,36 @@ class ViewBatch:
 class ViewSource:
     """DALI's source: walks the blocks, yields batches of views, remembers what it yielded."""
 
-    def __init__(self, writer: StoreWriter, blocks: list[int], paths: list[Path],
+    def __init__(self, writer: StoreWriter, blocks: list[int], data: DataSource,
                  batch_size: int, known_bad: set[int], skip_bad: bool) -> None:
         self.writer, self.config = writer, writer.config
-        self.blocks, self.paths, self.batch_size = blocks, paths, batch_size
+        # Sample i's bytes (a store's manifest order: `DataSource.for_paths`).
+        self.blocks, self.data, self.batch_size = blocks, data, batch_size
         self.known_bad, self.skip_bad = known_bad, skip_bad
         self.image_hw = writer.layout.image_hw
         self.open: dict[int, BlockState] = {}  # registered blocks, in order
         self.in_flight: deque[ViewBatch] = deque()
         self.tiny = _tiny_jpeg()
-        self.checked = np.zeros(len(paths), dtype=bool)  # damage checked (once per file)
+        self.checked = np.zeros(len(data), dtype=bool)  # damage checked (once per file)
         self.fields = list(_fields(self.config.recipe))
         self._iter = self._batches()
 
     def _read(self, sample: int) -> np.ndarray | None:
         from dalidr.augment.replay import check_jpeg
 
-        path = self.paths[sample]
         if sample in self.known_bad:
             return None
-        where = f"sample {sample} ({path})"
+        where = f"sample {sample} ({self.data.describe(sample)})"
         try:
-            data = np.fromfile(path, dtype=np.uint8)
+            data = self.data.read([sample])[0]
             check_jpeg(data, where)
             if not self.checked[sample]:
                 self._check_damage(data, where)
                 self.checked[sample] = True
             return data
-        except (OSError, ImageError) as exc:
+        except (DatasetError, ImageError) as exc:
             if not self.skip_bad:
-                raise ImageError(f"sample {sample} ({path}) cannot be read: {exc}; rerun with "
+                raise ImageError(f"{where} cannot be read: {exc}; rerun with "
                                  "--skip-bad to record it as skipped") from exc
             warnings.warn(f"skipping {where}: {exc}", stacklevel=2)
             self.known_bad.add(sample)
@@ -198,9 +198,10 @@ def decodes(data: np.ndarray) -> bool:
 
     from dalidr.augment.replay import DECODE_ARGS
 
-    @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
+    # DALI's stub types device_id as int; None (CPU only) is what the runtime documents.
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)  # type: ignore[call-overload]
     def _probe() -> Any:
-        return fn.decoders.image(fn.external_source(name="x", dtype=types.UINT8),
+        return fn.decoders.image(fn.external_source(name="x", dtype=types.DALIDataType.UINT8),
                                  **DECODE_ARGS)
 
     pipe = _probe()

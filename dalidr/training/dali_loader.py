@@ -20,7 +20,6 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,8 +30,8 @@ from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from dalidr.augment.replay import check_jpeg
+from dalidr.data.data_source import DataSource
 from dalidr.data.dataset import DatasetListing
-from dalidr.data.path_list import RootedPaths
 from dalidr.errors import DatasetError, ImageError, OptionError
 from dalidr.training.loader_config import (
     LastBatch,
@@ -78,15 +77,12 @@ class _Batch:
     partner_jpegs: list[Future[list[np.ndarray]]] | None
 
 
-def _read_files(paths: list[Path]) -> list[np.ndarray]:
-    out = []
-    for path in paths:
-        try:
-            data = np.fromfile(path, dtype=np.uint8)
-        except OSError as exc:
-            raise DatasetError(f"dataset file {path} cannot be read: {exc}") from exc
-        check_jpeg(data, str(path))
-        out.append(data)
+def _read_samples(source: DataSource, samples: np.ndarray) -> list[np.ndarray]:
+    """The encoded bytes of `samples`, each checked to decode (named by file, or shard and
+    member, when not)."""
+    out = source.read(samples)
+    for i, data in zip(samples.tolist(), out, strict=True):
+        check_jpeg(data, source.describe(i))
     return out
 
 
@@ -110,7 +106,7 @@ class _DaliLoader:
             raise OptionError(f"config must be a LoaderConfig, not {type(config).__name__}")
         self.listing, self.config, self.num_classes = listing, config, num_classes
         self.rank, self.world = distributed_rank_world(rank, world)
-        self.files = RootedPaths(listing.root, listing.paths)
+        self.source = listing.source
         self.labels = np.asarray(listing.labels, dtype=np.int64)
         self.epoch, self.step = 0, 0
         # Dataset indices of the batch last yielded (for checks and logging).
@@ -223,8 +219,7 @@ class _DaliLoader:
 
     def _read(self, samples: np.ndarray) -> list[Future[list[np.ndarray]]]:
         chunks = np.array_split(samples, min(self.config.read_threads, len(samples)))
-        return [self._pool.submit(_read_files, [self.files[int(i)] for i in chunk])
-                for chunk in chunks]
+        return [self._pool.submit(_read_samples, self.source, chunk) for chunk in chunks]
 
     def _next_read(self) -> _Batch:
         assert self._stream is not None
@@ -252,16 +247,18 @@ class _DaliLoader:
 
         @pipeline_def(enable_conditionals=True)
         def _pipeline() -> DataNode:
-            jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, no_copy=True)
+            jpegs = fn.external_source(name="jpegs", dtype=types.DALIDataType.UINT8, no_copy=True)
             partner_jpegs = None
             if self.has_partner:
-                partner_jpegs = fn.external_source(name="partner_jpegs", dtype=types.UINT8,
+                partner_jpegs = fn.external_source(name="partner_jpegs",
+                                                   dtype=types.DALIDataType.UINT8,
                                                    no_copy=True)
             inputs = {f: fn.external_source(name=f, no_copy=False) for f in self._fields()}
             images = self._images(jpegs, partner_jpegs, inputs, device)
-            extra = {"crop": (crop, crop)} if crop else {}
+            extra: dict[str, Any] = {"crop": (crop, crop)} if crop else {}
             return fn.crop_mirror_normalize(
-                images, dtype=types.FLOAT, output_layout="HWC" if channels_last else "CHW",
+                images, dtype=types.DALIDataType.FLOAT,
+                output_layout="HWC" if channels_last else "CHW",
                 mean=[255.0 * m for m in cfg.mean], std=[255.0 * s for s in cfg.std], **extra)
 
         pipe = _pipeline(batch_size=cfg.batch_size, num_threads=cfg.num_threads,

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dalidr.data.shards import SHARDS_HELP
 from dalidr.errors import OptionError
 from dalidr.training.loader import Augment, LastBatch, LoaderConfig, PlainLoader, Targets
 
@@ -244,7 +245,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     build = _checkpoint_model if config.checkpoint is not None else _ensemble_model
     model, loader, about = build(config, device)
     try:
-        model = model.to(device, memory_format=torch.channels_last)
+        model = model.to(device).to(memory_format=torch.channels_last)
         result = evaluate(model, loader, device, progress_wanted(config.progress))
     finally:
         loader.close()
@@ -280,7 +281,8 @@ def register(subparsers: Any) -> None:
     which.add_argument("--checkpoint", help="a `dalidr train` checkpoint")
     which.add_argument("--teacher", metavar="NAME@CKPT,...",
                        help="an ensemble (mean softmax of its members), as for `dalidr reinforce`")
-    parser.add_argument("--data", required=True, help="evaluation ImageFolder root")
+    parser.add_argument("--data", required=True,
+                        help=f"evaluation ImageFolder root, {SHARDS_HELP}")
     parser.add_argument("--file-list", default=None, help="'<path> <label>' lines under --data")
     parser.add_argument("--size", type=int, default=None,
                         help="image side (default: the training size; for --teacher the "

@@ -21,13 +21,17 @@ reproduces its batches exactly.
 (`dalidr/training/dali_loader.py`), so comparing their train wall-clock compares only what differs:
 replaying stored parameters.
 
-Distributed data parallel: the rank and world size come from `torch.distributed` when it is
-initialised; the store's plan gives disjoint shards that cover the dataset (padded to equal
-length, as `DistributedSampler` does).
+Distributed data parallel: the rank and world size are the explicit arguments, else
+`torch.distributed`'s when it is initialised, else torchrun's RANK / WORLD_SIZE (a loader made
+before `init_process_group` serves its own shard; inconsistent variables are refused,
+`dalidr.ranks`). The store's plan gives disjoint shards of equal length, cut as
+`DistributedSampler` cuts them: `LastBatch.DROP` leaves the last N mod world samples out of the
+epoch (drop_last=True), `LastBatch.PARTIAL` pads with a few repeated samples (`SHARDS`).
 """
 
 from __future__ import annotations
 
+import copy
 import enum
 from pathlib import Path
 
@@ -37,11 +41,14 @@ from nvidia.dali.data_node import DataNode
 from dalidr.augment.recipe import Recipe
 from dalidr.augment.records import draw_records, identity_records
 from dalidr.augment.replay import Output, ReplaySpec, replay_graph
-from dalidr.data.dataset import DatasetListing, list_dataset
+from dalidr.data.data_source import DataSource
+from dalidr.data.dataset import DatasetListing, list_dataset, source_for
+from dalidr.data.shards import DataSpec
 from dalidr.errors import OptionError, StoreError
 from dalidr.teacher.skips import skipped_samples
 from dalidr.training.dali_loader import _check_classes, _DaliLoader, _Epoch, _one_hot_topk
 from dalidr.training.loader_config import (
+    SHARDS,
     Augment,
     LastBatch,
     LoaderConfig,
@@ -83,20 +90,25 @@ class DatasetCheck(enum.Enum):
 class ReinforcedLoader(_DaliLoader):
     """(images, targets) batches of a reinforced store; see the module docstring.
 
-    `data` is the dataset root the store was made from (an ImageFolder tree, or a root with a
-    `file_list`); `num_classes`, if given, is the model's output size and must match the
-    store's. Starting reads no image beyond a small sample (`check`, `DatasetCheck`); pass the
-    dataset's fully hashed `manifest` instead to compare every file's hash.
+    `data` is the dataset the store was made from (an ImageFolder tree, a root with a
+    `file_list`, or webdataset tar shards: `dalidr.data.shards`); `num_classes`, if given, is
+    the model's output size and must match the store's. Starting reads no image beyond a
+    small sample (`check`, `DatasetCheck`); pass the dataset's fully hashed `manifest`
+    instead to compare every file's hash.
     """
 
-    def __init__(self, store: str | StoreReader, data: str | Path, config: LoaderConfig,
+    def __init__(self, store: str | StoreReader, data: DataSpec, config: LoaderConfig,
                  *, num_classes: int | None = None, rank: int | None = None,
                  world: int | None = None, file_list: str | Path | None = None,
                  manifest: Manifest | None = None,
                  check: DatasetCheck = DatasetCheck.LISTING) -> None:
         if not isinstance(check, DatasetCheck):
             raise OptionError.choice("check", check, [c.value for c in DatasetCheck])
+        shards = SHARDS[config.last_batch] if isinstance(config, LoaderConfig) else None
         reader = store if isinstance(store, StoreReader) else StoreReader(store)
+        if shards is not None and reader.uneven is not shards:
+            reader = copy.copy(reader)  # the caller's reader keeps its own policy
+            reader.uneven = shards
         stored = reader.manifest
         if manifest is not None:
             reader.check_dataset(manifest)
@@ -107,7 +119,8 @@ class ReinforcedLoader(_DaliLoader):
         else:
             listed = list_dataset(data, file_list)
             reader.check_dataset(listed)
-            listing = _served_listing(data, stored, len(listed.classes), listed.classes)
+            listing = _served_listing(data, stored, len(listed.classes), listed.classes,
+                                      listed.source.for_paths(stored.paths))
         _check_classes(num_classes, reader.config.num_classes, f"store {reader.url}")
         done = reader.committed()
         if not done.all():
@@ -159,7 +172,7 @@ class ReinforcedLoader(_DaliLoader):
 
     def _epoch_data(self, epoch: int) -> _Epoch:
         data = self._prefetcher.get(epoch)
-        keep = slice(None)
+        keep: slice | np.ndarray = slice(None)
         if self._skipped.size:
             keep = np.flatnonzero(~np.isin(data.plan.samples, self._skipped))[: self._length]
         samples = data.plan.samples[keep]
@@ -178,8 +191,13 @@ class ReinforcedLoader(_DaliLoader):
         super().close()
 
 
-def _served_listing(root: str | Path, manifest: Manifest, num_classes: int,
-                    classes: tuple[str, ...] | None = None) -> DatasetListing:
-    """The store's own samples under `root`: the loader reads files through the manifest."""
+def _served_listing(root: DataSpec, manifest: Manifest, num_classes: int,
+                    classes: tuple[str, ...] | None = None,
+                    source: DataSource | None = None) -> DatasetListing:
+    """The store's own samples in `root`: the loader reads them through the manifest's paths
+    (files under a folder, or shard members by name)."""
     names = classes if classes is not None else tuple(str(c) for c in range(num_classes))
-    return DatasetListing(Path(root), manifest.paths, manifest.labels, names, manifest.sizes)
+    if source is None:
+        source = source_for(root, manifest.paths)
+    return DatasetListing(Path(source.name), manifest.paths, manifest.labels, names,
+                          manifest.sizes, source)

@@ -1,8 +1,10 @@
 """The loaders' configuration: what a batch holds, where it lives, and how epochs are cut.
 
 One frozen `LoaderConfig` is passed down to `ReinforcedLoader` and `PlainLoader`
-(`dalidr.training.loader`); choices are Enums. `distributed_rank_world` reads the DDP rank and world
-from `torch.distributed` when it is initialised.
+(`dalidr.training.loader`); choices are Enums. `distributed_rank_world` (`dalidr.ranks`, the one the
+teacher pass uses) gives the DDP rank and world: explicit arguments, else `torch.distributed` when
+it is initialised, else torchrun's RANK / WORLD_SIZE, else (0, 1). `SHARDS` says how each
+`LastBatch` policy cuts a dataset the world size does not divide.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import torch
 
 from dalidr.augment.replay import IMAGENET_MEAN, IMAGENET_STD
 from dalidr.errors import OptionError
+from dalidr.ranks import local_cuda_index
+from dalidr.ranks import rank_and_world as distributed_rank_world
 from kernels.kl_loss import Densify
+from store.plan import UnevenShards
 
 __all__ = [
     "Targets",
@@ -24,7 +29,9 @@ __all__ = [
     "Augment",
     "LoaderConfig",
     "SparseTargets",
+    "SHARDS",
     "distributed_rank_world",
+    "local_cuda_index",
 ]
 
 
@@ -40,6 +47,12 @@ class LastBatch(enum.Enum):
 
     DROP = "drop"  # every batch is full (training)
     PARTIAL = "partial"  # the short batch is served (evaluation)
+
+
+# How shards are cut when the world size does not divide the samples, as DistributedSampler's
+# drop_last does: DROP gives every rank floor(N / world) distinct samples (the rest sit out the
+# epoch, no duplicates); PARTIAL pads every rank to ceil(N / world) by repeating a few samples.
+SHARDS = {LastBatch.DROP: UnevenShards.DROP, LastBatch.PARTIAL: UnevenShards.PAD}
 
 
 class Augment(enum.Enum):
@@ -67,6 +80,7 @@ class LoaderConfig:
     # Short last batch of an epoch: dropped or served.
     last_batch: LastBatch = LastBatch.DROP
     # None: DALI CPU mode and CPU tensors; an int: that CUDA device (decode and ops on it).
+    # Under torchrun, `local_cuda_index()` is the GPU of this process's LOCAL_RANK.
     device_id: int | None = None
     # DALI worker threads, file-reading threads, and batches of files read ahead.
     num_threads: int = 2
@@ -108,16 +122,3 @@ class SparseTargets(NamedTuple):
 
     indices: torch.Tensor  # [B, k] int64 class indices
     probs: torch.Tensor  # [B, k] float32, as stored (one-hot rows: 1 then zeros)
-
-
-def distributed_rank_world(rank: int | None = None, world: int | None = None) -> tuple[int, int]:
-    """(rank, world size): the given ones, else torch.distributed's, else (0, 1)."""
-    dist = torch.distributed
-    initialised = dist.is_available() and dist.is_initialized()
-    if rank is None:
-        rank = dist.get_rank() if initialised else 0
-    if world is None:
-        world = dist.get_world_size() if initialised else 1
-    if world < 1 or not 0 <= rank < world:
-        raise OptionError(f"rank {rank} of world size {world}: need 0 <= rank < world")
-    return rank, world

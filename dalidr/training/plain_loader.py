@@ -15,6 +15,7 @@ exactly the augmentation distribution a store of that recipe holds.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from nvidia.dali import fn, types
@@ -25,10 +26,11 @@ from dalidr.augment.records import COORD_SCALE, draw_records
 from dalidr.augment.replay import DECODE_ARGS, Output, ReplaySpec, replay_graph
 from dalidr.data.dataset import list_dataset
 from dalidr.data.image_sizes import ImageSizes
+from dalidr.data.shards import DataSpec
 from dalidr.errors import DatasetError, OptionError
 from dalidr.training.dali_loader import _DaliLoader, _Epoch, _one_hot_topk
-from dalidr.training.loader_config import Augment, LastBatch, LoaderConfig
-from store.plan import PlanSpec, UnevenShards, plan_epoch
+from dalidr.training.loader_config import SHARDS, Augment, LoaderConfig
+from store.plan import PlanSpec, plan_epoch
 
 __all__ = ["PlainLoader"]
 
@@ -43,7 +45,7 @@ class PlainLoader(_DaliLoader):
     `recipe` (training only): augment with that recipe drawn afresh each epoch instead, at
     `size`; a mixing recipe's targets are two-hot (the sample's and the partner's label)."""
 
-    def __init__(self, data: str | Path, config: LoaderConfig, *, size: int = 224,
+    def __init__(self, data: DataSpec, config: LoaderConfig, *, size: int = 224,
                  augment: Augment = Augment.TRAIN, num_classes: int | None = None,
                  rank: int | None = None, world: int | None = None,
                  file_list: str | Path | None = None, recipe: Recipe | None = None) -> None:
@@ -66,8 +68,7 @@ class PlainLoader(_DaliLoader):
         self.has_partner = self.recipe is not None and self.recipe.has_mix
         # Image sizes for the fresh crops: read from headers per batch, cached beside the data.
         self.image_hw = None if recipe is None else ImageSizes(listing)
-        uneven = UnevenShards.PAD if config.last_batch is LastBatch.DROP else UnevenShards.DROP
-        self._spec = PlanSpec(len(listing), 1, 1, 64, config.seed, uneven)
+        self._spec = PlanSpec(len(listing), 1, 1, 64, config.seed, SHARDS[config.last_batch])
         self._pipe = self._build()
 
     def _epoch_length(self) -> int:
@@ -114,13 +115,15 @@ class PlainLoader(_DaliLoader):
         decode = "mixed" if device == "gpu" else "cpu"
         if self.augment is Augment.EVAL:
             images = fn.decoders.image(jpegs, device=decode, **DECODE_ARGS)
-            return fn.resize(images, resize_shorter=round(self.size / _EVAL_CROP),
-                             antialias=True, interp_type=types.INTERP_LINEAR)
+            # fn.resize's stub also allows its save_attrs form (two outputs); this is one.
+            return cast(DataNode, fn.resize(
+                images, resize_shorter=round(self.size / _EVAL_CROP), antialias=True,
+                interp_type=types.DALIInterpType.INTERP_LINEAR))
         images = fn.decoders.image_random_crop(
             jpegs, device=decode, **DECODE_ARGS, random_area=[0.08, 1.0],
             random_aspect_ratio=[3.0 / 4.0, 4.0 / 3.0], num_attempts=10)
-        images = fn.resize(images, size=[self.size, self.size], antialias=True,
-                           interp_type=types.INTERP_LINEAR)
+        images = cast(DataNode, fn.resize(images, size=[self.size, self.size], antialias=True,
+                                          interp_type=types.DALIInterpType.INTERP_LINEAR))
         return fn.flip(images, horizontal=fn.random.coin_flip(probability=0.5))
 
 

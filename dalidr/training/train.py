@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from dalidr.augment.recipe import load_recipe
+from dalidr.data.shards import SHARDS_HELP
 from dalidr.errors import OptionError
 from dalidr.training.cpu_threads import ThreadGovernor, ThreadPlan, plan_threads
 from dalidr.training.loader import (
@@ -108,6 +109,9 @@ class TrainConfig:
     teacher: str | None = None
     # Side of every member's view in mode kd; None: each member's own input size.
     teacher_size: int | None = None
+    # Members without a checkpoint get random weights seeded from `seed` (smoke runs only);
+    # otherwise such a member is refused.
+    random_teacher: bool = False
     # erm/kd augmentation: a recipe preset or YAML drawn afresh per epoch; None: crop + flip.
     augment: str | None = None
     # Class count; None: the store's (dr) or the dataset's.
@@ -171,9 +175,9 @@ def _device(config: TrainConfig) -> torch.device:
 def _loader(config: TrainConfig, device: torch.device, num_classes: int | None,
             threads: int) -> ReinforcedLoader | PlainLoader:
     device_id = None if device.type == "cpu" else (device.index or 0)
-    common = dict(batch_size=config.batch_size, densify=config.densify, device_id=device_id,
-                  channels_last=config.channels_last, num_threads=threads,
-                  seed=config.seed)
+    common: dict[str, Any] = dict(batch_size=config.batch_size, densify=config.densify,
+                                  device_id=device_id, channels_last=config.channels_last,
+                                  num_threads=threads, seed=config.seed)
     if config.mode is Mode.DR:
         assert config.store is not None  # check_config
         loader_config = LoaderConfig(p=config.p, targets=config.targets, **common)
@@ -185,7 +189,7 @@ def _loader(config: TrainConfig, device: torch.device, num_classes: int | None,
                        num_classes=num_classes, file_list=config.file_list, recipe=recipe)
 
 
-def _lr_factor(config: TrainConfig, steps_per_epoch: int):  # type: ignore[no-untyped-def]
+def _lr_factor(config: TrainConfig, steps_per_epoch: int):
     warmup = config.warmup_epochs * steps_per_epoch
     total = max(config.epochs * steps_per_epoch, 1)
 
@@ -201,7 +205,8 @@ def _lr_factor(config: TrainConfig, steps_per_epoch: int):  # type: ignore[no-un
 
 
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         (no_decay if param.ndim <= 1 else decay).append(param)
     groups = [{"params": decay, "weight_decay": config.weight_decay},
@@ -311,7 +316,7 @@ def _train_with(config: TrainConfig, device: torch.device,
     num_classes = loader.num_classes
     model = _student(config, num_classes)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    model = model.to(device).to(memory_format=memory_format)
     optimizer = _optimizer(config, model)
     steps_per_epoch = min(len(loader), config.max_steps or len(loader))
     if steps_per_epoch == 0:
@@ -325,7 +330,8 @@ def _train_with(config: TrainConfig, device: torch.device,
     if config.mode is Mode.KD and config.teacher:
         from dalidr.teacher import build_teacher
 
-        ensemble = build_teacher(config.teacher, num_classes, size=config.teacher_size)
+        ensemble = build_teacher(config.teacher, num_classes, size=config.teacher_size,
+                                 random_seed=config.seed if config.random_teacher else None)
         teacher = MeanSoftmax(ensemble, loader.config.mean, loader.config.std).to(device)
     epochs_done: list[dict[str, Any]] = []
     if config.resume and checkpoint.is_file():
@@ -441,7 +447,7 @@ def _jsonable(config: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def _choice(enum_type: type[enum.Enum]):  # type: ignore[no-untyped-def]
+def _choice(enum_type: type[enum.Enum]):
     def parse(text: str) -> enum.Enum:
         try:
             return enum_type(text)
@@ -460,7 +466,7 @@ def _run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         mode=args.mode, data=args.data, out=args.out, model=args.model, file_list=args.file_list,
         store=args.store, teacher=args.teacher, teacher_size=args.teacher_size,
-        augment=args.augment, num_classes=args.num_classes,
+        random_teacher=args.random_teacher, augment=args.augment, num_classes=args.num_classes,
         pretrained=args.pretrained, epochs=args.epochs, batch_size=args.batch_size,
         size=args.size, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule,
@@ -481,12 +487,16 @@ def register(subparsers: Any) -> None:
                                    description=__doc__.splitlines()[0])
     parser.add_argument("--mode", type=_choice(Mode), default=Mode.DR,
                         help="erm | kd | dr")
-    parser.add_argument("--data", required=True, help="dataset root (ImageFolder tree)")
+    parser.add_argument("--data", required=True,
+                        help=f"dataset root (ImageFolder tree), {SHARDS_HELP}")
     parser.add_argument("--file-list", default=None, help="'<path> <label>' lines under --data")
     parser.add_argument("--store", default=None, help="reinforcement store (mode dr)")
     parser.add_argument("--teacher", default=None, help="NAME[@CKPT],... ensemble (mode kd)")
     parser.add_argument("--teacher-size", type=int, default=None,
                         help="side of every member's view (mode kd; default: each member's own)")
+    parser.add_argument("--random-teacher", action="store_true",
+                        help="mode kd: random weights, seeded from --seed, for members without "
+                             "a checkpoint (smoke runs: the targets mean nothing)")
     parser.add_argument("--augment", default=None, metavar="RECIPE",
                         help="erm/kd: augment with this recipe (preset or YAML), drawn afresh "
                              "each epoch (default: random resized crop + flip)")

@@ -11,7 +11,13 @@ without changes here): bit flips, truncation, extension, zeroing, deletion, swap
 of one array, edited JSON values (numbers made huge, negative or zero, strings changed, keys
 dropped), and "resealed" values: one element of a data array set out of range and the block
 rewritten through `StoreWriter.write_encoded`, so its digests are valid and only the value
-checks can catch it.
+checks can catch it; `DUPLICATE_CLASS` reseals a top-k position with the class of its
+neighbour, a value in range in a row that is not (one reseal in eight). File mutants
+(`FILE_KINDS`, issue 23) replace an object that every reader
+reads by what a store may not hold: a symbolic link to an identical object inside the store, to
+an identical copy or a secret-looking file outside it, or to `/dev/zero` / `/dev/urandom`, a
+FIFO, or a sparse file of 3 GiB (a chunk, or a `zarr.json`). Each must be refused, never served
+(`NOT_REFUSED`), and no message may quote the secret file (`ECHOED`).
 
 Process model. Mutants run in a worker subprocess (`python -m tests.store.fuzz worker ...`),
 one JSON line in and one out each; the parent enforces each mutant's time limit and restarts a
@@ -19,7 +25,9 @@ worker that hangs or dies. After computing the unmutated store's outputs the wor
 data segment (RLIMIT_DATA: heap and anonymous mappings, which is where numpy, zarr and the
 codecs allocate) at its current size plus `mem_gib`, so a mutant that tries to allocate more
 gets a MemoryError, reported as a violation (RLIMIT_AS cannot be used: torch and DALI reserve
-over 5 GB of address space on import). The worker also reports its peak RSS.
+over 5 GB of address space on import). The worker also reports its peak RSS, and a mutant that
+raises it by more than `GROWTH_MB` is a memory violation even if the MemoryError it ended in was
+caught and reported as damage (a link to `/dev/zero` read until the cap).
 """
 
 from __future__ import annotations
@@ -58,6 +66,25 @@ class Kind(enum.Enum):
     SWAP = "swap"
     JSON_EDIT = "json_edit"
     RESEAL = "reseal"
+    # A top-k class repeated ([c, c, ...]), the block resealed: a valid value, an invalid row.
+    DUPLICATE_CLASS = "duplicate_class"
+    # Objects that are not regular files inside the store, or far past their bound:
+    LINK_INSIDE = "link_inside"
+    LINK_OUTSIDE = "link_outside"  # value: "copy" (identical) or "secret"
+    LINK_DEVICE = "link_device"  # value: "/dev/zero" or "/dev/urandom"
+    FIFO = "fifo"
+    OVERSIZED = "oversized"  # a chunk made a sparse file of OVERSIZE bytes
+    OVERSIZED_JSON = "oversized_json"  # a zarr.json made one
+
+
+RESEAL_KINDS = (Kind.RESEAL, Kind.DUPLICATE_CLASS)
+_CLASSES = "topk/classes"
+FILE_KINDS = (Kind.LINK_INSIDE, Kind.LINK_OUTSIDE, Kind.LINK_DEVICE, Kind.FIFO, Kind.OVERSIZED,
+              Kind.OVERSIZED_JSON)
+OVERSIZE = 3 << 30
+SECRET = b"SECRET" * 200  # the content of LINK_OUTSIDE "secret" targets
+SECRET_PIECES = ("SECR", "ECRE", "CRET", "RETS", "ETSE", "TSEC")
+GROWTH_MB = 512
 
 
 @dataclass(frozen=True)
@@ -97,7 +124,10 @@ class Mutant:
 
     def apply(self, root: Path) -> None:
         target = root / self.file
-        if self.kind is Kind.RESEAL:
+        if self.kind in FILE_KINDS:
+            _replace_file(root, target, self)
+            return
+        if self.kind in RESEAL_KINDS:
             _reseal(root, self)
             return
         if self.kind is Kind.DELETE:
@@ -126,6 +156,43 @@ class Mutant:
             _edit(doc, self.path, self.value)
             data = bytearray(json.dumps(doc).encode())
         target.write_bytes(bytes(data))
+
+
+def _replace_file(root: Path, target: Path, mutant: Mutant) -> None:
+    """Apply a FILE_KINDS mutant; files "outside the store" go to a folder beside `root`."""
+    if mutant.kind in (Kind.OVERSIZED, Kind.OVERSIZED_JSON):
+        os.truncate(target, OVERSIZE)  # sparse: no disk used
+        return
+    if mutant.kind is Kind.LINK_INSIDE:
+        moved = target.with_name(target.name + ".linked")
+        target.rename(moved)
+        target.symlink_to(moved.name)
+        return
+    if mutant.kind is Kind.LINK_OUTSIDE:
+        outside = root.parent / "outside"
+        shutil.rmtree(outside, ignore_errors=True)
+        outside.mkdir()
+        if mutant.value == "secret":
+            (outside / "secret").write_bytes(SECRET)
+            target.unlink()
+        else:
+            target.rename(outside / "secret")
+        target.symlink_to(outside / "secret")
+        return
+    target.unlink()
+    if mutant.kind is Kind.LINK_DEVICE:
+        target.symlink_to(mutant.value)
+    else:
+        os.mkfifo(target)
+
+
+def _read_files(root: Path, files: list[str]) -> tuple[list[str], list[str]]:
+    """(chunk objects, metadata objects) of `files` that every reader reads: chunks of arrays,
+    the root's and every array's zarr.json (not the zarr.json of sub-groups)."""
+    chunks = [name for name in files if "/c/" in name]
+    metadata = [name for name in files if name == "zarr.json" or (
+        name.endswith("/zarr.json") and '"array"' in (root / name).read_text())]
+    return chunks, metadata
 
 
 def _edit(doc: Any, path: tuple[Any, ...], value: Any) -> None:
@@ -196,12 +263,23 @@ def make_mutants(root: Path, count: int, seed: int = 0,
         order += rng.sample(files, len(files))
     order.reverse()
     reseal = reseal_arrays or []
+    read_chunks, read_metadata = _read_files(root, files)
     for i in range(count):
+        if i % 8 == 3:  # a file mutant, the kinds in turn
+            kind = FILE_KINDS[(i // 8) % len(FILE_KINDS)]
+            pool = read_metadata if kind is Kind.OVERSIZED_JSON else \
+                read_chunks if kind is Kind.OVERSIZED else read_chunks + read_metadata
+            value = {Kind.LINK_OUTSIDE: rng.choice(["copy", "secret"]),
+                     Kind.LINK_DEVICE: rng.choice(["/dev/zero", "/dev/urandom"])}.get(kind)
+            mutants.append(Mutant(rng.choice(pool), kind, value=value))
+            continue
         if reseal and i % 8 == 7:
-            array = rng.choice(reseal)
-            mutants.append(Mutant(file=array, kind=Kind.RESEAL, array=array,
-                                  block=rng.randrange(1 << 16), offset=rng.randrange(1 << 30),
-                                  value=rng.choice(["max", "min", 99, 0, "big", "one_past"])))
+            duplicate = i % 64 == 63 and _CLASSES in reseal  # a few, whatever the draws
+            array = _CLASSES if duplicate else rng.choice(reseal)
+            mutants.append(Mutant(file=array, kind=Kind.DUPLICATE_CLASS if duplicate else
+                                  Kind.RESEAL, array=array, block=rng.randrange(1 << 16),
+                                  offset=rng.randrange(1 << 30), value="duplicate" if duplicate
+                                  else rng.choice(["max", "min", 99, 0, "big", "one_past"])))
             continue
         name = order.pop()
         size = (root / name).stat().st_size
@@ -244,6 +322,9 @@ def _reseal(root: Path, mutant: Mutant) -> None:
     special = {"max": info.max, "min": info.min, "big": min(info.max, 2**40),
                "one_past": min(info.max, layout.config.num_classes)}
     new = special.get(mutant.value, mutant.value)
+    if mutant.value == "duplicate":  # the value of the next position of the same row (top-k)
+        k = values.shape[-1]
+        new = flat[index - index % k + (index + 1) % k]
     flat[index] = np.array(new).astype(values.dtype)
     writer.write_encoded(block, arrays)
 
@@ -261,6 +342,8 @@ class Outcome(enum.Enum):
     DIFFERENT = "VIOLATION: different data served silently"
     INVALID = "VIOLATION: invalid value served"
     INSPECT_OK_LOADER_REFUSES = "VIOLATION: inspect OK but the reader/loader refuses"
+    NOT_REFUSED = "VIOLATION: a link, special or oversized file was served"
+    ECHOED = "VIOLATION: an error quotes the bytes of a file outside the store"
     MEMORY = "VIOLATION: allocation past the memory cap"
     HANG = "VIOLATION: time limit exceeded"
     CRASH = "VIOLATION: the worker process died"
@@ -329,6 +412,9 @@ def _invalid_served(out: dict[str, np.ndarray], config: Any) -> str | None:
         classes, probs = out[f"classes{epoch}"], out[f"probs{epoch}"]
         if (classes < 0).any() or (classes >= config.num_classes).any():
             return "class index out of range"
+        ordered = np.sort(classes, axis=-1)
+        if (ordered[..., 1:] == ordered[..., :-1]).any():
+            return "a class twice in one top-k"
         if not ((probs > 0) & (probs <= 1)).all():
             return "probability out of (0, 1]"
         records = out[f"records{epoch}"].view(_record_dtype(config)).reshape(-1)
@@ -403,6 +489,7 @@ class _Worker:
         details: dict[str, str] = {}
         outcomes: dict[str, Outcome] = {}
         start = time.perf_counter()
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         try:
             mutant.apply(root)
         except Exception as exc:  # a reseal of an array the store lacks: not a mutant
@@ -419,7 +506,7 @@ class _Worker:
             served = _reader_outputs(url, self.dataset)
             if _equal(served, self.original):
                 outcomes["reader"], details["reader"] = Outcome.SAME, "same"
-            elif mutant.kind is Kind.RESEAL:
+            elif mutant.kind in RESEAL_KINDS:
                 bad = _invalid_served(served, self.config)
                 outcomes["reader"] = Outcome.INVALID if bad else Outcome.UNTOUCHED
                 details["reader"] = bad or "valid values"
@@ -437,12 +524,21 @@ class _Worker:
                     for a, b in zip(batches, self.original_batches, strict=True))
                 if same:
                     outcomes["loader"], details["loader"] = Outcome.SAME, "same"
-                elif mutant.kind is Kind.RESEAL:
+                elif mutant.kind is Kind.RESEAL:  # a duplicate class must never be served
                     outcomes["loader"], details["loader"] = Outcome.UNTOUCHED, "differs"
                 else:
                     outcomes["loader"], details["loader"] = Outcome.DIFFERENT, "batches differ"
             except BaseException as exc:  # noqa: BLE001
                 outcomes["loader"], details["loader"] = _error_outcome(exc, url)
+        if mutant.kind in FILE_KINDS:  # such a file is never read, so never served
+            for checker in [k for k, o in outcomes.items() if o is Outcome.SAME]:
+                outcomes[checker] = Outcome.NOT_REFUSED
+        if any(piece in text for text in details.values() for piece in SECRET_PIECES):
+            outcomes["echo"] = Outcome.ECHOED
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if peak - rss_before > GROWTH_MB:
+            outcomes["memory"] = Outcome.MEMORY
+            details["memory"] = f"peak RSS grew by {peak - rss_before:.0f} MB"
         served_by = [o for k, o in outcomes.items() if k != "inspect"]
         if outcomes["inspect"] is Outcome.SAME and Outcome.REFUSED in served_by:
             outcomes["consistency"] = Outcome.INSPECT_OK_LOADER_REFUSES
@@ -456,8 +552,7 @@ class _Worker:
         else:
             outcome = Outcome.SAME
         return {"outcome": outcome.name, "details": details,
-                "seconds": time.perf_counter() - start,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                "seconds": time.perf_counter() - start, "peak_rss_mb": peak}
 
 
 def _data_segment_bytes() -> int:

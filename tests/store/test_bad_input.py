@@ -259,6 +259,29 @@ def test_a_partner_outside_the_samples_is_refused(tmp_path) -> None:
     assert "partner 2147483648" in inspect_store(str(tmp_path / "mix")).problems[0]
 
 
+def test_a_class_twice_in_one_top_k_is_refused_by_loader_and_inspect(tmp_path, capsys) -> None:
+    """[c, c] with its digests resealed: densified it would not sum to 1, so it is never
+    served, by the reader, the loader or `dalidr inspect` (issue 23)."""
+    from store.cli import main as store_main
+
+    built = build_store(tmp_path, images=16, slots=3, k=2)
+    writer = StoreWriter(built.url)
+    r = writer.block_range(1)
+    arrays = {n: np.array(writer.layout.array(n)[r.start:r.stop]) for n in writer.layout.data_names}
+    arrays["topk/classes"][3, :, 1] = arrays["topk/classes"][3, :, 0]  # sample 11, every slot
+    writer.write_encoded(1, arrays)
+    message = (r"array 'topk/classes', block 1, sample 11, slot \d: class (\d+) appears twice "
+               r"in one top-k: \[\1, \1\]")
+    with pytest.raises(StoreError, match=message):
+        StoreReader(built.url).read_block(1)
+    config = LoaderConfig(batch_size=4, num_threads=1, read_threads=1)
+    with ReinforcedLoader(built.url, built.root, config) as loader:
+        with pytest.raises(StoreError, match=f"{re.escape(built.url)}: {message}"):
+            list(loader)
+    assert store_main(["inspect", built.url]) == 1
+    assert re.search(message, capsys.readouterr().out)
+
+
 @pytest.mark.parametrize(("damage", "message"), [
     (lambda d: (d / "manifest/label/c/0").write_bytes((d / "manifest/label/c/0").read_bytes()[:9]),
      r"store.*manifest array 'label' is corrupt"),

@@ -4,8 +4,10 @@ For every mutant, `inspect_store`, `StoreReader` (two epochs of what the loader 
 pixels, plus the manifest) and, for a few, the real `ReinforcedLoader` (DALI CPU, one epoch of
 images and targets) either serve exactly what the unmutated store serves or raise a dalidr error
 naming the store; never another exception, never different data silently, never past a 2 GiB
-allocation cap, never past a time limit (`tests/store/fuzz.py`). `bench/fuzz_store.py` runs
-thousands of mutants the same way.
+allocation cap, never past a time limit (`tests/store/fuzz.py`). One mutant in eight replaces an
+object by a link (inside or outside the store, to a device), a FIFO or a 3 GiB sparse file: each
+kind is sampled (about four of each) and must be refused without quoting what it points to.
+`bench/fuzz_store.py` runs thousands of mutants the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from dalidr.augment.recipe import recipe
-from tests.store.fuzz import FuzzRunner, Kind, Mutant, Outcome, make_mutants, reseal_arrays
+from tests.store.fuzz import (
+    FILE_KINDS,
+    FuzzRunner,
+    Kind,
+    Mutant,
+    Outcome,
+    make_mutants,
+    reseal_arrays,
+)
 from tests.store.helpers import make_config, make_manifest, write_store
 from tests.store_builder import build_store
 
@@ -54,6 +64,8 @@ def test_reader_and_inspect_survive_every_mutant(mixing_store: Path) -> None:
     outcomes = {r.outcome for r in results}
     assert Outcome.REFUSED in outcomes and Outcome.SAME in outcomes
     assert {r.mutant.kind for r in results} == set(Kind)
+    for kind in FILE_KINDS:  # no violation means refused; say it for each kind anyway
+        assert {r.outcome for r in results if r.mutant.kind is kind} == {Outcome.REFUSED}, kind
 
 
 def test_loader_survives_mutants(real_store) -> None:
