@@ -136,21 +136,23 @@ class LoadSnapshot:
     own: int
 
 
-def _ticks(stat: str) -> tuple[int, int]:
-    """(parent pid, utime + stime) from the text of /proc/<pid>/stat."""
+def _ticks(stat: str, reaped: bool = False) -> tuple[int, int]:
+    """(parent pid, utime + stime) from the text of /proc/<pid>/stat; with `reaped`, plus the
+    time of its children that have exited and been waited for (cutime + cstime)."""
     fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[1]), int(fields[11]) + int(fields[12])
+    return int(fields[1]), sum(int(v) for v in fields[11:15 if reaped else 13])
 
 
 def load_snapshot() -> LoadSnapshot | None:
-    """Machine-wide busy ticks and this process tree's ticks (this process, all its threads and
-    its direct children, e.g. DataLoader workers); None where /proc cannot be read."""
+    """Machine-wide busy ticks and this process tree's ticks (this process, all its threads, its
+    direct children, e.g. DataLoader workers, and those that have exited, e.g. index workers);
+    None where /proc cannot be read."""
     wall = time.perf_counter()
     try:
         cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
         user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in cpu[:7])
         pid = os.getpid()
-        own = _ticks(Path(f"/proc/{pid}/stat").read_text())[1]
+        own = _ticks(Path(f"/proc/{pid}/stat").read_text(), reaped=True)[1]
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or entry.name == str(pid):
                 continue

@@ -69,6 +69,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--students", default="resnet10t,resnet26t")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--slots", type=int, default=10, help="at most epochs / 3")
+    parser.add_argument("--curriculum", default=None, metavar="SPEC",
+                        help="dr: easy views first, linear[:MEASURE] or step:E[:MEASURE]")
     parser.add_argument("--topk", type=int, default=10, help="teacher classes per view")
     parser.add_argument("--recipe", default="rrc+ra/re",
                         help="the store's (and online kd's) recipe preset: the paper's RRC+RA/RE, "
@@ -121,6 +123,7 @@ def main() -> None:
         teachers=tuple(args.teachers.split(",")), teacher_epochs=args.teacher_epochs,
         students=tuple(students), modes=("erm", "kd", "dr"), student_epochs=args.epochs,
         recipe=args.recipe, teacher_recipe="rrc+ra/re", slots=args.slots, topk=args.topk,
+        curriculum=args.curriculum,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     if args.slots * 3 > args.epochs:
         print(f"note: {args.slots} slots is more than a third of {args.epochs} epochs")

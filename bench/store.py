@@ -174,8 +174,8 @@ def measure_compactness(args: argparse.Namespace, workdir: Path) -> dict[str, An
                                probs[r.start:r.stop])
         write_s = time.perf_counter() - start
         report = inspect_store(url, verify=False)
-        data_bytes = sum(v for k, v in report.array_bytes.items() if k not in ("manifest",
-                                                                               "commit"))
+        data_bytes = sum(v for k, v in report.array_bytes.items()
+                         if k not in ("manifest", "commit_map", "derived"))
         reader = StoreReader(url, dataset=manifest)
         got = [reader.read_block(b) for b in range(reader.num_blocks)]
         exact = all(g[0].tobytes() == records[writer.block_range(b).start:
@@ -301,7 +301,8 @@ def measure_epoch_read(args: argparse.Namespace, workdir: Path) -> dict[str, Any
     writer.fill(produce)
     fill_s = time.perf_counter() - start
     report = inspect_store(url, verify=False)
-    data_bytes = sum(v for k, v in report.array_bytes.items() if k not in ("manifest", "commit"))
+    data_bytes = sum(v for k, v in report.array_bytes.items()
+                     if k not in ("manifest", "commit_map", "derived"))
     amplification = [_read_amplification(url, data_bytes / report.records, args.repeats,
                                           world, rank) for world, rank in ((1, 0), (8, 3))]
     reader = StoreReader(url, dataset=manifest)

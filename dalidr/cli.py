@@ -39,7 +39,7 @@ __all__ = ["build_parser", "main", "render_views", "sample_across_classes"]
 
 # Modules that add subcommands with `register(subparsers)`, each owning its job's options.
 _SUBCOMMAND_MODULES = (
-    "store.cli",  # inspect, subset
+    "store.cli",  # inspect, verify, subset, upgrade, difficulty
     "dalidr.teacher.reinforce",  # reinforce (the teacher pass)
     "dalidr.training.train",  # train
     "dalidr.training.evaluate",  # eval
@@ -135,11 +135,11 @@ def _path(text: str | None) -> Path | None:
 def _experiment(args: argparse.Namespace) -> int:
     config = ExperimentConfig(
         out=Path(args.out),
-        train=_path(args.train),
-        test=_path(args.test),
+        train=args.train,  # a folder or a shard spec: text, so that URLs stay whole
+        test=args.test,
         train_list=_path(args.train_list),
         test_list=_path(args.test_list),
-        teacher_train=_path(args.teacher_train),
+        teacher_train=args.teacher_train,
         teacher_train_list=_path(args.teacher_train_list),
         train_per_class=args.train_per_class,
         test_per_class=args.test_per_class,
@@ -155,6 +155,7 @@ def _experiment(args: argparse.Namespace) -> int:
         modes=_names(args.modes),
         student_epochs=args.student_epochs,
         recipe=args.recipe,
+        curriculum=args.curriculum,
         teacher_recipe=args.teacher_recipe,
         slots=args.slots,
         topk=args.topk,
@@ -265,6 +266,9 @@ def _add_experiment_options(parser: argparse.ArgumentParser, out: str) -> None:
     runs.add_argument("--recipe", default=defaults.recipe,
                       help=f"store and kd recipe: preset ({', '.join(PRESETS)})")
     runs.add_argument("--slots", type=int, default=defaults.slots, help="stored views per image")
+    runs.add_argument("--curriculum", default=None, metavar="SPEC",
+                      help="dr students: easy views first, linear[:confidence|strength] or "
+                           "step:EASY_EPOCHS[:confidence|strength]")
     runs.add_argument("--topk", type=int, default=defaults.topk,
                       help="teacher classes kept per view")
     runs.add_argument("--batch-size", type=int, default=defaults.batch_size)

@@ -53,13 +53,14 @@ class ExperimentConfig:
     # Output folder for data, checkpoints, the store, reports and pictures.
     out: Path = Path("runs/demo")
     # The user's data: training and test ImageFolder roots (or the roots of the file lists'
-    # relative paths). None: the built-in Fashion-MNIST export below.
-    train: Path | None = None
-    test: Path | None = None
+    # relative paths), or tar shard specs (kept as text: a URL must not go through Path).
+    # None: the built-in Fashion-MNIST export below.
+    train: str | Path | None = None
+    test: str | Path | None = None
     train_list: Path | None = None
     test_list: Path | None = None
-    # Data the teachers train on (same classes); None: the training set.
-    teacher_train: Path | None = None
+    # Data the teachers train on (same classes), as train; None: the training set.
+    teacher_train: str | Path | None = None
     teacher_train_list: Path | None = None
     # Built-in data only: images per class exported from Fashion-MNIST's train and test
     # splits, and for the teachers (None: the students' set). More teacher data (up to 6000,
@@ -100,6 +101,8 @@ class ExperimentConfig:
     # default (`--recipe`).
     recipe: str = "rrc"
     slots: int = 20
+    # dr students: a curriculum over the store's view difficulty (`dalidr train --curriculum`).
+    curriculum: str | None = None
     topk: int = 10
     batch_size: int = 64
     lr: float = 2e-3
@@ -130,7 +133,7 @@ def _log(config: ExperimentConfig, text: str) -> None:
     print(f"[{config.out.name}] {text}", flush=True)
 
 
-def _listing(option: str, root: Path, file_list: Path | None) -> DatasetListing:
+def _listing(option: str, root: str | Path, file_list: Path | None) -> DatasetListing:
     try:
         return list_dataset(root, file_list)
     except DatasetError as exc:
@@ -284,7 +287,7 @@ def _export_teacher_data(config: ExperimentConfig, data: ExperimentData) -> Expe
     if config.teacher_train_per_class is None:
         return data
     _, load, classes = _builtin_source(config)
-    root = data.train.root.parent / "teacher-train"
+    root = Path(data.train.root).parent / "teacher-train"
     images, labels = load("train")
     export_image_folder(images, labels, root, classes, config.teacher_train_per_class)
     return replace(data, teacher_train=list_dataset(root))
@@ -367,6 +370,10 @@ def _reinforce(config: ExperimentConfig, step: str, data: ExperimentData,
     if report.problems or not report.complete:
         raise DatasetError(f"the store {store} failed its integrity check: "
                            f"{(report.problems or ['incomplete'])[:3]}")
+    if config.curriculum is not None:  # a store made before the teacher pass scored blocks
+        from store.difficulty_pass import fill_difficulty
+
+        fill_difficulty(str(store), progress=progress_wanted(config.progress))
     return store
 
 
@@ -444,7 +451,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     extra: dict[str, dict[str, Any]] = {
         "erm": {"augment": str(plain)},
         "kd": {"teacher": teacher, "teacher_size": chosen.size, "augment": str(stored)},
-        "dr": {"store": str(store)},
+        "dr": {"store": str(store), "curriculum": config.curriculum},
     }
     rows: dict[str, dict[str, Any]] = {}
     for arch in config.students:

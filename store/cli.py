@@ -1,4 +1,5 @@
-"""The store's command-line tools, `dalidr inspect`, `verify` and `subset`, as argparse parsers.
+"""The store's command-line tools, `dalidr inspect`, `verify`, `subset` and `upgrade`, as argparse
+parsers.
 
 `dalidr.cli` calls `register(subparsers)` to add both subcommands; each sets `run`, a function of
 the parsed arguments returning the exit status (0: fine, 1: the integrity check found problems).
@@ -115,10 +116,15 @@ def add_subset_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def register(subparsers: Any) -> None:
-    """Add `inspect`, `verify` and `subset` to an argparse subparsers object."""
+    """Add `inspect`, `verify`, `subset`, `upgrade` and `difficulty` to an argparse
+    subparsers object."""
+    from store import difficulty_pass, upgrade
+
     add_inspect_parser(subparsers)
     add_verify_parser(subparsers)
     add_subset_parser(subparsers)
+    upgrade.register(subparsers)
+    difficulty_pass.register(subparsers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,12 +32,18 @@ from dalidr.augment.conventions import DECODE_CONVENTION, OP_SET
 from dalidr.augment.recipe import Recipe
 from dalidr.errors import OptionError, StoreError
 
-__all__ = ["SCHEMA_VERSION", "ATTRS_KEY", "RECREATE_HINT", "Compression", "StoreConfig"]
+__all__ = ["SCHEMA_VERSION", "ATTRS_KEY", "RECREATE_HINT", "upgrade_hint", "Compression",
+           "MemberIdentity", "StoreConfig"]
 
-# Bump on any change to array meaning. Version 2: conventions recorded, attributes digested,
-# manifest fingerprint over every column (image sizes, skipped samples), per slot-group digests
-# in the commit map. Version 1 stores replayed with EXIF rotation and OpenCV's Equalize.
-SCHEMA_VERSION = 2
+# Bump on any change to array meaning. Version 3 (docs/design/store-v3.md): skip marks are a
+# data array sealed by the commit rows, the teacher's members are recorded by identity, the
+# difficulty arrays are reserved (with a derived digest per block), manifest chunks follow the
+# blocks. Version 2: conventions recorded, attributes digested, manifest fingerprint over every
+# column, per slot-group digests in the commit map. Version 1 stores replayed with EXIF
+# rotation and OpenCV's Equalize. `dalidr upgrade` turns a version 2 store into a version 3 one.
+SCHEMA_VERSION = 3
+# The oldest schema `dalidr upgrade` converts (older ones are re-created).
+UPGRADABLE_VERSION = 2
 # What to tell the owner of a store of another schema or convention.
 RECREATE_HINT = ("re-create it with `dalidr reinforce` (the same seed draws the same records) or "
                  "re-import it with `dalidr import-mldr`")
@@ -47,6 +53,11 @@ ATTRS_KEY = "dalidr_store"
 MAX_CLASSES = 65535  # class indices are stored as uint16
 
 
+def upgrade_hint(where: str) -> str:
+    """What to tell the owner of a store of the schema `dalidr upgrade` converts."""
+    return f"run `dalidr upgrade {where}` to convert it in place (no teacher work)"
+
+
 class Compression(enum.Enum):
     """Compressor of the teacher top-k arrays (records always use zstd, which wins on them)."""
 
@@ -54,6 +65,46 @@ class Compression(enum.Enum):
     ZSTD = "zstd"
     # LZMA preset 9e: about 2 bytes per record smaller, decodes ~40x slower (~20 MB/s/core).
     LZMA = "lzma"
+
+
+@dataclass(frozen=True)
+class MemberIdentity:
+    """One ensemble member, as the store records it: enough to tell whether another teacher
+    would label the same views the same way (`dalidr reinforce` refuses to resume otherwise)."""
+
+    # timm model name (with its pretrained tag, if any).
+    name: str
+    # `sha256:<hex>` of the tensors it loaded (`dalidr.teacher.ensemble.tensors_sha256`),
+    # `pretrained:<timm tag>`, or `random:<seed>` (`--random-teacher`).
+    weights: str
+    # Input normalisation, in [0, 1] units, and the side the views are rendered at.
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int
+    # How the views are resized for it.
+    interpolation: str
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {"name": self.name, "weights": self.weights, "mean": list(self.mean),
+                "std": list(self.std), "input_size": self.input_size,
+                "interpolation": self.interpolation}
+
+    @classmethod
+    def from_attrs(cls, value: Any) -> MemberIdentity:
+        """The member saved by `to_attrs`; TypeError/ValueError/KeyError if it is not one."""
+        if not isinstance(value, dict) or set(value) != {
+                "name", "weights", "mean", "std", "input_size", "interpolation"}:
+            raise ValueError(f"teacher member {value!r} is not a dict of name, weights, mean, "
+                             "std, input_size, interpolation")
+        mean, std = (tuple(float(v) for v in value[key]) for key in ("mean", "std"))
+        if len(mean) != 3 or len(std) != 3 or not all(
+                isinstance(value[key], str) for key in ("name", "weights", "interpolation")):
+            raise ValueError(f"teacher member {value!r} is malformed")
+        size = value["input_size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"teacher member {value['name']!r} has input_size {size!r}")
+        return cls(value["name"], value["weights"], mean, std, size,
+                   value["interpolation"])
 
 
 @dataclass(frozen=True)
@@ -85,6 +136,10 @@ class StoreConfig:
     decode_convention: str = DECODE_CONVENTION
     # Which RandAugment op table replays the records (`dalidr.augment.conventions`).
     op_set: str = OP_SET
+    # The teacher's identity, one entry per ensemble member (recorded by `dalidr reinforce`);
+    # None: not recorded (an upgraded store, or one written by other tools), which trains
+    # normally but cannot be resumed by `dalidr reinforce`.
+    teacher_members: tuple[MemberIdentity, ...] | None = None
     # Schema version this config was written with.
     schema_version: int = field(default=SCHEMA_VERSION)
 
@@ -105,6 +160,10 @@ class StoreConfig:
         check(isinstance(self.compression, Compression), "compression", self.compression,
               str([c.value for c in Compression]))
         check(isinstance(self.teacher, str), "teacher", self.teacher, "a string")
+        members = self.teacher_members
+        check(members is None or (isinstance(members, tuple) and len(members) > 0 and all(
+            isinstance(m, MemberIdentity) for m in members)), "teacher_members", members,
+            "None or a non-empty tuple of MemberIdentity")
 
     @property
     def num_groups(self) -> int:
@@ -122,6 +181,8 @@ class StoreConfig:
             "schema_version": self.schema_version,
             "recipe": self.recipe.to_dict(),
             "teacher": self.teacher,
+            "teacher_members": (None if self.teacher_members is None
+                                else [m.to_attrs() for m in self.teacher_members]),
             "seed": self.seed,
             "slots": self.slots,
             "k": self.k,
@@ -145,6 +206,8 @@ class StoreConfig:
             if isinstance(version, int) and not isinstance(version, bool) and (
                     version > SCHEMA_VERSION):
                 hint = "written by a newer dalidr; upgrade dalidr to read it"
+            elif version == UPGRADABLE_VERSION:
+                hint = f"of the previous schema: {upgrade_hint(where)}"
             else:
                 hint = (f"of an older schema (made before dalidr recorded its decoding "
                         f"conventions: EXIF-rotated decoding, OpenCV's Equalize); {RECREATE_HINT}")
@@ -159,6 +222,11 @@ class StoreConfig:
             data = dict(attrs)
             data["recipe"] = Recipe.from_dict(dict(data["recipe"]))
             data["compression"] = Compression(data["compression"])
+            members = data.get("teacher_members", "missing")
+            if members == "missing":
+                raise KeyError("teacher_members")
+            data["teacher_members"] = (None if members is None else tuple(
+                MemberIdentity.from_attrs(m) for m in members))
             return cls(**data)
         except (KeyError, TypeError, ValueError, AttributeError, OptionError) as exc:
             raise StoreError(f"{where} has malformed store attributes: {exc}") from exc

@@ -20,6 +20,7 @@ from dalidr.augment.recipe import Recipe
 from dalidr.errors import DalidrError
 from store.layout import (
     CLASSES,
+    COMMIT,
     CORRUPT_CHUNK_ERRORS,
     PROB_GAPS,
     StoreLayout,
@@ -134,7 +135,7 @@ def inspect_store(url: str, verify: bool = True) -> StoreReport:
     cfg, location = layout.config, layout.location
     committed = np.flatnonzero(layout.commits())
     samples = sum(len(layout.block_range(int(b))) for b in committed)
-    names = layout.data_names + ["commit", "manifest"]
+    names = layout.data_names + [COMMIT, "derived", "manifest"]
     problems, checked = verify_store(layout) if verify else (None, 0)
     return StoreReport(
         url=url, num_samples=layout.num_samples, slots=cfg.slots, k=cfg.k, recipe=cfg.recipe,

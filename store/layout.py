@@ -6,8 +6,13 @@
     /records/<field>          [N, slots, ...]  one column per record field (store.encoding)
     /topk/classes             [N, slots, k]    uint16 teacher class indices, by decreasing prob
     /topk/prob_gaps           [N, slots, k]    uint8 sqrt-quantised probabilities, as gaps
-    /commit                   [num_blocks, 1 + groups]  uint64, one object per block: the
-                              block's digest (0: not committed), then one digest per slot group
+    /skipped                  [N, slots]       uint8 skip marks (1: the teacher pass could not
+                              make the view; `store.skip_marks`)
+    /derived/confidence       [N, slots]       uint8 difficulty per view (`store.derived`),
+    /derived/strength         [N, slots]       outside the block digest, 0 until written
+    /commit_map               [num_blocks, 2 + groups]  uint64, one object per block: the
+                              block's digest (0: not committed), one digest per slot group,
+                              then the derived digest (0: derived arrays not written)
 
 Two access patterns decide the cut. A writer produces a block of `block_size` samples with all
 their slots at once; training reads one slot of every sample per epoch. So every data array is
@@ -26,13 +31,20 @@ for flip flags and class indices (values span few bits). Probability gaps are tr
 (rank, sample, slot) first, so the top-1 gaps, the second gaps, ... each form one run of
 similar small numbers. `Compression.LZMA` swaps the top-k compressor for numcodecs' LZMA (not in
 the Zarr v3 spec: smaller, much slower to decode). The commit map is one uncompressed 8-byte
-row per block, so two writers committing different blocks never touch the same object.
+row per block, so two writers committing different blocks never touch the same object. It is
+named `commit_map` (schema 2 called it `commit`, with one column less): `dalidr upgrade`
+writes the new rows beside the old ones, so a store is a valid schema 2 store until its root
+attributes are replaced.
 
 Trust. A store may come from a stranger or a damaged disk. The attributes carry a SHA-256 of
 themselves, the manifest's fingerprint covers every manifest column, and each (block, slot
 group) has a digest in the commit map that the reader checks on every read: whatever changes
 what is served fails loudly, naming the store and where. CRC32C alone would not catch a valid
-chunk copied over another block's.
+chunk copied over another block's. Skip marks are a data array like the others, so a mark
+added or removed fails the digests too. The derived arrays (difficulty, scored from a block
+once it is committed: by the teacher pass, `dalidr difficulty` or `dalidr upgrade`) have their
+own digest per block, the commit row's last column, checked only by
+whoever reads them (`store.derived`), so a store without them still trains.
 """
 
 from __future__ import annotations
@@ -50,7 +62,7 @@ from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec, Crc32cCodec, Trans
 from zarr.errors import ZarrUserWarning
 
 from dalidr.errors import StoreError
-from store.config import ATTRS_KEY, Compression, StoreConfig
+from store.config import ATTRS_KEY, SCHEMA_VERSION, Compression, StoreConfig
 from store.encoding import ColumnSpec, record_columns
 from store.location import CORRUPT_CHUNK_ERRORS, StoreLocation, locate, redacted
 from store.manifest import Manifest, write_manifest
@@ -60,18 +72,24 @@ __all__ = [
     "StoreLayout",
     "create_layout",
     "open_layout",
+    "root_group",
     "block_digest",
     "group_digest",
     "attrs_digest",
     "CLASSES",
     "PROB_GAPS",
+    "SKIPPED",
+    "DERIVED",
     "COMMIT",
     "CORRUPT_CHUNK_ERRORS",
 ]
 
 CLASSES = "topk/classes"
 PROB_GAPS = "topk/prob_gaps"
-COMMIT = "commit"
+SKIPPED = "skipped"
+# The difficulty arrays, outside the block digest, sealed by the commit row's last column.
+DERIVED = ("derived/confidence", "derived/strength")
+COMMIT = "commit_map"
 _BIT_SHUFFLED = {"flip", "p_flip"}
 
 
@@ -99,7 +117,36 @@ def _data_arrays(config: StoreConfig) -> dict[str, tuple[np.dtype, tuple[int, ..
     arrays[CLASSES] = (np.dtype("<u2"), (config.k,), [], [_topk_compressor(config, bits)])
     arrays[PROB_GAPS] = (np.dtype("u1"), (config.k,), [TransposeCodec(order=(2, 0, 1))],
                          [_topk_compressor(config, bits)])
+    arrays[SKIPPED] = (np.dtype("u1"), (), [], [_blosc(bits)])
     return arrays
+
+
+def _derived_arrays() -> dict[str, tuple[np.dtype, tuple[int, ...], list, list]]:
+    """name -> the same description, of the difficulty arrays (chunked like `skipped`)."""
+    return {name: (np.dtype("u1"), (), [], [_blosc(BloscShuffle.bitshuffle)])
+            for name in DERIVED}
+
+
+def create_data_array(group: zarr.Group, name: str, config: StoreConfig, num_samples: int,
+                      description: tuple[np.dtype, tuple[int, ...], list, list]) -> None:
+    """Create one [N, slots, ...] array: one shard per block, chunks of `slot_group` slots."""
+    dtype, shape, filters, compressors = description
+    b, slot_extent = config.block_size, config.num_groups * config.slot_group
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ZarrUserWarning)
+        group.create_array(
+            name, shape=(num_samples, config.slots) + shape, dtype=dtype,
+            chunks=(b, config.slot_group) + shape, shards=(b, slot_extent) + shape,
+            filters=filters, serializer=BytesCodec(), compressors=compressors + [Crc32cCodec()],
+            fill_value=0, dimension_names=("sample", "slot") + ("field",) * len(shape),
+        )
+
+
+def create_commit_map(group: zarr.Group, config: StoreConfig, num_samples: int) -> None:
+    """The commit map: one uncompressed row (one object) per block."""
+    group.create_array(COMMIT, shape=(-(-num_samples // config.block_size), 2 + config.num_groups),
+                       dtype="<u8", chunks=(1, 2 + config.num_groups), compressors=None,
+                       fill_value=0, dimension_names=("block", "digest"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,7 +211,8 @@ class StoreLayout:
         return f"{name}/{array.metadata.encode_chunk_key(coords)}"
 
     def commit_rows(self) -> np.ndarray:
-        """The commit map, [num_blocks, 1 + num_groups]: block digest, then group digests."""
+        """The commit map, [num_blocks, 2 + num_groups]: block digest, group digests, then the
+        derived digest."""
         try:
             return np.asarray(self.array(COMMIT)[...], dtype=np.uint64)
         except CORRUPT_CHUNK_ERRORS as exc:
@@ -194,46 +242,44 @@ def create_layout(url: str, manifest: Manifest, config: StoreConfig,
                    "fingerprint": manifest.fingerprint}
     attrs: dict[str, Any] = {ATTRS_KEY: {**store_attrs, "digest": attrs_digest(store_attrs)}}
     group = zarr.open_group(location.store, mode="w" if overwrite else "w-", attributes=attrs)
-    write_manifest(group, manifest)
-    n, b = len(manifest), config.block_size
-    slot_extent = config.num_groups * config.slot_group
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ZarrUserWarning)
-        for name, (dtype, shape, filters, compressors) in _data_arrays(config).items():
-            group.create_array(
-                name, shape=(n, config.slots) + shape, dtype=dtype,
-                chunks=(b, config.slot_group) + shape, shards=(b, slot_extent) + shape,
-                filters=filters, serializer=BytesCodec(), compressors=compressors + [Crc32cCodec()],
-                fill_value=0, dimension_names=("sample", "slot") + ("field",) * len(shape),
-            )
-    group.create_array(COMMIT, shape=(-(-n // b), 1 + config.num_groups), dtype="<u8",
-                       chunks=(1, 1 + config.num_groups), compressors=None, fill_value=0,
-                       dimension_names=("block", "digest"))
+    write_manifest(group, manifest, config.block_size)
+    arrays = {**_data_arrays(config), **_derived_arrays()}
+    for name, description in arrays.items():
+        create_data_array(group, name, config, len(manifest), description)
+    create_commit_map(group, config, len(manifest))
     return open_layout(url, read_only=False)
+
+
+def root_group(url: str, location: StoreLocation, read_only: bool = True
+               ) -> tuple[zarr.Group, Any]:
+    """The store's root group and its dalidr attributes (unchecked: any JSON value, or None);
+    StoreError if there is no store or its zarr.json cannot be read."""
+    if not location.exists("zarr.json"):
+        raise StoreError(f"{url}: no reinforcement store here (no zarr.json)")
+    try:
+        group = zarr.open_group(location.store, mode="r" if read_only else "r+")
+        return group, group.attrs.get(ATTRS_KEY)
+    except (*CORRUPT_CHUNK_ERRORS, FileNotFoundError) as exc:
+        raise StoreError(f"{url}: cannot open the store's root group (zarr.json): "
+                         f"{redacted(exc)}") from exc
 
 
 def open_layout(url: str, read_only: bool = True) -> StoreLayout:
     """Open an existing store and check its schema; StoreError naming what is wrong."""
     location = locate(url, read_only=read_only)
-    if not location.exists("zarr.json"):
-        raise StoreError(f"{url}: no reinforcement store here (no zarr.json)")
-    try:
-        group = zarr.open_group(location.store, mode="r" if read_only else "r+")
-        attrs = group.attrs.get(ATTRS_KEY)
-    except (*CORRUPT_CHUNK_ERRORS, FileNotFoundError) as exc:
-        raise StoreError(f"{url}: cannot open the store's root group (zarr.json): {exc}") from exc
+    group, attrs = root_group(url, location, read_only)
     config, num_samples, fingerprint = split_attrs(attrs, url)
     layout = StoreLayout(location, group, config, num_samples, fingerprint)
     check_layout(layout)  # every array's metadata against the schema and the objects
-    for name, (dtype, shape, _, _) in _data_arrays(config).items():
+    for name, (dtype, shape, _, _) in {**_data_arrays(config), **_derived_arrays()}.items():
         array = layout.array(name)
         expected = (layout.num_samples, config.slots) + shape
         if array.shape != expected or array.dtype != dtype:
             raise StoreError(f"{url}: array {name!r} is {array.dtype}{list(array.shape)}, "
                              f"the schema needs {dtype}{list(expected)}")
-    expected = (layout.num_blocks, 1 + config.num_groups)
+    expected = (layout.num_blocks, 2 + config.num_groups)
     if layout.array(COMMIT).shape != expected or layout.array(COMMIT).dtype != np.uint64:
-        raise StoreError(f"{url}: array 'commit' is {layout.array(COMMIT).dtype}"
+        raise StoreError(f"{url}: array {COMMIT!r} is {layout.array(COMMIT).dtype}"
                          f"{list(layout.array(COMMIT).shape)}, expected uint64{list(expected)}")
     return layout
 
@@ -259,10 +305,11 @@ def split_attrs(attrs: Any, url: str) -> tuple[StoreConfig, int, str]:
     return config, num_samples, fingerprint
 
 
-def attrs_digest(attrs: dict[str, Any]) -> str:
-    """SHA-256 of the store attributes (without `digest`), as canonical JSON."""
+def attrs_digest(attrs: dict[str, Any], version: int = SCHEMA_VERSION) -> str:
+    """SHA-256 of the store attributes (without `digest`), as canonical JSON, salted with the
+    schema version (`version`: an older schema's, for `dalidr upgrade`)."""
     text = json.dumps(attrs, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(b"dalidr-attrs-v2:" + text.encode()).hexdigest()
+    return hashlib.sha256(f"dalidr-attrs-v{version}:".encode() + text.encode()).hexdigest()
 
 
 def group_digest(arrays: dict[str, np.ndarray], block: int, group: int) -> int:

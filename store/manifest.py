@@ -9,7 +9,9 @@ compared with the data).
 
 Stored in the `manifest/` group as plain arrays: paths as one uint8 array of UTF-8 bytes with
 int64 offsets (a `PathList`; no object or variable-length string dtype, so nothing is ever
-unpickled and any zarr reader can decode it), the rest as fixed-width integers. The
+unpickled and any zarr reader can decode it), the rest as fixed-width integers. Every
+per-sample column is chunked by the store's block size (schema 3), so a block's entries are
+one chunk of each; the path bytes in chunks of 1 MiB. The
 fingerprint, a SHA-256 over every column, is saved in the root attributes (which carry their own
 digest), so a manifest edited or damaged on disk is refused when it is read.
 
@@ -47,7 +49,7 @@ __all__ = ["Manifest", "scan_manifest", "write_manifest", "read_manifest",
            "MANIFEST_COLUMNS", "SAMPLED_HASHES"]
 
 _GROUP = "manifest"
-_CHUNK = 1 << 20
+_BYTES_CHUNK = 1 << 20  # path bytes per chunk
 # name -> (dtype on disk, trailing shape) of every manifest array besides the paths.
 MANIFEST_COLUMNS = {"label": ("<i4", ()), "size": ("<i8", ()), "sha256": ("u1", (32,)),
                     "image_hw": ("<u2", (2,)), "skipped": ("u1", ())}
@@ -270,23 +272,24 @@ def scan_manifest(
                     image_hw, skipped)
 
 
-def _column(group: zarr.Group, name: str, values: np.ndarray) -> None:
-    chunks = (min(_CHUNK, max(len(values), 1)),) + values.shape[1:]
+def _column(group: zarr.Group, name: str, values: np.ndarray, chunk: int) -> None:
+    chunks = (min(chunk, max(len(values), 1)),) + values.shape[1:]
     array = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks,
                                compressors=zarr.codecs.ZstdCodec(level=9), fill_value=0)
     array[...] = values
 
 
-def write_manifest(root: zarr.Group, manifest: Manifest) -> None:
-    """Create the `manifest/` group (once, at store creation)."""
+def write_manifest(root: zarr.Group, manifest: Manifest, block_size: int) -> None:
+    """Create the `manifest/` group (once, at store creation), per-sample columns chunked by
+    `block_size` samples."""
     group = root.create_group(_GROUP)
     data, offsets = manifest.paths.data, manifest.paths.offsets
-    _column(group, "path_bytes", data if data.size else np.zeros(0, np.uint8))
-    _column(group, "path_offsets", offsets)
+    _column(group, "path_bytes", data if data.size else np.zeros(0, np.uint8), _BYTES_CHUNK)
+    _column(group, "path_offsets", offsets, block_size)
     values = {"label": manifest.labels, "size": manifest.sizes, "sha256": manifest.hashes,
               "image_hw": manifest.image_hw, "skipped": manifest.skipped}
     for name, (dtype, _) in MANIFEST_COLUMNS.items():
-        _column(group, name, values[name].astype(dtype))
+        _column(group, name, values[name].astype(dtype), block_size)
 
 
 def _read_arrays(root: zarr.Group, where: str, num_samples: int) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ samples), a dataset that is not the store's (the first differing sample).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +24,11 @@ from dalidr.augment.records import record_dtype
 from dalidr.data.dataset import DatasetListing
 from dalidr.errors import DatasetError, StoreError
 from store.config import StoreConfig
+from store.curriculum import Curriculum, Measure, Schedule, curriculum_slots
+from store.derived import read_derived
 from store.layout import (
     CLASSES,
+    COMMIT,
     CORRUPT_CHUNK_ERRORS,
     PROB_GAPS,
     StoreLayout,
@@ -39,6 +43,7 @@ from store.validate import decode_views
 __all__ = ["TopKTargets", "EpochData", "StoreReader"]
 
 _BATCH_BLOCKS = 32  # blocks decoded at once when reading an epoch: bounds memory
+_CURRICULUM_AT_ONCE = 1 << 18  # samples a curriculum weighs at once (~150 MB of temporaries)
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,9 +156,14 @@ class StoreReader:
         blocks = np.unique(blocks)
         if all(int(b) in self._present for b in blocks):
             return  # committed blocks stay committed: no need to read the commit map again
-        done = self._commit_rows()[:, 0] != 0
-        if not done[blocks].all():
-            done = self.committed()
+        rows = self._commit_rows()
+        for b in (int(b) for b in blocks if rows[int(b), 0] == 0):  # committed since: one row
+            try:
+                rows[b] = np.asarray(self.layout.array(COMMIT)[b], dtype=np.uint64)
+            except CORRUPT_CHUNK_ERRORS as exc:
+                raise StoreError(f"{self.url}: the commit entry of block {b} is corrupt: "
+                                 f"{redacted(exc)}") from exc
+        done = rows[:, 0] != 0
         missing = blocks[~done[blocks]]
         if missing.size:
             b = int(missing[0])
@@ -276,18 +286,41 @@ class StoreReader:
         return PlanSpec(self.num_samples, cfg.slots, cfg.slot_group, cfg.block_size, cfg.seed,
                         self.uneven)
 
-    def plan(self, epoch: int, rank: int = 0, world: int = 1) -> EpochPlan:
-        """The epoch plan of `rank`; see `store.plan`."""
-        return plan_epoch(self.plan_spec, epoch, rank, world)
+    def plan(self, epoch: int, rank: int = 0, world: int = 1, *, start: int = 0,
+             skipped: np.ndarray | None = None,
+             curriculum: Curriculum | None = None) -> EpochPlan:
+        """The epoch plan of `rank` from global position `start`, leaving out the sorted
+        sample indices `skipped`; see `store.plan`. A `curriculum` chooses each sample's view
+        within the epoch's slot group by the stored difficulty (`store.curriculum`)."""
+        plan = plan_epoch(self.plan_spec, epoch, rank, world, start=start, skipped=skipped)
+        if curriculum is None or curriculum.kind is Schedule.NONE:
+            return plan
+        group = self.config.group_slots(plan.group)
+        slots = np.empty(len(plan), np.int32)
+        # In sample order, so each piece touches its own few blocks; bounded temporaries.
+        by_sample = np.argsort(plan.samples, kind="stable")
+        for lo in range(0, len(plan), _CURRICULUM_AT_ONCE):
+            part = by_sample[lo:lo + _CURRICULUM_AT_ONCE]
+            samples = plan.samples[part]
+            confidence, strength = read_derived(self.layout, samples, group)
+            stored = confidence if curriculum.measure is Measure.CONFIDENCE else strength
+            allowed = np.broadcast_to(np.arange(len(group)), (len(samples), len(group)))
+            slots[part] = group.start + curriculum_slots(
+                curriculum, self.config.seed, epoch, samples,
+                curriculum.measure.difficulty(stored), allowed)
+        return dataclasses.replace(plan, slots=slots)
 
     def read_epoch(self, plan: EpochPlan) -> EpochData:
         """The records and targets a plan needs, in its order (reads only its slot group)."""
         records, targets = self.read_views(plan.samples, plan.slots)
         return EpochData(plan, records, targets)
 
-    def epoch(self, epoch: int, rank: int = 0, world: int = 1) -> EpochData:
+    def epoch(self, epoch: int, rank: int = 0, world: int = 1, *, start: int = 0,
+              skipped: np.ndarray | None = None,
+              curriculum: Curriculum | None = None) -> EpochData:
         """Plan and read one epoch (see EpochPrefetcher to do it in the background)."""
-        return self.read_epoch(self.plan(epoch, rank, world))
+        return self.read_epoch(self.plan(epoch, rank, world, start=start, skipped=skipped,
+                                         curriculum=curriculum))
 
 
 def _runs(blocks: np.ndarray, longest: int) -> list[range]:

@@ -9,8 +9,9 @@ their quantised levels do not depend on the entries dropped), so no new distorti
 Blocks are copied through the normal writer, one block at a time, and the copy resumes like
 any teacher pass: run it again after an interruption or a failed write (a full disk is named,
 with the space needed: `store.write_errors`). The skip marks of `reinforce --skip-bad`
-(`store.skip_marks`) come along for the kept slots, each block's before its commit, so a view
-skipped because its mix partner is unreadable stays unserved in the subset.
+(`store.skip_marks`, a data array) come along for the kept slots like the records, so a view
+skipped because its mix partner is unreadable stays unserved in the subset. The difficulty
+arrays (`store.derived`) are not copied: they are computed again for the subset.
 """
 
 from __future__ import annotations
@@ -20,14 +21,8 @@ import dataclasses
 import numpy as np
 
 from dalidr.errors import OptionError, StoreError
-from store.layout import CLASSES, CORRUPT_CHUNK_ERRORS, PROB_GAPS, StoreLayout, open_layout
+from store.layout import CLASSES, CORRUPT_CHUNK_ERRORS, PROB_GAPS, block_digest, open_layout
 from store.location import redacted
-from store.skip_marks import (
-    create_skip_marks,
-    has_skip_marks,
-    read_skip_marks,
-    write_skip_marks,
-)
 from store.writer import StoreWriter, resume_or_create
 
 __all__ = ["subset_store"]
@@ -52,35 +47,22 @@ def subset_store(source: str, out: str, slots: int, topk: int) -> StoreWriter:
     if writer.config != small or writer.layout.fingerprint != layout.fingerprint:
         raise StoreError(f"{out} exists but is not a subset of {source} with slots={slots}, "
                          f"topk={topk}; remove it or choose another output")
-    marked = has_skip_marks(source)
-    if marked and not has_skip_marks(out):
-        create_skip_marks(out)  # a new subset, or one copied before subsets carried the marks
-        for block in map(int, writer.committed().nonzero()[0]):
-            _copy_skip_marks(layout, writer, block, slots)
+    digests = layout.commits()
     for block in writer.pending():
-        if marked:
-            _copy_skip_marks(layout, writer, block, slots)
         r = layout.block_range(block)
         arrays: dict[str, np.ndarray] = {}
         for name in layout.data_names:
             try:
-                arrays[name] = np.asarray(layout.array(name)[r.start:r.stop, :slots])
+                arrays[name] = np.asarray(layout.array(name)[r.start:r.stop])
             except CORRUPT_CHUNK_ERRORS as exc:
                 raise StoreError(f"{source}: array {name!r}, block {block} cannot be read: "
                                  f"{redacted(exc)}; run `dalidr inspect` on it") from exc
+        if block_digest(arrays) != int(digests[block]):  # never seal a damaged block anew
+            raise StoreError(f"{source}: block {block} (samples {r.start}..{r.stop - 1}) does "
+                             "not match its commit digest; run `dalidr inspect` on it")
+        arrays = {name: values[:, :slots] for name, values in arrays.items()}
         arrays[CLASSES] = arrays[CLASSES][..., :topk]
         arrays[PROB_GAPS] = arrays[PROB_GAPS][..., :topk]
         writer.write_encoded(block, arrays)
     return writer
 
-
-def _copy_skip_marks(layout: StoreLayout, writer: StoreWriter, block: int, slots: int) -> None:
-    """One block's skip marks, first `slots` slots, from the source into the subset."""
-    r = layout.block_range(block)
-    try:
-        marks = read_skip_marks(layout, r, slots)
-    except CORRUPT_CHUNK_ERRORS as exc:
-        raise StoreError(f"{layout.url}: the skip marks of block {block} cannot be read: "
-                         f"{redacted(exc)}; run `dalidr inspect` on it") from exc
-    if marks is not None:
-        write_skip_marks(writer.layout, block, marks)

@@ -8,7 +8,9 @@ through this module, so inspect never calls a store intact that the loader would
   metadata opens (no raw `JSONDecodeError`), has the schema's dtype and shape for the store's
   sample count and slots, and chunks no larger than the array; the sample count itself is
   justified by the store's objects (every chunk of `manifest/path_offsets`, [N + 1] int64, must
-  exist), so a sample count of 2**40 is refused by name instead of allocating terabytes.
+  exist), so a sample count of 2**40 is refused by name instead of allocating terabytes. Its
+  manifest part (`check_manifest_layout`) and per-array check (`checked_array`) also guard
+  `dalidr upgrade`, which reads a schema 2 store whose other arrays this schema does not know.
 - `checked_manifest` (the layout's `manifest`): `store.manifest.read_manifest` (columns of the
   right shapes, relative paths inside the data root, the fingerprint over every column) with
   any damage reported as a StoreError, then labels in -1..num_classes - 1, sizes >= 0.
@@ -55,6 +57,8 @@ __all__ = [
     "open_array",
     "read_array",
     "check_layout",
+    "check_manifest_layout",
+    "checked_array",
     "checked_manifest",
     "check_manifest",
     "decode_views",
@@ -160,9 +164,34 @@ def _chunk_objects_present(layout: StoreLayout, name: str, array: zarr.Array) ->
 
 def check_layout(layout: StoreLayout) -> None:
     """Check every array's metadata against the schema and the objects (see module doc)."""
-    from store.layout import COMMIT, _data_arrays
+    from store.layout import COMMIT, _data_arrays, _derived_arrays
 
     n, cfg = layout.num_samples, layout.config
+    check_manifest_layout(layout)
+    for name, (dtype, shape, _, _) in {**_data_arrays(cfg), **_derived_arrays()}.items():
+        _check_array(layout, name, open_array(layout, name), (n, cfg.slots) + shape, dtype)
+    commit = open_array(layout, COMMIT)
+    if commit.ndim < 1 or commit.shape[0] != layout.num_blocks:
+        raise StoreError(f"{layout.url}: array {COMMIT!r} has shape {list(commit.shape)}, the "
+                         f"schema needs {layout.num_blocks} blocks")
+    _check_array(layout, COMMIT, commit)
+    _check_extra_arrays(layout)
+
+
+def checked_array(layout: StoreLayout, name: str, shape: tuple[int, ...],
+                  dtype: np.dtype) -> zarr.Array:
+    """`layout.array(name)` after checking its metadata: this shape and dtype, chunks and
+    shards no larger than the array (for arrays outside the current schema: `dalidr upgrade`)."""
+    array = open_array(layout, name)
+    _check_array(layout, name, array, shape, dtype)
+    return array
+
+
+def check_manifest_layout(layout: StoreLayout) -> None:
+    """The sample count backed by the manifest's objects and every manifest column's metadata
+    (the part of `check_layout` that every schema since 2 shares: `dalidr upgrade` runs it on
+    a schema 2 store before reading anything of it)."""
+    n = layout.num_samples
     if isinstance(n, bool) or not 1 <= n <= 1 << 48:
         raise StoreError(f"{layout.url}: the store's attributes give {n!r} samples")
     # The sample count must be backed by objects before any array of that size is read.
@@ -183,14 +212,6 @@ def check_layout(layout: StoreLayout) -> None:
             raise StoreError(f"{layout.url}: array {name!r} has shape {list(column.shape)}, the "
                              f"schema needs {n} samples")
         _check_array(layout, name, column)
-    for name, (dtype, shape, _, _) in _data_arrays(cfg).items():
-        _check_array(layout, name, open_array(layout, name), (n, cfg.slots) + shape, dtype)
-    commit = open_array(layout, COMMIT)
-    if commit.ndim < 1 or commit.shape[0] != layout.num_blocks:
-        raise StoreError(f"{layout.url}: array 'commit' has shape {list(commit.shape)}, the "
-                         f"schema needs {layout.num_blocks} blocks")
-    _check_array(layout, COMMIT, commit)
-    _check_extra_arrays(layout)
 
 
 def _manifest_columns(layout: StoreLayout) -> list[str]:
@@ -220,8 +241,8 @@ def _child_arrays(layout: StoreLayout, prefix: str = "") -> list[str]:
 
 
 def _check_extra_arrays(layout: StoreLayout) -> None:
-    """Arrays beside the schema's (e.g. `dalidr_skipped`): per-sample ones must have N rows."""
-    known = {_MANIFEST, "records", "topk"}
+    """Arrays beside the schema's (a user's): per-sample ones must have N rows."""
+    known = {_MANIFEST, "records", "topk", "derived"}
     for name in _child_arrays(layout):
         if name in known or name in layout.data_names:
             continue

@@ -1,11 +1,11 @@
 """Writes that fail say what failed: the store, the object, the bytes needed and the bytes free.
 
 A full disk (ENOSPC, or a quota: EDQUOT) or any other `OSError` while a store is written
-(`create_store`, `StoreWriter.write_encoded`, the teacher pass's skip marks; so `dalidr
-reinforce`, `import-mldr` and `subset`) is raised again as `StoreWriteError` naming the store,
-the object being written (array, block and object key, or the metadata and manifest) and, for a
-full local disk, what the write needed against what is free on that file system
-(`shutil.disk_usage`). The CLI turns it into one paragraph and exit code 2.
+(`create_store`, `StoreWriter.write_encoded`, `store.derived`, `store.upgrade`; so `dalidr
+reinforce`, `import-mldr`, `subset`, `upgrade` and `difficulty`) is raised again as
+`StoreWriteError` naming the store, the object being written (array, block and object key, or the
+metadata and manifest) and, for a full local disk, what the write needed against what is free
+on that file system (`shutil.disk_usage`). The CLI turns it into one paragraph and exit code 2.
 
 Nothing has to be cleaned up, which is why the error can say "rerun": zarr's local store writes
 each object through a temporary `.partial` file that it removes when the write fails, a block

@@ -1,9 +1,10 @@
 """Writing a reinforcement store: create once, then fill sample blocks from any process.
 
 The teacher pass (paper Sec. 2.2) labels every slot of a block of samples and hands the block to
-`StoreWriter.write_block`, which writes the block's shard of every data array and only then its
-commit entry (a digest of the block). A block is therefore visible to readers only when complete:
-a writer killed at any point leaves at most uncommitted shards, which readers ignore.
+`StoreWriter.write_block`, which writes the block's shard of every data array (records, top-k
+and skip marks) and only then its commit entry (a digest of the block). A block is therefore
+visible to readers only when complete: a writer killed at any point leaves at most uncommitted
+shards, which readers ignore.
 
 No locks. `create_store` writes all metadata up front, so writers never touch a shared object:
 each block's shards and its commit chunk are its own files. Any number of processes, on one
@@ -27,6 +28,7 @@ from store.layout import (
     CLASSES,
     COMMIT,
     PROB_GAPS,
+    SKIPPED,
     StoreLayout,
     block_digest,
     create_layout,
@@ -75,7 +77,7 @@ def interrupted_creation(url: str, config: StoreConfig) -> bool:
                                         if k not in ("num_samples", "fingerprint", "digest")},
                                        url)
         try:
-            commit = group["commit"]
+            commit = group[COMMIT]
             committed = isinstance(commit, zarr.Array) and bool(np.asarray(commit[...]).any())
         except KeyError:
             committed = False
@@ -137,8 +139,10 @@ class StoreWriter:
         return written
 
     def encode_block(self, block: int, records: np.ndarray, classes: np.ndarray,
-                     probs: np.ndarray) -> dict[str, np.ndarray]:
-        """Validate one block and return the arrays `write_block` stores, by array name."""
+                     probs: np.ndarray, skipped: np.ndarray | None = None
+                     ) -> dict[str, np.ndarray]:
+        """Validate one block and return the arrays `write_block` stores, by array name.
+        `skipped` [n, slots] (bool) marks the views the teacher could not make (None: none)."""
         cfg, samples = self.config, self.block_range(block)
         where = f"block {block} (samples {samples.start}..{samples.stop - 1}) of {self.layout.url}"
         shape = (len(samples), cfg.slots)
@@ -160,12 +164,18 @@ class StoreWriter:
                   encode_records(records, cfg.recipe, index, self.layout.image_hw).items()}
         arrays[CLASSES] = classes.astype("<u2")
         arrays[PROB_GAPS] = quantise_probs(probs, cfg.prob_levels)
+        marks = np.zeros(shape, np.uint8) if skipped is None else np.asarray(skipped)
+        if marks.shape != shape:
+            raise StoreError(f"{where}: skip marks have shape {list(marks.shape)}, expected "
+                             f"{list(shape)}")
+        arrays[SKIPPED] = (marks != 0).astype(np.uint8)
         return arrays
 
     def write_block(self, block: int, records: np.ndarray, classes: np.ndarray,
-                    probs: np.ndarray) -> None:
-        """Write one complete block: every data shard first, its commit entry last."""
-        self.write_encoded(block, self.encode_block(block, records, classes, probs))
+                    probs: np.ndarray, skipped: np.ndarray | None = None) -> None:
+        """Write one complete block: every data shard first, its commit entry last.
+        `skipped` [n, slots] (bool): views the teacher pass could not make (None: none)."""
+        self.write_encoded(block, self.encode_block(block, records, classes, probs, skipped))
 
     def write_encoded(self, block: int, arrays: dict[str, np.ndarray]) -> None:
         """Write arrays made by `encode_block` (or copied from another store), commit last."""
@@ -210,8 +220,9 @@ def _block_bytes(arrays: dict[str, np.ndarray], names: Sequence[str] | None = No
 
 
 def commit_row(config: StoreConfig, arrays: dict[str, np.ndarray], block: int) -> np.ndarray:
-    """A block's commit-map row: its digest, then the digest of every slot group's slice."""
-    row = np.empty(1 + config.num_groups, dtype=np.uint64)
+    """A block's commit-map row: its digest, the digest of every slot group's slice, then
+    the derived digest, 0 (`store.derived` fills it in when the difficulty is written)."""
+    row = np.zeros(2 + config.num_groups, dtype=np.uint64)
     row[0] = block_digest(arrays)
     for group in range(config.num_groups):
         slots = config.group_slots(group)

@@ -7,6 +7,7 @@ complete shards, a resumed epoch repeats its batches, and mismatches fail before
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -161,7 +162,8 @@ def test_resuming_mid_epoch_reproduces_the_batches(built) -> None:
     with _loader(built, p=0.5) as first:
         first.set_epoch(3)
         full = list(first)
-        assert first.state_dict() == {"epoch": 4, "step": 0}
+        assert first.state_dict() == {"epoch": 4, "position": 0, "step": 0, "world": 1,
+                                      "served": 24}
         first.load_state_dict({"epoch": 3, "step": 1})  # seek back in the same instance
         again = list(first)
     with _loader(built, p=0.5) as second:
@@ -179,7 +181,8 @@ def test_epochs_continue_and_breaking_off_keeps_the_position(built) -> None:
         assert len(loader) == 24 // BATCH
         for _ in loader:
             break
-        assert loader.state_dict() == {"epoch": 0, "step": 1}
+        assert loader.state_dict() == {"epoch": 0, "position": BATCH, "step": 1, "world": 1,
+                                       "served": 24}
         rest = list(loader)
         assert len(rest) == len(loader) - 1 and loader.epoch == 1
         assert len(list(loader)) == len(loader)
@@ -395,18 +398,19 @@ def test_gpu_loader_serves_cuda_tensors_with_the_same_targets(built) -> None:
 
 
 def test_skipped_samples_are_never_served(tmp_path) -> None:
-    """Views `reinforce --skip-bad` marked skipped stay out; ranks keep equal lengths."""
-    from dalidr.teacher.skips import create_skip_marks, write_skip_marks
-    from store.layout import open_layout
+    """Views `reinforce --skip-bad` marked skipped stay out; ranks keep equal lengths and
+    the other samples are all served."""
+    from store.layout import SKIPPED
+    from store.writer import StoreWriter
 
     store = build_store(tmp_path, images=12, block_size=8)
-    create_skip_marks(store.url)
-    marks = np.zeros((8, 3), dtype=bool)
-    marks[3, :] = True  # an unreadable image: every view
-    marks[5, 1] = True  # a view whose mixing partner was unreadable
-    write_skip_marks(open_layout(store.url, read_only=False), 0, marks)
+    writer = StoreWriter(store.url)  # block 0 as a pass that skipped these views writes it
+    arrays = {n: np.array(writer.layout.array(n)[0:8]) for n in writer.layout.data_names}
+    arrays[SKIPPED][3, :] = 1  # an unreadable image: every view
+    arrays[SKIPPED][5, 1] = 1  # a view whose mixing partner was unreadable
+    writer.write_encoded(0, arrays)
     config = LoaderConfig(batch_size=2, last_batch=LastBatch.PARTIAL)
-    lengths = []
+    lengths, every = [], set()
     for rank in range(2):
         loader = ReinforcedLoader(store.url, store.root, config, manifest=store.manifest,
                                   rank=rank, world=2)
@@ -416,4 +420,99 @@ def test_skipped_samples_are_never_served(tmp_path) -> None:
                 served = [int(s) for _ in loader for s in loader.served_samples]
                 assert 3 not in served and 5 not in served, (rank, epoch, served)
                 lengths.append(len(served))
-    assert lengths == [4] * 4  # 12 samples over 2 ranks is 6 each, less the 2 skipped samples
+                every |= {(epoch, s) for s in served}
+    # The 10 samples left are planned over 2 ranks: 5 each, every one served each epoch.
+    assert lengths == [5] * 4
+    assert every == {(e, s) for e in range(2) for s in range(12) if s not in (3, 5)}
+
+
+def _serve(loader: ReinforcedLoader, steps: int | None = None) -> list[tuple[int, torch.Tensor]]:
+    """(sample, image) of the next `steps` batches (all that are left if None)."""
+    served: list[tuple[int, torch.Tensor]] = []
+    for step, (images, _) in enumerate(loader):
+        served += zip(loader.served_samples.tolist(), images, strict=True)
+        if steps is not None and step + 1 == steps:
+            break
+    return served
+
+
+@pytest.mark.parametrize(("world", "new_world"), [(4, 3), (2, 5)])
+def test_elastic_resume_at_another_world_size(built, world: int, new_world: int) -> None:
+    """A job of `world` ranks stops after 2 steps of epoch 1; `new_world` ranks load rank 0's
+    state and finish the epoch: every sample served once (with PARTIAL, the padding of the
+    last global batch excepted) and as the same image a single rank serves it."""
+    config = LoaderConfig(batch_size=2, last_batch=LastBatch.PARTIAL, p=0.5)
+    make = functools.partial(ReinforcedLoader, built.url, built.root, config,
+                             manifest=built.manifest)
+    served: list[tuple[int, torch.Tensor]] = []
+    state: dict[str, int] = {}
+    for rank in range(world):
+        with make(rank=rank, world=world) as loader:
+            loader.set_epoch(1)
+            served += _serve(loader, steps=2)
+            state = loader.state_dict()
+    position = 2 * 2 * world
+    assert state["position"] == position and state["epoch"] == 1
+    counts: list[int] = []
+    for rank in range(new_world):
+        with make(rank=rank, world=new_world) as loader:
+            loader.load_state_dict(state)
+            counts.append(len(loader))
+            served += _serve(loader)
+            assert loader.epoch == 2
+    assert len(set(counts)) == 1  # every rank runs the same number of steps
+    samples = [s for s, _ in served]
+    assert sorted(set(samples)) == list(range(24))
+    assert len(samples) - 24 == (position - 24) % new_world  # the end's padding only
+    with make() as alone:
+        alone.set_epoch(1)
+        reference = dict(_serve(alone))
+    for sample, image in served:
+        assert torch.equal(image, reference[sample]), sample
+
+
+def test_curriculum_serves_the_same_views_after_a_resume_at_another_world(built,
+                                                                          tmp_path) -> None:
+    """With a curriculum (on a copy of the store, scored by `dalidr difficulty`): 2 ranks stop
+    after 2 steps, 3 ranks finish the epoch, and every image is the one a single rank serves;
+    a same-world resume serves the same batches."""
+    import shutil
+
+    from store.curriculum import Curriculum, Schedule
+    from store.difficulty_pass import fill_difficulty
+
+    url = str(tmp_path / "scored.zarr")
+    shutil.copytree(built.url, url)
+    fill_difficulty(url, progress=False)
+    config = LoaderConfig(batch_size=2, last_batch=LastBatch.PARTIAL,
+                          curriculum=Curriculum(Schedule.LINEAR, total_epochs=4))
+    make = functools.partial(ReinforcedLoader, url, built.root, config, manifest=built.manifest)
+    with make() as alone:
+        alone.set_epoch(1)
+        whole = _serve(alone)
+        alone.load_state_dict({"epoch": 1, "position": 6})  # a same-world resume
+        resumed = _serve(alone)
+    for (s0, x0), (s1, x1) in zip(whole[6:], resumed, strict=True):
+        assert s0 == s1 and torch.equal(x0, x1)
+    reference = dict(whole)
+    served: list[tuple[int, torch.Tensor]] = []
+    state: dict[str, int] = {}
+    for rank in range(2):
+        with make(rank=rank, world=2) as loader:
+            loader.set_epoch(1)
+            served += _serve(loader, steps=2)
+            state = loader.state_dict()
+    for rank in range(3):
+        with make(rank=rank, world=3) as loader:
+            loader.load_state_dict(state)
+            served += _serve(loader)
+    assert sorted({s for s, _ in served}) == list(range(24))
+    for sample, image in served:
+        assert torch.equal(image, reference[sample]), sample
+    # and the curriculum does choose other views than the uniform plan
+    uniform_config = LoaderConfig(batch_size=2, last_batch=LastBatch.PARTIAL)
+    with ReinforcedLoader(built.url, built.root, uniform_config,
+                          manifest=built.manifest) as uniform:
+        uniform.set_epoch(1)
+        plain = dict(_serve(uniform))
+    assert any(not torch.equal(plain[s], reference[s]) for s in reference)

@@ -184,7 +184,7 @@ def test_two_processes_write_the_same_store_as_one(
 
 
 def _commits(out: Path) -> int:
-    folder = out / "commit" / "c"
+    folder = out / "commit_map" / "c"
     return len([p for p in folder.iterdir() if p.name.isdigit()]) if folder.is_dir() else 0
 
 
@@ -234,6 +234,25 @@ def test_rerun_with_other_options_is_refused(
     report = reinforce(config, rank=0, world=1)  # the same command: nothing left to do
     assert report.blocks_written == () and report.committed == 6
     assert tree_bytes(want) == before
+
+
+def test_the_same_weights_under_another_file_name_resume(
+        light_reference: tuple[ReinforceConfig, Path], tmp_path: Path) -> None:
+    """The teacher is its weights (teacher_members): checkpoints renamed and converted to torch
+    files between runs still resume the store (other weights are refused: test_teacher)."""
+    import torch
+    from safetensors.torch import load_file
+
+    config, want = light_reference
+    before = tree_bytes(want)
+    renamed = []
+    for i, member in enumerate(config.teacher.split(",")):
+        name, path = member.split("@")
+        copy = tmp_path / f"member-{i}.pt"  # a torch file of the same tensors
+        torch.save(load_file(path), copy)
+        renamed.append(f"{name}@{copy}")
+    report = reinforce(dataclasses.replace(config, teacher=",".join(renamed)), rank=0, world=1)
+    assert report.blocks_written == () and tree_bytes(want) == before
 
 
 @pytest.mark.parametrize("change, message", [
@@ -304,8 +323,8 @@ def test_a_full_disk_is_named_and_the_same_command_resumes_byte_identical(
     out = tmp_path / "mnt" / "store"
     with ExitStack() as mounts:
         if fault == "tmpfs":
-            need = pages(want)
-            disk = mounts.enter_context(full_disk(out.parent, PAGE * (need // 2)))
+            need = pages(want)  # room for the creation and most blocks, not the last two
+            disk = mounts.enter_context(full_disk(out.parent, PAGE * (need - 20)))
         else:
             out.parent.mkdir()
             enospc_on(monkeypatch, lambda p: "/topk/prob_gaps/c/3/" in p)

@@ -335,6 +335,11 @@ def test_a_store_from_local_shards_serves_the_same_from_http_and_s3(
     want = _epoch(store, local)
     assert len(want) == 3
     for remote in (_spec("http", "packed", http), _spec("s3", "packed")):
+        # The URL stays whole in the listing and the loader (Path would give 's3:/data/...').
+        assert list_dataset(remote).root == remote
+        config = LoaderConfig(batch_size=4, num_threads=1, read_threads=2)
+        with ReinforcedLoader(store, remote, config) as loader:
+            assert loader.listing.root == remote and loader.listing.source.root == remote
         got = _epoch(store, remote)
         assert len(got) == len(want)
         for (a, ta), (b, tb) in zip(got, want, strict=True):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import sys
 import tarfile
 import time
 import tracemalloc
@@ -445,3 +446,157 @@ def test_a_shard_that_shrinks_while_read_is_named(folder: Path, tmp_path: Path) 
     file = LocalShardFile(str(shard))
     assert file.nbytes == int(source.offsets[2]) + 10
     file.close()
+
+
+# ------------------------------------------------------------------ indexing in bulk
+
+
+def test_worker_processes_index_as_threads_do(folder: Path, packed: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    want = list_dataset(packed, share=False)  # 3 shards: indexed in threads
+    monkeypatch.setattr(shards, "default_workers", lambda count, per, ranks: 2)
+    got = list_dataset(packed, share=False)
+    assert got.paths.digest() == want.paths.digest()
+    for a, b in ((got.labels, want.labels), (got.sizes, want.sizes),
+                 (got.source.offsets, want.source.offsets),  # type: ignore[attr-defined]
+                 (got.source.shard, want.source.shard)):  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(a, b)
+    # Key hashes made in two processes still meet: a key in shards of both workers is found.
+    members = _samples(folder)
+    _tar(tmp_path / "a.tar", members[:6])
+    _tar(tmp_path / "b.tar", members[4:10])
+    with pytest.raises(DatasetError, match=r"key 'china/000006' names two samples"):
+        list_dataset(f"{tmp_path}/a.tar::{tmp_path}/b.tar", share=False)
+    # A worker's refusal is raised here, naming the shard.
+    (tmp_path / "c.tar").write_bytes(b"not a tar archive" * 100)
+    with pytest.raises(DatasetError, match=r"c.tar is not a readable tar archive"):
+        list_dataset(f"{tmp_path}/a.tar::{tmp_path}/c.tar", share=False)
+    # A refusal in a worker's second shard names that shard (not the worker's first): a label
+    # nested too deeply for `json`, refused as such rather than as a RecursionError.
+    image = members[0][1]
+    _tar(tmp_path / "j1.tar", [("x/000001.jpg", image), ("x/000001.json", b'{"label": 1}')])
+    _tar(tmp_path / "j2.tar", [("x/000002.jpg", image), ("x/000002.json", b"[" * 100_000)])
+    with pytest.raises(DatasetError, match=r"shard \S*j2.tar member 'x/000002.json' is not "
+                                           r"JSON: nested too deeply"):
+        list_dataset(f"{tmp_path}/j1.tar::{tmp_path}/j2.tar::label=json:label", share=False)
+    # A worker that cannot start is named with its shards; none is left running.
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    with pytest.raises(DatasetError, match=r"indexing shards \S*a.tar and 0 more: could not "
+                                           r"start a worker process .*FileNotFoundError"):
+        list_dataset(f"{tmp_path}/a.tar::{tmp_path}/b.tar", share=False)
+
+
+def test_ranks_of_a_node_share_its_cores_for_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dalidr.data.index_workers import default_workers, ranks_on_node
+    from dalidr.training.cpu_threads import available_cores
+
+    cores = available_cores()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert ranks_on_node() == 8
+    assert default_workers(10_000, 1, ranks_on_node()) == max(1, min(cores // 8, 32))
+    assert default_workers(10_000, 1) == max(1, min(cores, 32))
+    for odd in ("", "x", "0"):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", odd)
+        assert ranks_on_node() == 1
+
+
+def test_bulk_grouping_agrees_with_member_by_member(folder: Path, tmp_path: Path) -> None:
+    # Packed afresh: other tests touch the shared shards (their index files then go stale).
+    packed = pack_shards(folder, str(tmp_path / "shard-%d.tar"), samples_per_shard=5).spec
+    for url in shards.parse_shard_spec(packed).urls():
+        file = LocalShardFile(url)
+        members = shards._Members.of(shards.tar_members(file))
+        bulk = shards._samples_in_bulk(url, members, "cls", 32)
+        assert bulk is not None
+        slow = shards._samples_one_by_one(url, members, None)
+        np.testing.assert_array_equal(bulk[0], slow[0])
+        np.testing.assert_array_equal(bulk[1], slow[1])
+        assert bulk[2] == slow[2]
+        text = file.index_text()
+        assert text is not None
+        fast = shards._wds_index_members(text, file.nbytes)
+        assert fast.names == [m[0] for m in shards.tar_members(file)]
+        assert fast.keys == members.keys and fast.exts == members.exts
+        np.testing.assert_array_equal(fast.offsets, members.offsets)
+        # Odd members (a hidden one, a sample with two images) leave bulk grouping to the
+        # member-by-member reading, which skips or names them.
+        for odd in (("._x.jpg", 0), ("x/y.png", 1)):
+            names = [*members.names]
+            names.insert(odd[1], odd[0])
+            odd_members = shards._Members.of(list(zip(
+                names, [512] * len(names), [1] * len(names), strict=True)))
+            assert shards._samples_in_bulk(url, odd_members, "cls", 32) is None
+        file.close()
+
+
+def _write_index(shard: Path, text: str) -> None:
+    index = shard.with_suffix(".idx")
+    index.write_text(text, encoding="utf-8")
+    os.utime(index, ns=(shard.stat().st_mtime_ns + 1,) * 2)  # not older than the shard
+
+
+def test_an_index_read_with_numpy_agrees_with_the_exact_reading(
+        folder: Path, tmp_path: Path) -> None:
+    spec = pack_shards(folder, str(tmp_path / "p-%d.tar"), samples_per_shard=6).spec
+    shard = Path(shards.parse_shard_spec(spec).urls()[0])
+    file = LocalShardFile(str(shard))
+    text = file.index_text()
+    assert text is not None
+    headers = shards.tar_members(file)
+    table = shards._index_table(text, file.nbytes)
+    assert table is not None  # dalidr pack's index is read in bulk
+    assert list(zip(table.names(), table.offsets.tolist(), table.sizes.tolist(),
+                    strict=True)) == headers == shards._parse_wds_index_slowly(text, file.nbytes)
+    found = shards._table_samples(table, "cls", 32)
+    slow = shards._samples_one_by_one(str(shard), shards._Members.of(headers), None)
+    assert found is not None
+    np.testing.assert_array_equal(found[0], slow[0])
+    np.testing.assert_array_equal(found[1], slow[1])
+    assert list(table.keys(found[2])) == slow[2]
+    file.close()
+    want = list_dataset(shard)
+    # Unusual but valid spellings of the same index: the exact reading, the same listing.
+    first = text.split("\n")[1]
+    for variant, bulk in ((text.replace(" ", "  "), True), (text.replace("\n", " \n"), True),
+                          (text.replace("\n", "\r\n"), False), (text.replace(" ", "\t"), False),
+                          (text.replace("\n", "\n\n"), True)):
+        assert (shards._index_table(variant, shard.stat().st_size) is not None) == bulk
+        assert parse_wds_index(variant, shard.stat().st_size) == headers
+        _write_index(shard, variant)
+        got = list_dataset(shard)
+        assert list(got.paths) == list(want.paths)
+        np.testing.assert_array_equal(got.labels, want.labels)
+    # Non-ASCII names are read in bulk too, as the exact reading reads them.
+    image = headers[0][0]
+    renamed = text.replace(image.split("/")[0] + "/", "çhïna/", 1)
+    assert shards._index_table(renamed, shard.stat().st_size) is not None
+    assert (parse_wds_index(renamed, shard.stat().st_size)
+            == shards._parse_wds_index_slowly(renamed, shard.stat().st_size))
+    # Refused by name: a '..' component, a key listed twice.
+    key = image[:image.index(".")]
+    for bad, message in ((text.replace(f" {key}.", f" ../{key}."), r"outside the archive"),
+                         (text.replace(f"v1.2 {len(want)}", f"v1.2 {len(want) + 1}")
+                          + first + "\n", r"names two samples")):
+        _write_index(shard, bad)
+        with pytest.raises(DatasetError, match=message) as caught:
+            list_dataset(shard)
+        assert "p-0.tar" in str(caught.value)
+    # A number past 18 digits (zero-padded): left to the exact reading, which reads it.
+    offset = first.split()[1]
+    padded = text.replace(f" {offset} ", " " + offset.zfill(19) + " ", 1)
+    assert shards._index_table(padded, shard.stat().st_size) is None
+    _write_index(shard, padded)
+    assert list(list_dataset(shard).paths) == list(want.paths)
+
+
+def test_cls_labels_are_read_in_bulk_or_named(folder: Path, tmp_path: Path) -> None:
+    members = _samples(folder)[:6]
+    members[1] = (members[1][0], b" 007\n")
+    got = list_dataset(_tar(tmp_path / "ok.tar", members))
+    assert int(got.labels[0]) == 7
+    for bad in (b"1 2", b"", b"99999999999999999999"):
+        members[1] = (members[1][0], bad)
+        shard = _tar(tmp_path / "bad.tar", members)
+        with pytest.raises(DatasetError, match=r"bad.tar member '.*\.cls': label .* is not an "
+                                               "integer"):
+            list_dataset(shard)

@@ -164,3 +164,24 @@ def test_checkpoints_are_never_unpickled(tmp_path: Path) -> None:
         load_checkpoint(junk)
     with pytest.raises(OptionError, match="does not exist"):
         build_teacher(f"test_resnet@{tmp_path / 'missing.pth'}", 3)
+
+
+def test_member_identity_names_the_weights_not_the_file(tmp_path: Path) -> None:
+    """The store records each member by the digest of the tensors it loaded: the same weights
+    as safetensors or as a wrapped torch file give one identity, other weights another; random
+    members by the torch seed they were drawn with, pretrained ones by their timm tag."""
+    from dalidr.teacher.ensemble import member_seed, tensors_sha256
+
+    safetensors = _save(tmp_path, "test_resnet", 3)
+    pth = _save(tmp_path, "test_resnet", 3, kind="pth")
+    one = build_teacher(f"test_resnet@{safetensors}", 3).identity()
+    two = build_teacher(f"test_resnet@{pth}", 3).identity()
+    assert one == two and one[0].weights.startswith("sha256:") and len(one[0].weights) == 71
+    state = load_checkpoint(safetensors)
+    assert one[0].weights == f"sha256:{tensors_sha256(state)}"
+    state["fc.bias"] = state["fc.bias"] + 1
+    assert tensors_sha256(state) != one[0].weights[len("sha256:"):]
+    members = build_teacher("test_resnet,test_resnet", 3, random_seed=5).identity()
+    assert [m.weights for m in members] == [f"random:{member_seed(5, i)}" for i in range(2)]
+    assert (members[0].input_size, members[0].interpolation) == (
+        one[0].input_size, "linear-antialias")

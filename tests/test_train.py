@@ -39,7 +39,7 @@ def test_train_dr_then_eval(built, tmp_path, capsys) -> None:
         assert epoch["images_per_s"] > 0 and 0 <= epoch["data_wait_fraction"] < 1
         assert epoch["loss"] > 0
     state = load_training_checkpoint(out / CHECKPOINT_NAME)
-    assert state["loader"] == {"epoch": 2, "step": 0}
+    assert state["loader"] == {"epoch": 2, "position": 0, "step": 0, "world": 1, "served": 24}
     assert state["meta"]["model"] == "resnet10t" and state["meta"]["size"] == 32
     assert "epoch 1: 3 steps" in capsys.readouterr().out
 
@@ -66,9 +66,28 @@ def test_resume_continues_where_the_checkpoint_stopped(built, tmp_path) -> None:
     report = json.loads(summary.read_text())
     assert [e["epoch"] for e in report["epochs"]] == [0, 1]  # epoch 0 kept, epoch 1 trained
     second = load_training_checkpoint(out / CHECKPOINT_NAME)
-    assert second["loader"] == {"epoch": 2, "step": 0}
+    assert second["loader"] == {"epoch": 2, "position": 0, "step": 0, "world": 1, "served": 24}
     changed = [not torch.equal(first["model"][k], second["model"][k]) for k in first["model"]]
     assert any(changed)
+
+
+def test_curriculum_needs_the_stores_difficulty_then_trains(tmp_path, capsys) -> None:
+    """`--curriculum` on a store without difficulty is refused by name; after `dalidr
+    difficulty STORE` it trains (and a second `difficulty` has nothing left to do)."""
+    built = build_store(tmp_path / "data")
+    common = ("--mode", "dr", "--store", built.url, "--epochs", "2", "--curriculum", "linear")
+    assert _train(built, tmp_path / "refused", *common) == 2
+    assert "no derived arrays" in capsys.readouterr().err
+    assert main(["difficulty", built.url, "--no-progress"]) == 0
+    assert "difficulty written for 3 block(s)" in capsys.readouterr().out
+    assert main(["difficulty", built.url, "--no-progress"]) == 0
+    assert "difficulty written for 0 block(s)" in capsys.readouterr().out
+    summary = tmp_path / "curriculum.json"
+    assert _train(built, tmp_path / "run", *common, "--summary", str(summary)) == 0
+    assert [e["steps"] for e in json.loads(summary.read_text())["epochs"]] == [3, 3]
+    assert _train(built, tmp_path / "bad", "--mode", "dr", "--store", built.url,
+                  "--curriculum", "sideways") == 2
+    assert "curriculum" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", ["erm", "kd", "erm-augment"])

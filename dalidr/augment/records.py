@@ -37,7 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dalidr.augment.hashing import GOLDEN, M1, mix64
+from dalidr.augment.hashing import GOLDEN, M1, mix64, unit_interval
 from dalidr.augment.ops import NUM_OPS, OPS
 from dalidr.augment.recipe import Recipe
 from dalidr.errors import RecordError
@@ -116,7 +116,7 @@ class _Draws:
         """Draw `index` of every record, or of the records `rows`."""
         keys = self._keys if rows is None else self._keys[rows]
         offset = np.uint64(((index + 1) * int(GOLDEN)) & 0xFFFFFFFFFFFFFFFF)
-        return (mix64(keys + offset) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        return unit_interval(mix64(keys + offset))
 
     def one(self) -> np.ndarray:
         return self.column(self.reserve(1))

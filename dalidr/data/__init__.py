@@ -5,7 +5,8 @@
 - `data_source`: reading a sample's bytes by index (a file, or a shard member's byte range):
   the one path every pass reads data through.
 - `shards`: webdataset tar shards named, indexed from their headers (or a wds2idx index),
-  checked and cached; `pack`: `dalidr pack`, a dataset written as such shards.
+  checked and cached (`index_workers`: many local shards indexed in worker processes); `pack`:
+  `dalidr pack`, a dataset written as such shards.
 - `remote_shards`: shards named by fsspec URLs (`s3://`, `http(s)://`, ...), read through
   `byte_ranges`: coalesced byte-range requests kept in flight, retried, failures named
   (`range_requests`: the ranges asked, their coalescing, the reader's options and counters).

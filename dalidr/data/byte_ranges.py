@@ -257,6 +257,21 @@ class ByteRangeReader:
 
     # ------------------------------------------------------------------ one request, retried
 
+    def _after_failure(self, exc: Exception, attempt: int, answered: bool, sized: bool
+                       ) -> tuple[bytes | None, bool, float]:
+        """What follows attempt `attempt` failing with `exc`, for both the async and the
+        threaded attempts: (b"" when a sized read asked past the object's end (416: it
+        shrank) else None, whether any attempt got an answer, seconds to wait before the
+        next); `_Failure` when `exc` is not transient or no attempt is left."""
+        if sized and _status(exc) == 416:
+            return b"", answered, 0.0
+        transient, got_answer = _classify(exc)
+        answered = answered or got_answer
+        if not transient or attempt == self.config.attempts:
+            raise _Failure(exc, attempt, answered) from exc
+        self.stats._retry()
+        return None, answered, self.config.backoff_s * 2 ** (attempt - 1)
+
     async def _attempts_async(self, call: Callable[[], Awaitable[Any]],
                               sized: bool) -> Any:
         loop = asyncio.get_running_loop()
@@ -276,14 +291,10 @@ class ByteRangeReader:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 (classified; unknown kinds are not retried)
-                if sized and _status(exc) == 416:
-                    return b""  # range not satisfiable: the object ends before it (shrank)
-                transient, got_answer = _classify(exc)
-                answered = answered or got_answer
-                if not transient or attempt == self.config.attempts:
-                    raise _Failure(exc, attempt, answered) from exc
-                self.stats._retry()
-                await asyncio.sleep(self.config.backoff_s * 2 ** (attempt - 1))
+                empty, answered, delay = self._after_failure(exc, attempt, answered, sized)
+                if empty is not None:
+                    return empty
+                await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
     def _attempts_sync(self, call: Callable[[], Any], sized: bool) -> Any:
@@ -299,14 +310,10 @@ class ByteRangeReader:
                     self.stats._end(nbytes)
                 return result
             except Exception as exc:  # noqa: BLE001 (classified; unknown kinds are not retried)
-                if sized and _status(exc) == 416:
-                    return b""  # range not satisfiable: the object ends before it (shrank)
-                transient, got_answer = _classify(exc)
-                answered = answered or got_answer
-                if not transient or attempt == self.config.attempts:
-                    raise _Failure(exc, attempt, answered) from exc
-                self.stats._retry()
-                time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
+                empty, answered, delay = self._after_failure(exc, attempt, answered, sized)
+                if empty is not None:
+                    return empty
+                time.sleep(delay)
         raise AssertionError("unreachable")
 
     def _run_all(self, fs: Any, make_async: Callable[[Any], Callable[[], Awaitable[Any]]],

@@ -41,7 +41,7 @@ import numpy as np
 from dalidr.data.path_list import PathList
 from dalidr.errors import DatasetError
 
-__all__ = ["DataSource", "FileSource", "ShardFile", "LocalShardFile", "ShardSource",
+__all__ = ["DataSource", "FileSource", "ShardFile", "ShardStream", "LocalShardFile", "ShardSource",
            "SHARD_OPENERS", "open_shard_file", "url_scheme"]
 
 # Files a ShardSource keeps open at once (least recently used closed first).
@@ -49,6 +49,10 @@ _MAX_OPEN = 256
 # The largest single read a tar header stream hands out: pax and GNU long-name headers are
 # read whole by `tarfile`, so a forged header size must not size an allocation.
 _STREAM_READ_CAP = 1 << 20
+# Bytes a local header stream reads at once: a block where members are small (one read holds
+# ~64 tiny members' headers), a page where they are large (the header and nothing of the data).
+_LOCAL_BLOCK = 1 << 16
+_LOCAL_SPARSE_BLOCK = 1 << 12
 
 
 class DataSource(ABC):
@@ -56,6 +60,8 @@ class DataSource(ABC):
 
     # The data as the user named it (a folder, or a shard spec), for messages.
     name: str
+    # Where the samples live: a folder, or the shard spec as text (URLs kept as given).
+    root: Path | str
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -87,6 +93,8 @@ class DataSource(ABC):
 
 class FileSource(DataSource):
     """A folder tree or file list: sample i is the file `root / paths[i]`."""
+
+    root: Path
 
     def __init__(self, root: str | Path, paths: Sequence[str]) -> None:
         self.root = Path(root)
@@ -185,12 +193,22 @@ class ShardFile(ABC):
         """Release the shard's file descriptor or connection."""
 
 
-class _CappedStream(io.RawIOBase):
-    """Reads of `fd` through `pread` at a position of its own, each at most `cap` bytes and
-    never past `end` (so `tarfile` cannot be made to allocate more than exists)."""
+class ShardStream(io.RawIOBase):
+    """A byte window [0, end) of a shard as a seekable stream for `tarfile`, read through
+    `fetch(offset, length)` (local `pread`, or a ranged request) one block at a time.
 
-    def __init__(self, fd: int, end: int, cap: int = _STREAM_READ_CAP) -> None:
-        self._fd, self._end, self._cap, self._pos = fd, end, cap, 0
+    A read inside the block last fetched is served from it. A read outside fetches a new block
+    from the read's position: `block` bytes when the read lies less than `block` bytes past
+    the last block (small members: one block holds many headers), else `sparse` bytes (large
+    members: only the header there is wanted, not the member's data). Single reads are at most
+    `cap` bytes and never past `end`, so no forged pax or long-name header size sizes an
+    allocation; a fetch that comes back short (the shard shrank) ends the stream there."""
+
+    def __init__(self, fetch: Callable[[int, int], bytes], end: int, block: int,
+                 sparse: int | None = None, cap: int = _STREAM_READ_CAP) -> None:
+        self._fetch, self._end, self._cap = fetch, end, cap
+        self._block_size, self._sparse = block, block if sparse is None else sparse
+        self._pos, self._start, self._block = 0, 0, b""
 
     def readable(self) -> bool:
         return True
@@ -209,11 +227,19 @@ class _CappedStream(io.RawIOBase):
     def read(self, size: int | None = -1) -> bytes:
         left = max(0, self._end - self._pos)
         n = min(left, self._cap) if size is None or size < 0 else min(size, left, self._cap)
-        data = os.pread(self._fd, n, self._pos) if n else b""
+        if n <= 0:
+            return b""
+        pos, start, stop = self._pos, self._start, self._start + len(self._block)
+        if not (start <= pos and pos + n <= stop):
+            dense = not self._block or stop <= pos < stop + self._block_size
+            length = min(max(n, self._block_size if dense else self._sparse), self._end - pos)
+            self._block, self._start = bytes(self._fetch(pos, length)), pos
+        at = pos - self._start
+        data = self._block[at:at + n]
         self._pos += len(data)
         return data
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))
         buffer[:len(data)] = data
         return len(data)
@@ -271,8 +297,16 @@ class LocalShardFile(ShardFile):
         return out
 
     def stream(self) -> IO[bytes]:
-        # Unbuffered on purpose: a BufferedReader allocates whatever size it is asked for.
-        return _CappedStream(self._fd, self._size)  # type: ignore[return-value]
+        # Not a BufferedReader: that allocates whatever size it is asked for.
+        return ShardStream(self._pread, self._size, _LOCAL_BLOCK,  # type: ignore[return-value]
+                           _LOCAL_SPARSE_BLOCK)
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        try:
+            return os.pread(self._fd, length, offset)
+        except OSError as exc:
+            raise DatasetError(f"shard {self.url}: cannot read bytes {offset}.."
+                               f"{offset + length - 1}: {exc}") from exc
 
     def index_text(self) -> str | None:
         base = self.path.name
@@ -392,6 +426,7 @@ class ShardSource(DataSource):
     def __init__(self, name: str, urls: Sequence[str], names: PathList, shard: np.ndarray,
                  offsets: np.ndarray, sizes: np.ndarray) -> None:
         self.name, self.urls, self.names = name, tuple(urls), PathList.from_strings(names)
+        self.root = name
         self.shard = np.asarray(shard, dtype=np.int64).reshape(-1)
         self.offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
         self.sizes = np.asarray(sizes, dtype=np.int64).reshape(-1)

@@ -57,7 +57,9 @@ CACHE_FOLDER = ".dalidr"
 class DatasetListing:
     """Relative paths, integer labels and class names of a dataset under `root`."""
 
-    root: Path
+    # The folder (or the file list's root); for tar shards, the shard spec as text, URLs
+    # intact (`Path` would make `s3://bucket/x` into `s3:/bucket/x`).
+    root: Path | str
     # Relative POSIX paths under root, in sample order.
     paths: PathList
     # Class label per sample, int64 [N].
@@ -93,7 +95,7 @@ class DatasetListing:
         if not isinstance(self.source, FileSource):
             raise DatasetError(f"sample {index} of {self.root} is a shard member "
                                f"({self.source.describe(index)}), not a file")
-        return self.root / self.paths[index]
+        return self.source.file(index)
 
 
 def list_dataset(root: DataSpec, file_list: str | Path | None = None, *,
@@ -110,7 +112,7 @@ def list_dataset(root: DataSpec, file_list: str | Path | None = None, *,
             raise DatasetError(f"a file list ({file_list}) names files under a folder; shards "
                                f"({root}) carry their own labels: give one or the other")
         shards = list_shards(root, share=share)
-        return DatasetListing(Path(shards.spec.text), shards.names, shards.labels,
+        return DatasetListing(shards.spec.text, shards.names, shards.labels,
                               shards.classes, shards.sizes, shards.source())
     root = Path(root)  # type: ignore[arg-type]
     if not root.is_dir():

@@ -125,7 +125,8 @@ class ImageSizes:
         self.path: Path | None = None
         self._stored: np.ndarray = np.zeros((n, 2), dtype=np.uint16)
         # Beside a folder's images, else (shards: never beside them) in the node cache.
-        beside = listing.root / CACHE_FOLDER if isinstance(listing.source, FileSource) else None
+        beside = (Path(listing.root) / CACHE_FOLDER if isinstance(listing.source, FileSource)
+                  else None)
         if cache:
             for folder in (beside, node_cache_dir()):
                 if folder is not None and (opened := self._open(folder)) is not None:

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ENV", "node_cache_dir", "shared_arrays"]
+__all__ = ["ENV", "node_cache_dir", "shared_arrays", "write_arrays", "read_arrays"]
 
 ENV = "DALIDR_NODE_CACHE"
 _MAGIC = b"DALIDR-NODE-CACHE-1\n"
@@ -87,7 +87,7 @@ def shared_arrays(directory: Path, key: str, is_valid: Callable[[Header], bool],
     lock = directory / f"{key}.lock"
     deadline = time.monotonic() + wait_s
     while True:
-        found = _load(path)
+        found = read_arrays(path)
         if found is not None and is_valid(found[0]):
             return found
         try:
@@ -104,15 +104,15 @@ def shared_arrays(directory: Path, key: str, is_valid: Callable[[Header], bool],
             continue
         try:
             os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
-            found = _load(path)  # another process may have finished meanwhile
+            found = read_arrays(path)  # another process may have finished meanwhile
             if found is not None and is_valid(found[0]):
                 return found
             header, arrays = produce()
-            _store(path, header, arrays)
+            write_arrays(path, header, arrays)
         finally:
             os.close(fd)
             _remove(lock)
-        mapped = _load(path)
+        mapped = read_arrays(path)
         return mapped if mapped is not None else (header, arrays)
 
 
@@ -142,7 +142,9 @@ def _stale(lock: Path, wait_s: float) -> bool:
     return False
 
 
-def _store(path: Path, header: Header, arrays: Arrays) -> None:
+def write_arrays(path: Path, header: Header, arrays: Arrays) -> None:
+    """`header` (JSON) and `arrays` (raw, little-endian, aligned) as one file at `path`,
+    written to a temporary name and renamed into place."""
     table: dict[str, Any] = {}
     offset = 0
     for name, array in arrays.items():
@@ -167,7 +169,7 @@ def _store(path: Path, header: Header, arrays: Arrays) -> None:
         raise
 
 
-def _load(path: Path) -> tuple[Header, Arrays] | None:
+def read_arrays(path: Path) -> tuple[Header, Arrays] | None:
     """The stored (header, arrays), mapped read-only; None if missing or malformed."""
     try:
         with open(path, "rb") as f:

@@ -23,23 +23,19 @@ failures named), shared by the process (`default_reader`).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO
 
 import fsspec
 import numpy as np
 
 from dalidr.data.byte_ranges import ByteRange, ByteRangeReader, RemoteObject, default_reader
-from dalidr.data.data_source import SHARD_OPENERS, ShardFile
+from dalidr.data.data_source import SHARD_OPENERS, ShardFile, ShardStream
 
 __all__ = ["RemoteShardFile", "HEADER_BLOCK", "REMOTE_SCHEMES", "remote_stamps"]
 
 # Bytes fetched at once while the tar headers are read.
 HEADER_BLOCK = 1 << 20
-# The largest single read the header stream hands out (as the local one: a forged pax or
-# long-name header size must not size an allocation).
-_STREAM_READ_CAP = 1 << 20
 _INDEX_MIN_CAP = 1 << 16
 # Schemes read here: every fsspec protocol except the local file system's (read with pread).
 REMOTE_SCHEMES = tuple(p for p in fsspec.available_protocols() if p not in ("file", "local"))
@@ -112,7 +108,13 @@ class RemoteShardFile(ShardFile):
         return out
 
     def stream(self) -> IO[bytes]:
-        return _BlockStream(self, self.nbytes)  # type: ignore[return-value]
+        # Every block HEADER_BLOCK bytes: a request costs a round trip whatever its size.
+        return ShardStream(self._fetch, self.nbytes, HEADER_BLOCK)  # type: ignore[return-value]
+
+    def _fetch(self, offset: int, length: int) -> bytes:
+        return self.reader.read([ByteRange(self.url, offset, length,
+                                           f"tar headers from offset {offset}")],
+                                {self.url: self.nbytes})[0].tobytes()
 
     def index_text(self) -> str | None:
         folder, _, base = self.url.rpartition("/")
@@ -133,53 +135,6 @@ class RemoteShardFile(ShardFile):
             except UnicodeDecodeError:
                 continue
         return None
-
-
-class _BlockStream(io.RawIOBase):
-    """The shard as a seekable stream for `tarfile`: each read served from the last block
-    fetched, or a new block of `HEADER_BLOCK` bytes fetched from the read's position; a
-    single read is at most `_STREAM_READ_CAP` bytes and never past the shard's end."""
-
-    def __init__(self, file: RemoteShardFile, end: int) -> None:
-        self._file, self._end, self._pos = file, end, 0
-        self._start, self._block = 0, np.zeros(0, np.uint8)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._end}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def read(self, size: int | None = -1) -> bytes:
-        left = max(0, self._end - self._pos)
-        n = min(left, _STREAM_READ_CAP) if size is None or size < 0 else min(
-            size, left, _STREAM_READ_CAP)
-        if n <= 0:
-            return b""
-        if not (self._start <= self._pos and self._pos + n <= self._start + len(self._block)):
-            length = min(max(n, HEADER_BLOCK), self._end - self._pos)
-            self._block = self._file.reader.read(
-                [ByteRange(self._file.url, self._pos, length,
-                           f"tar headers from offset {self._pos}")],
-                {self._file.url: self._end})[0]
-            self._start = self._pos
-        at = self._pos - self._start
-        data = self._block[at:at + n].tobytes()
-        self._pos += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
 
 def remote_stamps(urls: Sequence[str]) -> list[list[int | str]]:

@@ -19,6 +19,12 @@ only when asked (`random_seed`, `dalidr reinforce --random-teacher`: tests, benc
 from a generator seeded with (seed, member index), so every rank and every resume of a pass
 labels with the same weights; a member with neither is refused by name.
 
+Identity. Every member is recorded in the store by `identity()` (`store.config.MemberIdentity`):
+its name, view and weights as `sha256:<hex>` of the tensors it loaded (names, dtypes, shapes
+and bytes in sorted-name order: the same weights saved as safetensors or as a torch file give
+the same digest), `pretrained:<timm tag>` or `random:<the member's torch seed>`, so
+`dalidr reinforce` can refuse to resume a store with another teacher.
+
 Checkpoints are data, never code: `.safetensors` files are read with safetensors, anything
 else with `torch.load(weights_only=True)`. A checkpoint must fit its architecture exactly
 (strict loading); a classifier of the wrong width is reported as a class-count mismatch.
@@ -35,13 +41,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from dalidr.data.file_hash import file_sha256
 from dalidr.errors import OptionError
+
+if TYPE_CHECKING:
+    from store.config import MemberIdentity
 
 __all__ = [
     "MemberSpec",
@@ -53,7 +62,12 @@ __all__ = [
     "load_weights",
     "build_teacher",
     "member_seed",
+    "tensors_sha256",
+    "VIEW_INTERPOLATION",
 ]
+
+# How `dalidr.augment.replay` resizes every view (the teacher's and the student's).
+VIEW_INTERPOLATION = "linear-antialias"
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,17 @@ class TeacherMember:
     view: TeacherView
     # SHA-256 of the checkpoint file (None without one), recorded in the store's description.
     checkpoint_sha256: str | None
+    # Where the weights come from: `sha256:<hex>` of the checkpoint's tensors
+    # (`tensors_sha256`), `pretrained:<timm tag>` or `random:<member_seed(seed, index)>`.
+    weights: str = ""
+
+    def identity(self) -> MemberIdentity:
+        """What the store records of this member (`store.config.MemberIdentity`)."""
+        from store.config import MemberIdentity
+
+        view = self.view
+        return MemberIdentity(self.spec.name, self.weights, view.mean, view.std, view.size,
+                              VIEW_INTERPOLATION)
 
 
 def parse_teacher(text: str) -> tuple[MemberSpec, ...]:
@@ -186,12 +211,30 @@ def _classifier_width(model: nn.Module, state: dict[str, torch.Tensor]) -> int |
     return None
 
 
+def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of a state dict: per tensor in sorted-name order its name, dtype, shape
+    and bytes (contiguous, CPU), so the digest does not depend on the file format."""
+    digest = hashlib.sha256(b"dalidr-tensors-v1\n")
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}\n{tensor.dtype}\n{list(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+                      if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def load_weights(model: nn.Module, name: str, checkpoint: Path, num_classes: int,
                  role: str = "teacher checkpoint"
                  ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """Load `checkpoint` into the timm model `name` strictly; OptionError naming the file when
     its classifier is not `num_classes` wide or its tensors do not fit the architecture.
     Returns the (mean, std) the checkpoint records it was trained with (None: not recorded)."""
+    return _load_weights(model, name, checkpoint, num_classes, role)[0]
+
+
+def _load_weights(model: nn.Module, name: str, checkpoint: Path, num_classes: int, role: str
+                  ) -> tuple[tuple[tuple[float, ...], tuple[float, ...]] | None, str]:
+    """`load_weights`, and the `tensors_sha256` of the checkpoint's tensors."""
     state, normalisation = _read_checkpoint(checkpoint, role)
     width = _classifier_width(model, state)
     if width is not None and width != num_classes:
@@ -204,7 +247,7 @@ def load_weights(model: nn.Module, name: str, checkpoint: Path, num_classes: int
         detail = " ".join(line.strip() for line in lines[1:6])
         raise OptionError(f"{role} {checkpoint} does not fit timm architecture {name!r}: "
                           f"{detail}") from exc
-    return normalisation
+    return normalisation, tensors_sha256(state)
 
 
 def _view_of(model: nn.Module, size: int | None,
@@ -252,12 +295,18 @@ def _build_member(spec: MemberSpec, num_classes: int, pretrained: bool, size: in
             raise OptionError(f"teacher member {spec.name!r} predicts {width} classes but the "
                               f"dataset has {num_classes}")
         sha, normalisation = None, None
+        if pretrained:
+            tag = getattr(model, "pretrained_cfg", {}).get("tag") or ""
+            weights = f"pretrained:{spec.name.split('.', 1)[0]}{'.' + tag if tag else ''}"
+        else:
+            weights = f"random:{member_seed(random_seed or 0, index)}"  # the torch seed used
     else:
         model = timm.create_model(spec.name, pretrained=False, num_classes=num_classes)
-        normalisation = load_weights(model, spec.name, spec.checkpoint, num_classes)
-        sha = file_sha256(spec.checkpoint)
+        normalisation, tensors = _load_weights(model, spec.name, spec.checkpoint, num_classes,
+                                               "teacher checkpoint")
+        sha, weights = file_sha256(spec.checkpoint), f"sha256:{tensors}"
     model.eval().requires_grad_(False)
-    return TeacherMember(spec, model, _view_of(model, size, normalisation), sha)
+    return TeacherMember(spec, model, _view_of(model, size, normalisation), sha, weights)
 
 
 class Ensemble(nn.Module):
@@ -280,6 +329,10 @@ class Ensemble(nn.Module):
         """Logits of every member (float32) from its view's normalised batch [B, 3, H, W]."""
         return torch.stack([model(views[v]).float()
                             for model, v in zip(self.models, self.view_of_member, strict=True)])
+
+    def identity(self) -> tuple[MemberIdentity, ...]:
+        """Every member's identity, as the store records it."""
+        return tuple(member.identity() for member in self.members)
 
     def describe(self) -> str:
         """A stable one-line description stored with the store (names, checkpoints, views)."""

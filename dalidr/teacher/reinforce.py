@@ -45,11 +45,13 @@ from dalidr.data.shards import SHARDS_HELP, DataSpec
 from dalidr.errors import DatasetError, ImageError, OptionError, StoreError
 from dalidr.ranks import local_cuda_index, rank_and_world
 from dalidr.teacher.ensemble import Ensemble, build_teacher
-from dalidr.teacher.skips import create_skip_marks, has_skip_marks, write_skip_marks
 from dalidr.teacher.views import ViewSource, decodes, view_pipeline
 from kernels.topk import ensemble_topk
-from store.config import StoreConfig
+from store.config import MemberIdentity, StoreConfig
+from store.derived import write_derived_block
+from store.difficulty_pass import block_difficulty
 from store.manifest import Manifest, scan_manifest
+from store.reader import StoreReader
 from store.writer import StoreWriter, create_store, interrupted_creation
 
 __all__ = ["CompileMode", "Labeller", "ReinforceConfig", "ReinforceReport", "forward_settings",
@@ -173,30 +175,47 @@ def _open_writer(url: str, config: StoreConfig, listing: DatasetListing, skip_ba
             exists = False
         if not exists:
             create_store(url, _scan(listing, skip_bad, progress), config, overwrite=True)
-            create_skip_marks(url)
     deadline = time.monotonic() + timeout
     while True:
         try:
             writer = StoreWriter(url)
-            if rank == 0 or has_skip_marks(url):
-                break
+            break
         except (StoreError, ValueError, KeyError, OSError):
             if rank == 0:
                 raise
         if time.monotonic() > deadline:
             raise StoreError(f"rank {rank}: {url} was not created by rank 0 within {timeout:.0f} s")
         time.sleep(0.2)
-    if writer.config != config:
+    _check_teacher(url, writer.config.teacher_members, config.teacher_members)
+    # The teacher is its members' identity (just checked); its description names checkpoint
+    # files, which may be renamed or converted (safetensors <-> torch) between runs.
+    if replace(writer.config, teacher=config.teacher) != config:
         raise StoreError(f"{url} holds a store made with other options ({writer.config}); "
                          f"this run asks for {config}: rerun the original command or use "
                          "another --out")
-    if rank == 0 and not has_skip_marks(url):
-        if writer.committed().any():
-            raise StoreError(f"{url} has committed blocks but no skip marks: it was not made "
-                             "by `dalidr reinforce`")
-        create_skip_marks(url)  # a creation cut short before the marks were added
     _check_listing(writer.layout.manifest, listing, url)
     return writer
+
+
+def _members(members: tuple[MemberIdentity, ...]) -> str:
+    return "; ".join(f"{m.name} (weights {m.weights}, {m.input_size}px, mean {list(m.mean)}, "
+                     f"std {list(m.std)}, {m.interpolation})" for m in members)
+
+
+def _check_teacher(url: str, stored: tuple[MemberIdentity, ...] | None,
+                   wanted: tuple[MemberIdentity, ...] | None) -> None:
+    """Refuse to resume a store whose teacher is not provably this run's."""
+    if wanted is None or stored == wanted:
+        return
+    if stored is None:
+        raise StoreError(f"{url} does not record its teacher (teacher_members is null: an "
+                         "upgraded store, or one not made by `dalidr reinforce`), so `dalidr "
+                         "reinforce` cannot resume it: nothing shows that this run's teacher "
+                         f"({_members(wanted)}) labelled its committed blocks; training from it "
+                         "works as it is")
+    raise StoreError(f"{url} was labelled by the teacher {_members(stored)}; this run's teacher "
+                     f"is {_members(wanted)}: resume with the original teacher (checkpoints, "
+                     "--pretrained or --random-teacher and --seed), or use another --out")
 
 
 def _openable(url: str) -> bool:
@@ -314,7 +333,8 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
                              random_seed=config.seed if config.random_teacher else None)
     store_config = StoreConfig(config.recipe, ensemble.describe(), config.seed, config.slots,
                                config.k, num_classes, config.block_size,
-                               min(config.slot_group, config.slots))
+                               min(config.slot_group, config.slots),
+                               teacher_members=ensemble.identity())
     writer = _open_writer(config.out, store_config, listing, config.skip_bad, rank,
                           config.wait_timeout, progress=config.progress)
     blocks = writer.pending(rank, world)
@@ -327,6 +347,12 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
     written: list[int] = []
     views = 0
     clock = _Clock()
+    scored = _Scorer(writer)
+    # A block committed just before a kill may lack its scores: give them before going on.
+    rows = writer.layout.commit_rows()
+    for block in range(rank, writer.num_blocks, world):
+        if rows[block, 0] != 0 and rows[block, -1] == 0:
+            scored(block)
     with forward_settings(device):
         try:
             while True:
@@ -337,7 +363,7 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
                                  config.skip_bad)
                 try:
                     views += _run_blocks(source, ensemble, labeller, config, device, writer,
-                                         written, bar, clock)
+                                         written, bar, clock, scored)
                 except _BadBatch as bad:
                     known_bad |= bad.samples  # restart from the first unwritten block
         finally:
@@ -362,9 +388,24 @@ class _BadBatch(Exception):
         self.samples = samples
 
 
+class _Scorer:
+    """Each committed block's difficulty (`store.difficulty_pass`), written right after its
+    commit from what the block now holds, so a curriculum can use the store as soon as the
+    pass ends (a block committed before a crash is scored by `dalidr difficulty`)."""
+
+    def __init__(self, writer: StoreWriter) -> None:
+        self.writer = writer
+        self._reader: StoreReader | None = None
+
+    def __call__(self, block: int) -> None:
+        if self._reader is None:  # opened once the first block is committed
+            self._reader = StoreReader(self.writer.layout.url)
+        write_derived_block(self.writer.layout, block, *block_difficulty(self._reader, block))
+
+
 def _run_blocks(source: ViewSource, ensemble: Ensemble, labeller: Labeller,
                 config: ReinforceConfig, device: torch.device, writer: StoreWriter,
-                written: list[int], bar: Any, clock: _Clock) -> int:
+                written: list[int], bar: Any, clock: _Clock, scored: _Scorer) -> int:
     device_id = device.index if device.type == "cuda" else None
     if device_id is None and device.type == "cuda":
         device_id = torch.cuda.current_device()
@@ -389,21 +430,23 @@ def _run_blocks(source: ViewSource, ensemble: Ensemble, labeller: Labeller,
             if clock.first is None:
                 clock.first, clock.first_views = time.perf_counter(), len(batch.positions)
             bar.update(len(batch.positions))
-            _flush(source, writer, written, bar)
-        _flush(source, writer, written, bar)
+            _flush(source, writer, written, bar, scored)
+        _flush(source, writer, written, bar, scored)
     finally:
         del pipe
     return views
 
 
-def _flush(source: ViewSource, writer: StoreWriter, written: list[int], bar: Any) -> None:
-    """Write the leading complete blocks (a block with no views is complete at once)."""
+def _flush(source: ViewSource, writer: StoreWriter, written: list[int], bar: Any,
+           scored: _Scorer) -> None:
+    """Write the leading complete blocks (a block with no views is complete at once), each
+    scored for curricula once committed."""
     while source.open:
         block, state = next(iter(source.open.items()))
         if state.remaining > 0:
             return
-        write_skip_marks(writer.layout, block, state.skipped)
-        writer.write_block(block, state.records, state.classes, state.probs)
+        writer.write_block(block, state.records, state.classes, state.probs, state.skipped)
+        scored(block)
         written.append(block)
         del source.open[block]
         _set_blocks(bar, writer)

@@ -68,6 +68,7 @@ class _Epoch:
 @dataclass(eq=False)
 class _Batch:
     epoch: int
+    start: int  # the global position the epoch's plan started at
     step: int
     samples: np.ndarray
     fields: dict[str, np.ndarray]
@@ -108,7 +109,9 @@ class _DaliLoader:
         self.rank, self.world = distributed_rank_world(rank, world)
         self.source = listing.source
         self.labels = np.asarray(listing.labels, dtype=np.int64)
-        self.epoch, self.step = 0, 0
+        # The epoch served next, its global start position (0 unless resumed into it by
+        # `load_state_dict`) and the step (batch of this rank) from that start.
+        self.epoch, self.start, self.step = 0, 0, 0
         # Dataset indices of the batch last yielded (for checks and logging).
         self.served_samples = np.zeros(0, dtype=np.int64)
         self._pool = ThreadPoolExecutor(config.read_threads, thread_name_prefix="dalidr-read")
@@ -117,15 +120,24 @@ class _DaliLoader:
         self._stream: Iterator[_Batch] | None = None
         self._reading: deque[_Batch] = deque()
         self._in_flight: deque[_Batch] = deque()
-        self._epochs: dict[int, _Epoch] = {}
+        self._epochs: dict[tuple[int, int], _Epoch] = {}
 
     # ----------------------------------------------------------- what subclasses provide
 
-    def _epoch_data(self, epoch: int) -> _Epoch:
+    def _epoch_data(self, epoch: int, start: int) -> _Epoch:
+        """This rank's part of `epoch` from global position `start` (`store.plan`)."""
         raise NotImplementedError
 
-    def _epoch_length(self) -> int:
+    def _epoch_length(self, start: int = 0) -> int:
+        """Samples this rank serves in an epoch from global position `start` on."""
         raise NotImplementedError
+
+    def _served(self) -> int:
+        """Samples an epoch serves across all ranks (global positions 0..served)."""
+        raise NotImplementedError
+
+    def _jumped(self) -> None:
+        """The next epoch or start position changed (`set_epoch`, `load_state_dict`)."""
 
     def _images(self, jpegs: DataNode, partner_jpegs: DataNode | None,
                 inputs: dict[str, DataNode], device: str) -> DataNode:
@@ -142,32 +154,62 @@ class _DaliLoader:
     # ----------------------------------------------------------- the public iterator API
 
     def __len__(self) -> int:
-        n, b = self._epoch_length(), self.config.batch_size
+        """Batches of the epoch served next, counted from its start position: the whole epoch's
+        after `set_epoch` or a resume on a global batch boundary (`step` then says where it
+        stands), the remaining ones after a resume elsewhere (`step` counts from there)."""
+        return self._batch_count(self.start)
+
+    def _batch_count(self, start: int) -> int:
+        n, b = self._epoch_length(start), self.config.batch_size
         return n // b if self.config.last_batch is LastBatch.DROP else -(-n // b)
 
     def set_epoch(self, epoch: int) -> None:
         """Iterate `epoch` next, from its first batch."""
         if epoch < 0:
             raise OptionError(f"epoch is {epoch}; must be >= 0")
-        self.epoch, self.step = int(epoch), 0
+        self.epoch, self.start, self.step = int(epoch), 0, 0
+        self._jumped()
 
     def state_dict(self) -> dict[str, int]:
-        """Where iteration stands: the epoch and the step (batch) it serves next."""
-        return {"epoch": self.epoch, "step": self.step}
+        """Where iteration stands: the epoch and its global position (samples every rank
+        together has been handed so far). The same on every rank of a synchronous job, so any
+        rank's state resumes the whole job, at this world size or another (`store.plan`).
+        `step` and `world` say the same for this rank and world, as a check."""
+        served = self.start + self.step * self.world * self.config.batch_size
+        return {"epoch": self.epoch, "position": min(served, self._served()),
+                "step": self.step, "world": self.world, "served": self._served()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at a saved (epoch, step): the batches that follow are the ones that would
-        have followed."""
-        epoch, step = int(state["epoch"]), int(state["step"])
-        if epoch < 0 or not 0 <= step <= len(self):
-            raise OptionError(f"loader state epoch {epoch}, step {step}: need epoch >= 0 and "
-                              f"0 <= step <= {len(self)}")
-        self.epoch, self.step = epoch, step
+        """Resume where a saved state stands: the samples that follow are the rest of the
+        epoch's global order, cut among this loader's ranks (any world size). A state without
+        `position` (an older one) is an (epoch, step) of this world size."""
+        try:
+            epoch = int(state["epoch"])
+            position = (int(state["position"]) if "position" in state
+                        else int(state["step"]) * self.world * self.config.batch_size)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OptionError(f"loader state {state!r} lacks an integer 'epoch' and 'position' "
+                              "(or 'step'); pass what state_dict() returned") from exc
+        if "served" in state and int(state["served"]) != self._served():
+            raise OptionError(f"loader state was saved by a loader whose epochs serve "
+                              f"{int(state['served'])} samples; this one serves "
+                              f"{self._served()} (another dataset, or other skipped samples): "
+                              "its positions do not carry over")
+        if epoch < 0 or not 0 <= position <= self._served():
+            raise OptionError(f"loader state epoch {epoch}, position {position}: need epoch >= 0"
+                              f" and 0 <= position <= {self._served()} (the samples an epoch "
+                              "serves); was the state saved by a loader of another dataset?")
+        # On a global batch boundary of this world (always, at the same world size) the epoch
+        # is planned from its start and entered at a step: the same samples, the same steps.
+        whole, rest = divmod(position, self.world * self.config.batch_size)
+        self.epoch, self.start, self.step = (epoch, 0, whole) if rest == 0 else (epoch, position, 0)
+        self._jumped()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
         """The batches of `self.epoch` from `self.step` on; afterwards the next epoch is set."""
         epoch, total = self.epoch, len(self)
-        self._seek(epoch, self.step)
+        if self.step < total:
+            self._seek(epoch, self.start, self.step)
         while self.step < total:
             images = self._next_images()
             batch = self._in_flight.popleft()
@@ -176,7 +218,7 @@ class _DaliLoader:
             self.served_samples = batch.samples
             self.step += 1
             yield images, targets
-        self.epoch, self.step = epoch + 1, 0
+        self.epoch, self.start, self.step = epoch + 1, 0, 0
 
     def close(self) -> None:
         """Stop the reading threads (the loader cannot be iterated afterwards)."""
@@ -190,20 +232,22 @@ class _DaliLoader:
 
     # ----------------------------------------------------------- epochs and batches
 
-    def _epoch(self, epoch: int) -> _Epoch:
-        if epoch not in self._epochs:
+    def _epoch(self, epoch: int, start: int = 0) -> _Epoch:
+        if (epoch, start) not in self._epochs:
             while len(self._epochs) >= 3:  # the oldest cached epoch goes
                 del self._epochs[next(iter(self._epochs))]
-            self._epochs[epoch] = self._epoch_data(epoch)
-        return self._epochs[epoch]
+            self._epochs[epoch, start] = self._epoch_data(epoch, start)
+        return self._epochs[epoch, start]
 
-    def _batches(self, epoch: int, step: int) -> Iterator[_Batch]:
-        """Every batch from (epoch, step) on, across epochs, with its files being read."""
-        size, per_epoch = self.config.batch_size, len(self)
+    def _batches(self, epoch: int, start: int, step: int) -> Iterator[_Batch]:
+        """Every batch from (epoch, start, step) on, across epochs (the later ones from their
+        beginning), with its files being read."""
+        size = self.config.batch_size
         self._check_not_empty()  # an empty epoch would make this loop spin forever
         for e in itertools.count(epoch):
-            for s in range(step if e == epoch else 0, per_epoch):
-                data = self._epoch(e)
+            first = start if e == epoch else 0
+            for s in range(step if e == epoch else 0, self._batch_count(first)):
+                data = self._epoch(e, first)
                 part = slice(s * size, min((s + 1) * size, len(data.samples)))
                 samples = data.samples[part]
                 fields: dict[str, np.ndarray] = {}
@@ -213,7 +257,7 @@ class _DaliLoader:
                     fields = {f: np.ascontiguousarray(records[f]) for f in self._fields()}
                     if self.has_partner:
                         partners = records["partner"].astype(np.int64)
-                yield _Batch(e, s, samples, fields, data.classes[part], data.probs[part],
+                yield _Batch(e, first, s, samples, fields, data.classes[part], data.probs[part],
                              self._read(samples),
                              self._read(partners) if partners is not None else None)
 
@@ -233,7 +277,7 @@ class _DaliLoader:
         """OptionError, before any work, if an epoch would serve no batch (iterating it would
         otherwise never end: the batch stream has nothing to yield)."""
         n, size = self._epoch_length(), self.config.batch_size
-        if len(self) == 0:
+        if self._batch_count(0) == 0:
             raise OptionError(
                 f"loader option 'batch_size' is {size} but an epoch of rank {self.rank} of "
                 f"{self.world} has {n} samples, so last_batch=DROP serves no batch; valid: "
@@ -294,11 +338,11 @@ class _DaliLoader:
             self._feed(self._next_read())
             self._pipe.schedule_run()
 
-    def _seek(self, epoch: int, step: int) -> None:
-        """Make (epoch, step) the next batch out of the pipeline, dropping what is not."""
+    def _seek(self, epoch: int, start: int, step: int) -> None:
+        """Make (epoch, start, step) the next batch out of the pipeline, dropping what is not."""
         head = self._in_flight[0] if self._in_flight else (
             self._reading[0] if self._reading else None)
-        if head is not None and (head.epoch, head.step) == (epoch, step):
+        if head is not None and (head.epoch, head.start, head.step) == (epoch, start, step):
             return
         while self._in_flight:  # discard iterations already running
             assert self._pipe is not None
@@ -308,7 +352,7 @@ class _DaliLoader:
             for future in batch.jpegs + (batch.partner_jpegs or []):
                 future.cancel()
         self._reading.clear()
-        self._stream = self._batches(epoch, step)
+        self._stream = self._batches(epoch, start, step)
         self._top_up()
 
     def _next_images(self) -> torch.Tensor:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from nvidia.dali.data_node import DataNode
 
+from dalidr.augment.hashing import keyed, unit_interval
 from dalidr.augment.recipe import Recipe
 from dalidr.augment.records import draw_records, identity_records
 from dalidr.augment.replay import Output, ReplaySpec, replay_graph
@@ -58,6 +59,7 @@ from dalidr.training.loader_config import (
 )
 from dalidr.training.plain_loader import PlainLoader
 from store.manifest import Manifest
+from store.plan import rank_length
 from store.prefetch import EpochPrefetcher
 from store.reader import StoreReader
 
@@ -137,14 +139,21 @@ class ReinforcedLoader(_DaliLoader):
         # served. A rank's epoch is cut to its planned length less their count, so every rank
         # still runs the same number of steps whichever of them the skipped samples fall in.
         self._skipped = np.union1d(skipped_samples(reader.url), np.flatnonzero(stored.skipped))
-        self._length = len(reader.plan(0, self.rank, self.world)) - len(self._skipped)
-        self._prefetcher = EpochPrefetcher(reader, self.rank, self.world, start_epoch=0)
+        self._prefetcher = EpochPrefetcher(reader, self.rank, self.world, start_epoch=0,
+                                           skipped=self._skipped,
+                                           curriculum=config.curriculum)
         # The original samples' transform: the recipe's crop and flip, nothing else.
         self._original = self.recipe.replace(ra_num_ops=0, erase_prob=0.0, mix_prob=0.0)
         self._pipe = self._build()
 
-    def _epoch_length(self) -> int:
-        return self._length
+    def _served(self) -> int:
+        return self.reader.num_samples - len(self._skipped)
+
+    def _jumped(self) -> None:
+        self._prefetcher.restart(self.epoch, self.start)
+
+    def _epoch_length(self, start: int = 0) -> int:
+        return rank_length(self._served(), start, self.world, self.reader.uneven)
 
     def _fields(self) -> tuple[str, ...]:
         return ReplaySpec(self.recipe).fields
@@ -156,9 +165,8 @@ class ReinforcedLoader(_DaliLoader):
 
     def original_mask(self, epoch: int, samples: np.ndarray) -> np.ndarray:
         """Which of `samples` are served from the original data in `epoch` (the 1 - p coin)."""
-        coins = np.random.default_rng([self.config.seed, _STREAM_ORIGINAL, epoch]).random(
-            self.reader.num_samples)
-        return coins[samples] >= self.config.p
+        coins = unit_interval(keyed(self.config.seed, _STREAM_ORIGINAL, epoch, samples))
+        return coins >= self.config.p
 
     def original_records(self, epoch: int, samples: np.ndarray) -> np.ndarray:
         """Records of the original samples' views: a fresh crop and flip, nothing else."""
@@ -170,15 +178,12 @@ class ReinforcedLoader(_DaliLoader):
             records["partner"] = samples
         return records
 
-    def _epoch_data(self, epoch: int) -> _Epoch:
-        data = self._prefetcher.get(epoch)
-        keep: slice | np.ndarray = slice(None)
-        if self._skipped.size:
-            keep = np.flatnonzero(~np.isin(data.plan.samples, self._skipped))[: self._length]
-        samples = data.plan.samples[keep]
-        records = data.records[keep].copy()
-        classes = data.targets.classes[keep].astype(np.int64)
-        probs = data.targets.probs[keep].astype(np.float32)
+    def _epoch_data(self, epoch: int, start: int) -> _Epoch:
+        data = self._prefetcher.get(epoch, start)
+        samples = data.plan.samples
+        records = data.records.copy()
+        classes = data.targets.classes.astype(np.int64)
+        probs = data.targets.probs.astype(np.float32)
         original = np.flatnonzero(self.original_mask(epoch, samples))
         if original.size:
             records[original] = self.original_records(epoch, samples[original])
@@ -199,5 +204,5 @@ def _served_listing(root: DataSpec, manifest: Manifest, num_classes: int,
     names = classes if classes is not None else tuple(str(c) for c in range(num_classes))
     if source is None:
         source = source_for(root, manifest.paths)
-    return DatasetListing(Path(source.name), manifest.paths, manifest.labels, names,
+    return DatasetListing(source.root, manifest.paths, manifest.labels, names,
                           manifest.sizes, source)

@@ -21,6 +21,7 @@ from dalidr.errors import OptionError
 from dalidr.ranks import local_cuda_index
 from dalidr.ranks import rank_and_world as distributed_rank_world
 from kernels.kl_loss import Densify
+from store.curriculum import Curriculum
 from store.plan import UnevenShards
 
 __all__ = [
@@ -90,6 +91,10 @@ class LoaderConfig:
     prefetch_depth: int = 2
     # Seeds the p-coin, the original samples' crops, the ERM plan and DALI's own draws.
     seed: int = 0
+    # Reinforced loader only: which stored view each sample trains on, easy views first
+    # (`store.curriculum`; needs the store's difficulty, `dalidr difficulty STORE`). None: the
+    # plan's uniform draw, as the paper trains.
+    curriculum: Curriculum | None = None
     # Normalisation, in [0, 1] units.
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -110,6 +115,8 @@ class LoaderConfig:
             check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         check(isinstance(self.seed, int) and not isinstance(self.seed, bool)
               and 0 <= self.seed < 2**31, "seed", self.seed, "an integer in 0..2**31 - 1")
+        check(self.curriculum is None or isinstance(self.curriculum, Curriculum), "curriculum",
+              self.curriculum, "None or a store.curriculum.Curriculum")
 
     @property
     def device(self) -> torch.device:

@@ -30,7 +30,7 @@ from dalidr.data.shards import DataSpec
 from dalidr.errors import DatasetError, OptionError
 from dalidr.training.dali_loader import _DaliLoader, _Epoch, _one_hot_topk
 from dalidr.training.loader_config import SHARDS, Augment, LoaderConfig
-from store.plan import PlanSpec, plan_epoch
+from store.plan import PlanSpec, plan_epoch, rank_length
 
 __all__ = ["PlainLoader"]
 
@@ -71,16 +71,19 @@ class PlainLoader(_DaliLoader):
         self._spec = PlanSpec(len(listing), 1, 1, 64, config.seed, SHARDS[config.last_batch])
         self._pipe = self._build()
 
-    def _epoch_length(self) -> int:
-        if self.augment is Augment.EVAL:
-            return len(range(self.rank, len(self.listing), self.world))
-        return len(plan_epoch(self._spec, 0, self.rank, self.world))
+    def _served(self) -> int:
+        return len(self.listing)
 
-    def _epoch_data(self, epoch: int) -> _Epoch:
+    def _epoch_length(self, start: int = 0) -> int:
         if self.augment is Augment.EVAL:
-            samples = np.arange(self.rank, len(self.listing), self.world, dtype=np.int64)
+            return len(range(start + self.rank, len(self.listing), self.world))
+        return rank_length(len(self.listing), start, self.world, self._spec.uneven)
+
+    def _epoch_data(self, epoch: int, start: int) -> _Epoch:
+        if self.augment is Augment.EVAL:  # the listing's order, each sample once
+            samples = np.arange(start + self.rank, len(self.listing), self.world, dtype=np.int64)
         else:
-            samples = plan_epoch(self._spec, epoch, self.rank, self.world).samples
+            samples = plan_epoch(self._spec, epoch, self.rank, self.world, start=start).samples
         if self.recipe is None:
             classes, probs = _one_hot_topk(self.labels[samples], 1, self.num_classes)
             return _Epoch(samples, None, classes, probs)

@@ -69,6 +69,7 @@ from dalidr.training.losses import (
     kl_loss,
     teacher_log_probs,
 )
+from store.curriculum import parse_curriculum
 
 __all__ = ["Mode", "OptimizerName", "Schedule", "TrainConfig", "train", "check_config",
            "check_model_name", "register", "load_training_checkpoint", "CHECKPOINT_NAME"]
@@ -134,6 +135,9 @@ class TrainConfig:
     gamma: float = 0.1
     # The paper's p (dr): probability of a reinforced sample, else the original with one-hot.
     p: float = 1.0
+    # dr: a curriculum over the stored views' difficulty, `linear[:MEASURE]` or
+    # `step:EASY_EPOCHS[:MEASURE]` (`store.curriculum`); None: the plan's uniform draw.
+    curriculum: str | None = None
     densify: Densify = Densify.SMOOTH
     # dr targets: sparse top-k into the fused loss, or dense [B, C].
     targets: Targets = Targets.SPARSE
@@ -180,7 +184,10 @@ def _loader(config: TrainConfig, device: torch.device, num_classes: int | None,
                                   num_threads=threads, seed=config.seed)
     if config.mode is Mode.DR:
         assert config.store is not None  # check_config
-        loader_config = LoaderConfig(p=config.p, targets=config.targets, **common)
+        curriculum = (None if config.curriculum is None
+                      else parse_curriculum(config.curriculum, config.epochs))
+        loader_config = LoaderConfig(p=config.p, targets=config.targets, curriculum=curriculum,
+                                     **common)
         return ReinforcedLoader(config.store, config.data, loader_config,
                                 num_classes=num_classes, file_list=config.file_list)
     loader_config = LoaderConfig(targets=Targets.SPARSE, **common)
@@ -255,6 +262,10 @@ def check_config(config: TrainConfig) -> None:
         raise OptionError(f"--init checkpoint {config.init} does not exist")
     if not 0.0 <= config.p <= 1.0:
         raise OptionError(f"--p is {config.p}; valid: 0 <= p <= 1")
+    if config.curriculum is not None:
+        if config.mode is not Mode.DR:
+            raise OptionError("--curriculum orders a store's views: it is for mode 'dr'")
+        parse_curriculum(config.curriculum, config.epochs)  # OptionError naming what is wrong
     for option, value in (("--threads", config.threads),
                           ("--torch-threads", config.torch_threads)):
         if value is not None:
@@ -471,7 +482,8 @@ def _run(args: argparse.Namespace) -> int:
         size=args.size, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_epochs=args.warmup_epochs, step_epochs=args.step_epochs, gamma=args.gamma,
-        p=args.p, densify=args.densify, targets=args.targets, discriminator=disc,
+        p=args.p, curriculum=args.curriculum, densify=args.densify, targets=args.targets,
+        discriminator=disc,
         device=args.device, bf16=not args.no_bf16, channels_last=not args.no_channels_last,
         compile=args.compile, threads=args.threads, torch_threads=args.torch_threads,
         seed=args.seed, max_steps=args.max_steps,
@@ -523,6 +535,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
     parser.add_argument("--p", type=float, default=1.0,
                         help="probability of a reinforced sample (dr; else original, one-hot)")
+    parser.add_argument("--curriculum", default=None, metavar="SPEC",
+                        help="dr: easy views first, by the store's difficulty (`dalidr "
+                             "difficulty STORE`): linear[:confidence|strength] or "
+                             "step:EASY_EPOCHS[:confidence|strength]")
     parser.add_argument("--densify", type=_choice(Densify), default=Densify.SMOOTH,
                         help="smooth | zeros: how a stored top-k becomes a distribution")
     parser.add_argument("--targets", type=_choice(Targets), default=Targets.SPARSE,

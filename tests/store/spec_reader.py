@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import zarr
 
-__all__ = ["SpecStore", "canonical_json", "crc32c", "open_spec_store", "read_shard_index"]
+__all__ = ["SpecStore", "canonical_json", "crc32c", "open_spec_store", "read_shard_index",
+           "derived_digest"]
 
 ATTRS_KEY = "dalidr_store"  # spec 3
-SCHEMA_VERSION = 2  # spec 11
+SCHEMA_VERSION = 3  # spec 11
 COORD_SCALE = 65535  # spec 6.2
 ESCAPE = 1 << 16  # spec 6.2
 CONVENTIONS = {"decode_convention": "pil-no-exif", "op_set": "torchvision-ra14-pil-equalize"}
@@ -74,6 +75,17 @@ def group_digest(arrays: dict[str, np.ndarray], block: int, group: int) -> int:
     h = hashlib.blake2b(digest_size=8, person=b"dalidr-group")
     h.update(np.array([block, group], dtype="<i8").tobytes())
     _digest_arrays(h, arrays)
+    return _to_u64(h.digest())
+
+
+def derived_digest(block: int, confidence: np.ndarray, strength: np.ndarray) -> int:
+    """spec 5.4: BLAKE2b-64 personalised 'dalidr-derived', led by the block as one <i8."""
+    h = hashlib.blake2b(digest_size=8, person=b"dalidr-derived")
+    h.update(np.array([block], dtype="<i8").tobytes())
+    for name, values in (("derived/confidence", confidence), ("derived/strength", strength)):
+        values = np.ascontiguousarray(values)
+        h.update(f"{name}:{values.dtype.str}:{_shape_text(values.shape)}".encode())
+        h.update(values.tobytes())
     return _to_u64(h.digest())
 
 
@@ -209,13 +221,25 @@ class SpecStore:
         return dict(self.attrs["recipe"])
 
     def data_names(self) -> list[str]:
-        """spec 4.1: records/<field> for every record field, then the top-k arrays."""
+        """spec 4.1: records/<field> for every record field, the top-k arrays, the skip marks."""
         return [f"records/{name}" for name, _, _ in record_fields(self.recipe)] + [
-            "topk/classes", "topk/prob_gaps"]
+            "topk/classes", "topk/prob_gaps", "skipped"]
 
     def committed(self) -> np.ndarray:
         """spec 5.1: a block is committed when the first entry of its row is not 0."""
         return self.commit[:, 0] != 0
+
+    def read_derived(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """spec 4.4 and 5.4: one committed block's (confidence, strength), checked against the
+        last entry of its commit row (0: not written)."""
+        if not self.committed()[block] or self.commit[block, -1] == 0:
+            raise SpecError(f"block {block} has no derived arrays")
+        rows = self.block_rows(block)
+        confidence, strength = (self.raw(f"derived/{name}", rows, range(self.slots))
+                                for name in ("confidence", "strength"))
+        if derived_digest(block, confidence, strength) != int(self.commit[block, -1]):
+            raise SpecError(f"block {block}: the derived arrays do not match their digest")
+        return confidence, strength
 
     # ------------------------------------------------------------- raw data (spec 4, 5)
 
@@ -322,13 +346,13 @@ def open_spec_store(path: str | Path) -> SpecStore:
     if not isinstance(attrs, dict) or "schema_version" not in attrs:
         raise SpecError(f"{path}: not a dalidr reinforcement store")
     if attrs["schema_version"] != SCHEMA_VERSION:
-        raise SpecError(f"{path}: schema version {attrs['schema_version']}, this reads 2")
+        raise SpecError(f"{path}: schema version {attrs['schema_version']}, this reads 3")
     for key, value in CONVENTIONS.items():
         if attrs.get(key) != value:
             raise SpecError(f"{path}: {key} {attrs.get(key)!r} is not implemented here")
     body = {key: value for key, value in attrs.items() if key != "digest"}
     text = canonical_json(body).encode()
-    if hashlib.sha256(b"dalidr-attrs-v2:" + text).hexdigest() != attrs.get("digest"):
+    if hashlib.sha256(b"dalidr-attrs-v3:" + text).hexdigest() != attrs.get("digest"):
         raise SpecError(f"{path}: the attributes do not match their digest")
     group = zarr.open_group(str(path), mode="r")
     manifest = _read_manifest(group)
@@ -336,5 +360,5 @@ def open_spec_store(path: str | Path) -> SpecStore:
         raise SpecError(f"{path}: the manifest does not have num_samples entries")
     if manifest.fingerprint() != attrs["fingerprint"]:
         raise SpecError(f"{path}: the manifest does not match its fingerprint")
-    commit = np.asarray(group["commit"][...]).astype(np.uint64)
+    commit = np.asarray(group["commit_map"][...]).astype(np.uint64)  # spec 5.1
     return SpecStore(path, group, attrs, manifest, commit)

@@ -15,7 +15,7 @@ import zarr
 from dalidr.augment.recipe import recipe
 from dalidr.errors import DatasetError, OptionError, StoreError
 from dalidr.teacher.reinforce import ReinforceConfig, reinforce
-from dalidr.teacher.skips import SKIPPED, create_skip_marks, skipped_views, write_skip_marks
+from dalidr.teacher.skips import SKIPPED, skipped_views
 from dalidr.training.loader import LastBatch, LoaderConfig, PlainLoader, ReinforcedLoader
 from store.config import ATTRS_KEY, SCHEMA_VERSION
 from store.inspect import format_report, inspect_store
@@ -98,6 +98,7 @@ def test_store_of_another_dataset(store_dir) -> None:
 
 
 @pytest.mark.parametrize(("version", "message"), [(SCHEMA_VERSION + 1, "newer dalidr"),
+                                                  (2, "previous schema: run `dalidr upgrade"),
                                                   (1, "older schema.*re-create it")])
 def test_other_schema_versions(store_dir, version: int, message: str) -> None:
     group = zarr.open_group(str(store_dir), mode="r+")
@@ -158,7 +159,8 @@ def test_nothing_is_unpickled(store_dir) -> None:
     group = zarr.open_group(str(store_dir), mode="r")
     arrays = [(name, node) for name, node in group.members(max_depth=None)
               if isinstance(node, zarr.Array)]
-    assert len(arrays) == 15  # 7 manifest + 5 record columns + 2 top-k + commit
+    assert len(arrays) == 18  # 7 manifest + 5 record columns + 2 top-k + skipped + 2 derived
+    # + commit map
     for name, array in arrays:
         assert array.dtype != object, name
     for path in store_dir.rglob("zarr.json"):
@@ -210,7 +212,6 @@ def test_a_huge_array_shape_is_refused(store_dir, name: str) -> None:
 
 
 def test_huge_skip_marks_are_refused(store_dir) -> None:
-    create_skip_marks(str(store_dir))
     _set_json(store_dir / SKIPPED / "zarr.json", lambda doc: doc["shape"].__setitem__(0, 2**40))
     with pytest.raises(StoreError, match=f"store.*{SKIPPED}.*shape"):
         skipped_views(str(store_dir))
@@ -334,13 +335,12 @@ def test_oversized_chunks_are_refused(store_dir) -> None:
 def test_a_stray_partial_skip_mark_is_removed_on_rewrite(store_dir) -> None:
     """A kill while writing a block's skip marks leaves `<key>.<uuid>.partial`; the resumed
     write of that block removes it."""
-    create_skip_marks(str(store_dir))
     stray = store_dir / SKIPPED / "c" / "1" / "0.0123abcd.partial"
     stray.parent.mkdir(parents=True, exist_ok=True)
     stray.write_bytes(b"torn")
-    layout = StoreWriter(str(store_dir)).layout
-    write_skip_marks(layout, 1, np.zeros((8, 12), bool))
-    write_skip_marks(layout, 2, np.eye(8, 12, dtype=bool))
+    _forge_block(store_dir, 1, SKIPPED, (0, 0), 0)
+    for row in range(8):
+        _forge_block(store_dir, 2, SKIPPED, (row, row), 1)
     assert not stray.exists()
     assert not list(store_dir.rglob("*.partial"))
     assert skipped_views(str(store_dir))[16:24].sum() == 8

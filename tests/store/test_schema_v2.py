@@ -13,7 +13,7 @@ import zarr
 from dalidr.data.dataset import list_dataset
 from dalidr.data.path_list import PathList
 from dalidr.errors import DalidrError, DatasetError, StoreError
-from store.config import ATTRS_KEY
+from store.config import ATTRS_KEY, SCHEMA_VERSION
 from store.manifest import scan_manifest
 from store.reader import StoreReader
 from tests.store.helpers import edit_attrs, forge_path, make_config, make_manifest, write_store
@@ -143,5 +143,5 @@ def test_skipped_samples_are_not_compared(tmp_path) -> None:
 
 def test_attributes_are_plain_json(store_dir) -> None:
     attrs = json.loads((store_dir / "zarr.json").read_text())["attributes"][ATTRS_KEY]
-    assert attrs["schema_version"] == 2 and len(attrs["digest"]) == 64
+    assert attrs["schema_version"] == SCHEMA_VERSION == 3 and len(attrs["digest"]) == 64
     assert attrs["decode_convention"] and attrs["op_set"]

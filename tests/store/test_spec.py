@@ -7,7 +7,8 @@ store's writer with the m*+r* recipe (every record field), LZMA top-k, crops tha
 codes, and its last block left uncommitted.
 
 `tests/store/spec_reader.py`, which imports neither `dalidr` nor `store`, checks the attribute
-digest, the manifest fingerprint and the commit digests as the specification says, decodes
+digest, the manifest fingerprint, the commit digests (skip marks included) and the derived
+digest as the specification says, decodes
 records and top-k probabilities, and must agree with dalidr's `StoreReader`: exactly for records
 and classes, to float32 rounding for probabilities (both dequantise the same levels).
 """
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import zarr
 from safetensors.torch import save_file
 
 from dalidr.augment.recipe import recipe
@@ -44,6 +46,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Numcodecs codecs are not in the 
 
 SLOTS, K, BLOCK, GROUP = 4, 2, 4, 3  # 10 images: blocks of 4, 4, 2; slot groups of 3 and 1
 BAD = 5  # the unreadable image's sample index
+_MEMBER = {"name": "test_resnet", "weights": "random:1", "mean": [0.5, 0.5, 0.5],
+           "std": [0.5, 0.5, 0.5], "input_size": 32, "interpolation": "linear-antialias"}
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +138,8 @@ def test_attributes_hold_every_config_key_and_their_digest(store: Path, tmp_path
     reader = StoreReader(str(store))
     cfg = reader.config
     assert set(spec.attrs) == {
-        "schema_version", "recipe", "teacher", "seed", "slots", "k", "num_classes",
+        "schema_version", "recipe", "teacher", "teacher_members", "seed", "slots", "k",
+        "num_classes",
         "block_size", "slot_group", "prob_levels", "compression", "decode_convention",
         "op_set", "num_samples", "fingerprint", "digest"}
     assert spec.attrs["recipe"] == json.loads(json.dumps(cfg.recipe.to_dict()))
@@ -144,8 +149,10 @@ def test_attributes_hold_every_config_key_and_their_digest(store: Path, tmp_path
 
     # An edited attribute fails the digest, for the spec and for dalidr; so does a version 1.
     for edit, message in ((lambda a: a.update(seed=a["seed"] + 1), "digest"),
+                          (lambda a: a.update(teacher_members=None if a["teacher_members"]
+                                              else [_MEMBER]), "digest"),
                           (lambda a: a.update(schema_version=1), "schema version")):
-        copy = tmp_path / f"edited-{message.split()[0]}"
+        copy = tmp_path / f"edited-{len(list(tmp_path.iterdir()))}"
         shutil.copytree(store, copy)
         meta = json.loads((copy / "zarr.json").read_text())
         edit(meta["attributes"]["dalidr_store"])
@@ -171,17 +178,25 @@ def test_manifest_columns_and_fingerprint(store: Path) -> None:
         np.dtype("<i4"), np.dtype("<i8"), np.dtype("<u2"), np.dtype("u1"))
 
 
-def test_commit_map_rows_and_digests(store: Path) -> None:
+def test_commit_map_rows_and_digests(store: Path, request: pytest.FixtureRequest) -> None:
+    made_by = request.node.callspec.params["store"]
     spec = open_spec_store(store)
-    assert spec.commit.shape == (spec.num_blocks, 1 + spec.num_groups)
+    assert spec.commit.shape == (spec.num_blocks, 2 + spec.num_groups)
     for block in range(spec.num_blocks):
-        key = store / "commit" / "c" / str(block) / "0"
+        key = store / "commit_map" / "c" / str(block) / "0"
         if spec.committed()[block]:
             spec.verify_block(block)
             # spec 5.1: one uncompressed object per block, little-endian uint64.
             raw = np.frombuffer(key.read_bytes(), dtype="<u8")
             np.testing.assert_array_equal(raw, spec.commit[block])
-            assert (spec.commit[block] != 0).all()
+            assert (spec.commit[block, :-1] != 0).all()
+            # spec 5.4: the teacher pass scores each block it commits; a store written
+            # block by block has no derived arrays until `dalidr difficulty` runs.
+            if made_by == "reinforce":
+                confidence, strength = spec.read_derived(block)  # checks the digest
+                assert confidence.shape == (len(spec.block_rows(block)), spec.slots)
+            else:
+                assert spec.commit[block, -1] == 0
         else:
             assert not key.exists() and (spec.commit[block] == 0).all()
 
@@ -266,16 +281,14 @@ def test_skip_marks_and_skipped_samples(reinforced: Path) -> None:
     assert np.flatnonzero(m.skipped).tolist() == [BAD]
     assert (m.sha256[BAD] == 0).all() and m.image_hw[BAD].tolist() == [1, 1]
     assert m.size[BAD] == len(b"this is not an image")
-    marks = np.asarray(spec.group["dalidr_skipped"][...]) != 0
+    marks = np.asarray(spec.group["skipped"][...]) != 0
     np.testing.assert_array_equal(marks, skipped_views(str(reinforced)))
     records = np.concatenate([_decode_block(spec, b)[0] for b in range(spec.num_blocks)])
     expected = (records["mix"] != 0) & (records["partner"] == BAD)
     expected[BAD] = True
     np.testing.assert_array_equal(marks, expected)
-    for block in range(spec.num_blocks):  # spec 9: a block without marks has no object
-        rows = spec.block_rows(block)
-        chunk = reinforced / "dalidr_skipped" / "c" / str(block) / "0"
-        assert chunk.exists() == marks[rows.start:rows.stop].any()
+    for block in range(spec.num_blocks):  # spec 4.2: every committed block has its shard
+        assert (reinforced / "skipped" / "c" / str(block) / "0").exists()
     # spec 9: a skipped view's top-k is classes 0..k-1 at the lowest level.
     arrays = [spec.block_arrays(b) for b in range(spec.num_blocks)]
     classes = np.concatenate([a["topk/classes"] for a in arrays])
@@ -284,3 +297,63 @@ def test_skip_marks_and_skipped_samples(reinforced: Path) -> None:
     assert (classes[marks] == np.arange(K)).all()
     assert (gaps[marks] == [levels - 1] + [0] * (K - 1)).all()
     assert (gaps[~marks][:, 0] < levels - 1).all()
+
+
+def test_a_forged_skip_mark_fails_the_digests(reinforced: Path, tmp_path: Path) -> None:
+    """spec 9: the skip marks are sealed by the commit row; an added mark fails the slot group's
+    and the block's digest, for the spec and for dalidr (reader and inspect)."""
+    from store.inspect import inspect_store
+
+    copy = tmp_path / "forged"
+    shutil.copytree(reinforced, copy)
+    spec = open_spec_store(copy)
+    block, sample, slot = 0, 1, 0
+    assert not spec.group["skipped"][sample, slot]
+    group = zarr.open_group(str(copy), mode="r+")
+    group["skipped"].with_config({"write_empty_chunks": True})[sample, slot] = 1
+    with pytest.raises(SpecError, match=f"block {block}.*does not match"):
+        open_spec_store(copy).verify_block(block)
+    with pytest.raises(StoreError, match=f"block {block} .*slot group 0: the data does not "
+                                         "match its commit digest"):
+        StoreReader(str(copy)).read_views(np.array([sample]), np.array([slot]))
+    problems = inspect_store(str(copy)).problems
+    assert problems and f"block {block} " in problems[0] and "commit digest" in problems[0]
+
+
+def test_derived_arrays_are_sealed_by_the_last_commit_column(
+        written: tuple[Path, dict[int, np.ndarray]], tmp_path: Path) -> None:
+    """spec 4.4, 5.4: the difficulty arrays of a committed block, written after it, checked by
+    their digest; absent, edited or on an uncommitted block they are refused."""
+    from store.derived import read_derived, write_derived_block
+    from store.layout import open_layout
+
+    copy = tmp_path / "derived"
+    shutil.copytree(written[0], copy)
+    layout = open_layout(str(copy), read_only=False)
+    rows, slots = layout.block_range(0), layout.config.slots
+    rng = np.random.default_rng(1)
+    confidence = rng.integers(0, 256, (len(rows), slots), dtype=np.uint8)
+    strength = rng.integers(0, 256, (len(rows), slots), dtype=np.uint8)
+    before = layout.commit_rows()
+    with pytest.raises(StoreError, match=f"{copy}: block 0 .*no derived arrays"):
+        read_derived(layout, np.arange(rows.start, rows.stop), np.arange(slots))
+    with pytest.raises(StoreError, match=f"{copy}: block 2 .*is not committed"):
+        write_derived_block(layout, 2, confidence[:4], strength[:4])
+    write_derived_block(layout, 0, confidence, strength)
+    after = layout.commit_rows()
+    np.testing.assert_array_equal(after[:, :-1], before[:, :-1])  # the teacher's seal untouched
+    assert after[0, -1] != 0 and after[1, -1] == 0
+    got = read_derived(layout, np.array([5, 0, 3]), np.array([6, 0]))
+    np.testing.assert_array_equal(got[0], confidence[[5, 0, 3]][:, [6, 0]])
+    np.testing.assert_array_equal(got[1], strength[[5, 0, 3]][:, [6, 0]])
+    spec = open_spec_store(copy)
+    spec.verify_block(0)  # the derived arrays are outside the block digest
+    np.testing.assert_array_equal(spec.read_derived(0)[0], confidence)
+    StoreReader(str(copy)).read_block(0)  # the views still read
+
+    zarr.open_group(str(copy), mode="r+")["derived/strength"][2, 3] = int(strength[2, 3]) ^ 1
+    with pytest.raises(SpecError, match="block 0: the derived arrays do not match"):
+        open_spec_store(copy).read_derived(0)
+    with pytest.raises(StoreError, match=rf"{copy}: block 0 \(samples 0\.\.7\): the derived "
+                                         "arrays .* do not match their digest"):
+        read_derived(open_layout(str(copy)), np.array([0]), np.array([0]))

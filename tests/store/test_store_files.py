@@ -130,7 +130,7 @@ from tests.store.fuzz import _cap_data_segment
 _cap_data_segment(1.0)  # 1 GiB more than now: a runaway read fails fast
 pristine, work = sys.argv[1], sys.argv[2]
 cases = [("zero", "topk/classes/c/1/0/0", "/dev/zero"), ("urandom", "records/crop/c/2/0/0",
-         "/dev/urandom"), ("zero-row", "commit/c/1/0", "/dev/zero"),
+         "/dev/urandom"), ("zero-row", "commit_map/c/1/0", "/dev/zero"),
          ("zero-meta", "records/crop/zarr.json", "/dev/zero"),
          ("fifo", "topk/classes/c/1/0/0", None), ("fifo-meta", "zarr.json", None)]
 for name, key, target in cases:
@@ -178,7 +178,7 @@ def test_devices_and_fifos_are_refused_without_reading(store_dir: Path, tmp_path
 @pytest.mark.parametrize(("key", "size", "what"), [
     (CHUNK, 3 << 30, "shard"),  # sparse: no disk used
     ("manifest/label/c/0", 64 << 20, "unsharded chunk"),
-    ("commit/c/1/0", 33, "commit row (exactly 32 bytes)"),
+    ("commit_map/c/1/0", 41, "commit row (exactly 40 bytes)"),
     ("records/crop/zarr.json", 8 << 20, "array metadata"),
     ("zarr.json", METADATA_BOUND + 1, "root metadata"),
 ])
@@ -192,7 +192,7 @@ def test_an_object_past_its_bound_is_refused_before_reading(store_dir: Path, key
 
 
 def test_bounds_follow_the_metadata(store_dir: Path) -> None:
-    meta = json.loads((store_dir / "commit/zarr.json").read_text())
+    meta = json.loads((store_dir / "commit_map/zarr.json").read_text())
     assert array_chunk_bound(meta) == 8 * meta["chunk_grid"]["configuration"]["chunk_shape"][1]
     for name in ("records/crop", "topk/classes", "topk/prob_gaps", "manifest/path_bytes"):
         meta = json.loads((store_dir / name / "zarr.json").read_text())

@@ -29,7 +29,7 @@ def test_inspect_prints_the_summary(store_url: str, capsys) -> None:
     for expected in ("samples        37", "slots          12", "k              5",
                      "recipe         rrc+ra/re", "teacher        synthetic test teacher",
                      "5/5 committed", "COMPLETE", "bytes per record",
-                     "integrity      OK: 105 chunks read"):
+                     "integrity      OK: 120 chunks read"):
         assert expected in out
     report = inspect_store(store_url, verify=False)
     assert report.problems is None and report.complete

@@ -71,8 +71,8 @@ def test_a_failed_commit_leaves_the_block_uncommitted(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     url = str(tmp_path / "store")
     writer = create_store(url, make_manifest(), make_config())
-    enospc_on(monkeypatch, lambda p: p.endswith("/commit/c/1/0"))
-    with pytest.raises(StoreWriteError, match=r"the commit entry of block 1 .*commit/c/1/0"):
+    enospc_on(monkeypatch, lambda p: p.endswith("/commit_map/c/1/0"))
+    with pytest.raises(StoreWriteError, match=r"the commit entry of block 1 .*commit_map/c/1/0"):
         writer.fill(producer(make_config(), make_manifest()))
     monkeypatch.undo()
     assert writer.committed().tolist() == [True, False, False, False, False]
@@ -116,9 +116,9 @@ def _subset_fault(fault: str, where: str, out: Path, clean: Path,
         enospc_on(monkeypatch, lambda p: pattern in p)
         return monkeypatch.undo
     need = pages(clean)
-    # Room for the root metadata only, or for about half of the store.
+    # Room for the root metadata only, or for all but the last blocks of the store.
     disk = mounts.enter_context(full_disk(out.parent, PAGE * (2 if where == "creation"
-                                                              else need // 2)))
+                                                              else need - 16)))
     return lambda: disk.grow(PAGE * (need + 64))
 
 
@@ -152,25 +152,18 @@ def test_skip_marks_that_cannot_be_written_are_named(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
-    from dalidr.teacher.skips import create_skip_marks, skipped_views, write_skip_marks
-    from store.layout import open_layout
+    from dalidr.teacher.skips import skipped_views
 
-    url = str(tmp_path / "store")
-    create_store(url, make_manifest(), make_config())
-    enospc_on(monkeypatch, lambda p: p.endswith("/dalidr_skipped/zarr.json"))
-    with pytest.raises(StoreWriteError, match=rf"store {url}: writing the metadata of array "
-                                              "'dalidr_skipped' failed: No space left"):
-        create_skip_marks(url)
-    monkeypatch.undo()
-    create_skip_marks(url)
-    enospc_on(monkeypatch, lambda p: "/dalidr_skipped/c/1/" in p)
+    url, manifest, config = str(tmp_path / "store"), make_manifest(), make_config()
+    writer = create_store(url, manifest, config)
+    block = producer(config, manifest)(writer.block_range(1))
     marks = np.zeros((8, 12), dtype=bool)
     marks[2, 5] = True
-    layout = open_layout(url, read_only=False)
-    with pytest.raises(StoreWriteError, match=r"writing the skip marks of block 1 \(samples "
-                                              r"8\.\.15\) of array 'dalidr_skipped' \(object "
-                                              r"dalidr_skipped/c/1/0\) failed"):
-        write_skip_marks(layout, 1, marks)
+    enospc_on(monkeypatch, lambda p: "/skipped/c/1/" in p)
+    with pytest.raises(StoreWriteError, match=r"writing block 1 \(samples 8\.\.15\) of array "
+                                              r"'skipped' \(object skipped/c/1/0\) failed"):
+        writer.write_block(1, *block, marks)
+    assert not writer.committed()[1]
     monkeypatch.undo()
-    write_skip_marks(layout, 1, marks)
+    writer.write_block(1, *block, marks)
     assert np.flatnonzero(skipped_views(url).any(1)).tolist() == [10]

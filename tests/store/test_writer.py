@@ -24,7 +24,7 @@ from tests.store.helpers import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-DATA_ARRAYS = 7  # records: crop, flip, ops, mags, erase; topk: classes, prob_gaps
+DATA_ARRAYS = 8  # records: crop, flip, ops, mags, erase; topk: classes, prob_gaps; skipped
 
 
 def _writer(url: Path, *args: str) -> subprocess.Popen:
@@ -46,7 +46,7 @@ def test_killed_writer_leaves_only_committed_blocks_and_resumes_identically(
     url = tmp_path / "store"
     manifest, config = make_manifest(), make_config()
     create_store(str(url), manifest, config)
-    # Stall after blocks 0 and 1 and three of block 2's seven shards, then SIGKILL.
+    # Stall after blocks 0 and 1 and three of block 2's eight shards, then SIGKILL.
     proc = _writer(url, "--stall-after", str(2 * DATA_ARRAYS + 3))
     timer = threading.Timer(120, proc.kill)
     timer.start()
