@@ -136,8 +136,9 @@ class ReinforcedLoader(_DaliLoader):
         self.has_partner = self.recipe.has_mix
         self.image_hw = stored.image_hw
         # Samples the teacher pass marked skipped (`reinforce --skip-bad`) are never read or
-        # served. A rank's epoch is cut to its planned length less their count, so every rank
-        # still runs the same number of steps whichever of them the skipped samples fall in.
+        # served: the plan takes them out of the epoch's order before cutting it among ranks
+        # (`store.plan`), so every rank runs the same number of steps and no other sample sits
+        # out for them.
         self._skipped = np.union1d(skipped_samples(reader.url), np.flatnonzero(stored.skipped))
         self._prefetcher = EpochPrefetcher(reader, self.rank, self.world, start_epoch=0,
                                            skipped=self._skipped,
