@@ -12,6 +12,13 @@ store; never another exception type, never different data silently, never an all
 `--mem-gib` over the warmed-up worker (RLIMIT_DATA), never past `--timeout` seconds (the parent
 kills the worker).
 
+Write failures (`tests/store/fuzz_writes.py`): a real small `dalidr reinforce` (16 JPEGs x 2
+slots in 4 blocks, a seeded random timm teacher, DALI CPU) with `OSError(ENOSPC)` injected at
+its k-th write, for `--write-failures` values of k spread from the first write of the creation
+to the last commit. Invariant: the pass fails with a `StoreWriteError` naming the store and the
+object being written (or, during creation, the creation step: reported apart), and the same
+command rerun without the fault ends byte-identical to a pass that never failed.
+
 Stores: `mix`, the richest recipe (M*+R*: partners, boxes, RandAugment, erasing) with a
 synthetic teacher, 12 samples x 4 slots in 2 blocks; `real`, real JPEGs and a real (randomly
 initialised) timm teacher, 16 samples x 3 slots (RRC+RA/RE), the one the loader mutants use.
@@ -38,6 +45,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `tests` impor
 from bench.machine import describe_machine, summary
 from dalidr.augment.recipe import recipe
 from tests.store.fuzz import FuzzRunner, Outcome, Result, make_mutants, reseal_arrays, summarise
+from tests.store.fuzz_writes import WriteFuzz
 from tests.store.helpers import make_config, make_manifest, write_store
 from tests.store_builder import build_store
 
@@ -48,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="reader/inspect mutants, split over the two stores (default 2000)")
     parser.add_argument("--loader-mutants", type=int, default=24,
                         help="mutants also run through the DALI loader (default 24)")
+    parser.add_argument("--write-failures", type=int, default=24,
+                        help="teacher passes with the k-th write failed, k spread over the "
+                             "pass (default 24, about a second each)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--seed", type=int, default=2024, help="mutation seed")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per mutant")
@@ -57,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a few mutants, for a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
-        args.mutants, args.loader_mutants = 40, 2
+        args.mutants, args.loader_mutants, args.write_failures = 40, 2, 4
     return args
 
 
@@ -101,6 +112,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  args.mem_gib)
     results["stores"]["real+loader"] = {"seconds": time.perf_counter() - t0, **summarise(found)}
     everything += found
+    if args.write_failures > 0:
+        t0 = time.perf_counter()
+        writes = WriteFuzz(work / "writes")
+        found = [r for r in map(writes.run, writes.spread(args.write_failures)) if r is not None]
+        results["stores"]["reinforce+write"] = {"writes": len(writes.writes),
+                                                "seconds": time.perf_counter() - t0,
+                                                **summarise(found)}
+        everything += found
     results["total"] = summarise(everything)
     results["seconds"] = time.perf_counter() - start
     print_table(results)
@@ -112,12 +131,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def print_table(results: dict[str, Any]) -> None:
     print(summary(results["machine"]))
-    print(f"{'store':14s} {'mutants':>8s} {'violations':>10s}  outcomes")
+    print(f"{'store':16s} {'mutants':>8s} {'violations':>10s}  outcomes")
     for name, part in results["stores"].items():
-        print(f"{name:14s} {part['mutants']:8d} {len(part['violations']):10d}  "
+        print(f"{name:16s} {part['mutants']:8d} {len(part['violations']):10d}  "
               f"{part['outcomes']}")
     total = results["total"]
-    print(f"{'total':14s} {total['mutants']:8d} {len(total['violations']):10d}  "
+    print(f"{'total':16s} {total['mutants']:8d} {len(total['violations']):10d}  "
           f"{total['outcomes']}")
     print(f"{'mutation kind':16s} {'mutants':>8s} {'violations':>10s}  outcomes")
     for kind, counts in total["by_kind"].items():

@@ -39,6 +39,10 @@ what it grows with: samples, ranks, or neither. The table is printed last; numbe
 `--out` with the machine and the command.
 
 Run from the repository root: `python bench/scale.py` (`--samples 20000` for a quick run).
+
+`--sizes 13700000,27400000` measures issue 28's sizes instead (file-list datasets, a
+`DatasetCheck.MANIFEST` loader at worlds 8 and 64, verdicts, a projection to 1.4B samples):
+`bench/scale_sizes.py`, results to `bench/results/scale-sizes.json`.
 """
 
 from __future__ import annotations
@@ -91,7 +95,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(0: none, figures then projected as constant)")
     parser.add_argument("--workdir", default="/tmp/dalidr-scale",
                         help="where the tree and stores are built (reused when present)")
-    parser.add_argument("--out", default="bench/results/scale.json", help="JSON result")
+    parser.add_argument("--out", default=None,
+                        help="JSON result (default bench/results/scale.json, with --sizes "
+                             "bench/results/scale-sizes.json)")
+    sizes = parser.add_argument_group("issue 28's sizes (bench/scale_sizes.py)")
+    sizes.add_argument("--sizes", default=None,
+                       help="comma-separated sample counts, e.g. 13700000,27400000: measure "
+                            "these (file-list datasets) instead of the ImageNet tree "
+                            "(--samples, --classes, --slots and --fit-samples then unused)")
+    sizes.add_argument("--size-classes", type=int, default=21_841,
+                       help="classes of the --sizes datasets (ImageNet-22k's)")
+    sizes.add_argument("--size-sources", type=int, default=256,
+                       help="real JPEGs the --sizes datasets link to (must divide the "
+                            "store's block size)")
+    sizes.add_argument("--size-worlds", default="8,64",
+                       help="world sizes whose rank 0 is measured at --sizes")
+    sizes.add_argument("--teacher-slots", type=int, default=10,
+                       help="slots of the store the --sizes teacher step writes")
+    sizes.add_argument("--build-workers", type=int, default=min(8, os.cpu_count() or 1),
+                       help="processes that write the --sizes loader stores")
     parser.add_argument("--step", default=None, help=argparse.SUPPRESS)  # child process
     return parser.parse_args(argv)
 
@@ -155,16 +177,22 @@ def _loader_config(args: argparse.Namespace) -> Any:
 
 def step_dali_baseline(args: argparse.Namespace) -> dict[str, Any]:
     """A plain DALI pipeline (external source, decode, resize) on one batch of the tree."""
+    return dali_baseline(args, _paths(args)["work"] / "sources")
+
+
+def dali_baseline(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """A plain DALI pipeline (external source, decode, resize) on one batch of `folder`'s
+    JPEGs: the process a loader's peak RSS is compared with."""
     import torch  # noqa: F401  (a loader process has torch loaded too)
     from nvidia.dali import fn, pipeline_def, types
 
-    sources = sorted((_paths(args)["work"] / "sources").rglob("*.jpg"))
+    sources = sorted(folder.rglob("*.jpg"))
     files = (sources * args.batch)[: args.batch]
 
     @pipeline_def
     def pipe() -> Any:
-        jpegs = fn.external_source(name="jpegs", dtype=types.UINT8)
-        images = fn.decoders.image(jpegs, output_type=types.RGB, device="cpu")
+        jpegs = fn.external_source(name="jpegs", dtype=types.DALIDataType.UINT8)
+        images = fn.decoders.image(jpegs, output_type=types.DALIImageType.RGB, device="cpu")
         return fn.resize(images, size=[args.size, args.size])
 
     p = pipe(batch_size=args.batch, num_threads=2, device_id=None)
@@ -286,14 +314,21 @@ def step_verify(args: argparse.Namespace) -> dict[str, Any]:
             "s": open_s + listing_s + hash_s / n * len(served), "extrapolated": n < len(served)}
 
 
-def _loader_figures(make: Callable[[], Any], plan: Callable[[Any], Any]) -> dict[str, Any]:
+def _loader_figures(make: Callable[[], Any], plan: Callable[[Any], Any],
+                    awaited: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Constructor, first batch and `plan` (the next epoch, prepared in the background since
+    the first batch); `awaited`, if given, right after: an epoch whose whole preparation is
+    waited for."""
     loader, construct_s = _timed(make)
     _, first_s = _timed(lambda: next(iter(loader)))
     _, plan_s = _timed(lambda: plan(loader))
-    length = len(loader)
+    figures = {"constructor_s": construct_s, "first_batch_s": first_s,
+               "s": construct_s + first_s, "epoch_plan_s": plan_s}
+    if awaited is not None:
+        figures["epoch_plan_awaited_s"] = _timed(lambda: awaited(loader))[1]
+    figures["batches_per_epoch"] = len(loader)
     loader.close()
-    return {"constructor_s": construct_s, "first_batch_s": first_s,
-            "s": construct_s + first_s, "epoch_plan_s": plan_s, "batches_per_epoch": length}
+    return figures
 
 
 def _reinforced(args: argparse.Namespace, world: int | None = None,
@@ -304,7 +339,7 @@ def _reinforced(args: argparse.Namespace, world: int | None = None,
     return _loader_figures(
         lambda: ReinforcedLoader(str(p["loader_store"]), p["tree"], _loader_config(args),
                                  rank=0, world=world or args.world, **options),
-        lambda loader: loader._epoch_data(1))
+        lambda loader: loader._epoch_data(1, 0))
 
 
 def step_reinforced_tree(args: argparse.Namespace) -> dict[str, Any]:
@@ -330,7 +365,7 @@ def step_plain(args: argparse.Namespace) -> dict[str, Any]:
 
     return _loader_figures(lambda: PlainLoader(_paths(args)["tree"], _loader_config(args),
                                                size=args.size, rank=0, world=args.world),
-                           lambda loader: loader._epoch_data(1))
+                           lambda loader: loader._epoch_data(1, 0))
 
 
 def _plain_recipe(args: argparse.Namespace, cold: bool) -> dict[str, Any]:
@@ -343,7 +378,7 @@ def _plain_recipe(args: argparse.Namespace, cold: bool) -> dict[str, Any]:
     return _loader_figures(
         lambda: PlainLoader(_paths(args)["tree"], _loader_config(args), size=args.size,
                             rank=0, world=args.world, recipe=recipe("rrc+ra/re")),
-        lambda loader: loader._epoch_data(1))
+        lambda loader: loader._epoch_data(1, 0))
 
 
 def step_plain_recipe_cold(args: argparse.Namespace) -> dict[str, Any]:
@@ -390,7 +425,12 @@ def peak_rss_bytes() -> int:
 
 
 def run_child(args: argparse.Namespace) -> None:
-    out = STEPS[args.step](args)
+    if args.sizes:
+        from bench.scale_sizes import run_size_step
+
+        out = run_size_step(args)
+    else:
+        out = STEPS[args.step](args)
     out["peak_rss_bytes"] = peak_rss_bytes()
     print("RESULT " + json.dumps(out))
 
@@ -473,6 +513,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.step:
         run_child(args)
         return {}
+    if args.sizes:
+        from bench.scale_sizes import main_sizes
+
+        return main_sizes(argv, args)
     machine = describe_machine()
     print(summary(machine))
     if args.fit_samples >= args.samples:
@@ -513,7 +557,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     table = _table(results, args)
     results["table"] = table
-    out = Path(args.out)
+    out = Path(args.out or "bench/results/scale.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(table)

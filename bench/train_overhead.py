@@ -190,7 +190,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "device": str(device), "model": args.model, "size": reinforced.recipe.output_size,
         "batch": args.batch, "iters": args.iters, "warmup": args.warmup, "rounds": args.rounds,
-        "threads": args.threads, "images": len(reinforced.listing), "classes": args.classes,
+        "threads": args.threads, "images": reinforced.reader.num_samples, "classes": args.classes,
         "recipe": reinforced.recipe.to_dict(), "results": results,
         "step_time_ratio_reinforced_over_plain": ratio,
         "step_time_ratio_of_medians": ratio_median, "gpu_target_ratio": 1.02,

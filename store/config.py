@@ -75,7 +75,8 @@ class MemberIdentity:
     # timm model name (with its pretrained tag, if any).
     name: str
     # `sha256:<hex>` of the tensors it loaded (`dalidr.teacher.ensemble.tensors_sha256`),
-    # `pretrained:<timm tag>`, or `random:<seed>` (`--random-teacher`).
+    # `pretrained:<timm tag>@sha256:<hex>` (`pretrained:<timm tag>` in stores of the previous
+    # release), or `random:<seed>` (`--random-teacher`).
     weights: str
     # Input normalisation, in [0, 1] units, and the side the views are rendered at.
     mean: tuple[float, float, float]

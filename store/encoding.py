@@ -25,12 +25,19 @@ the mean KL between renormalised top-k distributions is about 1e-4 nats (`topk_k
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from dalidr.augment.recipe import Recipe
 from dalidr.augment.records import COORD_SCALE, record_dtype
 from dalidr.errors import StoreError
+
+if TYPE_CHECKING:
+    from store.manifest_view import LazyColumn
+
+# (height, width) indexed by sample: the manifest's array, or its column read per block.
+ImageSizes = Union[np.ndarray, "LazyColumn"]
 
 __all__ = [
     "ESCAPE",
@@ -81,7 +88,7 @@ def record_columns(recipe: Recipe) -> list[ColumnSpec]:
 
 
 def _extents(spec: ColumnSpec, recipe: Recipe, records: np.ndarray, samples: np.ndarray,
-             image_hw: np.ndarray) -> np.ndarray:
+             image_hw: ImageSizes) -> np.ndarray:
     """Float extents broadcastable against the field: [..., 4] for (y, x, h, w)."""
     if spec.extent == "output":
         return np.full((1,) * records.ndim + (4,), float(recipe.output_size))
@@ -124,7 +131,7 @@ def encode_records(records: np.ndarray, recipe: Recipe, samples: np.ndarray,
 
 
 def decode_records(columns: dict[str, np.ndarray], recipe: Recipe, samples: np.ndarray,
-                   image_hw: np.ndarray) -> np.ndarray:
+                   image_hw: ImageSizes) -> np.ndarray:
     """Records of record_dtype(recipe) from the columns made by `encode_records`."""
     samples = np.asarray(samples, dtype=np.int64)
     specs = record_columns(recipe)

@@ -29,6 +29,7 @@ from store.layout import (
     open_layout,
 )
 from store.location import redacted
+from store.manifest_view import DIGESTS, digest_problems
 from store.validate import decode_views
 
 __all__ = ["StoreReport", "inspect_store", "verify_store", "format_report"]
@@ -81,6 +82,7 @@ def verify_store(layout: StoreLayout) -> tuple[list[str], int]:
         manifest = layout.manifest
         if manifest.fingerprint != layout.fingerprint:
             problems.append("manifest: its arrays do not match the stored fingerprint")
+        problems += digest_problems(layout, manifest)
     except DalidrError as exc:
         problems.append(f"manifest: {exc}")
     cfg = layout.config
@@ -135,7 +137,7 @@ def inspect_store(url: str, verify: bool = True) -> StoreReport:
     cfg, location = layout.config, layout.location
     committed = np.flatnonzero(layout.commits())
     samples = sum(len(layout.block_range(int(b))) for b in committed)
-    names = layout.data_names + [COMMIT, "derived", "manifest"]
+    names = layout.data_names + [COMMIT, "derived", "manifest", DIGESTS]
     problems, checked = verify_store(layout) if verify else (None, 0)
     return StoreReport(
         url=url, num_samples=layout.num_samples, slots=cfg.slots, k=cfg.k, recipe=cfg.recipe,

@@ -3,6 +3,8 @@
     /zarr.json                attributes["dalidr_store"]: StoreConfig, num_samples,
                               fingerprint (of the manifest), digest (of these attributes)
     /manifest/...             per-sample path, label, byte size, SHA-256, image size, skip mark
+    /manifest_digests         [num_blocks, 2]  uint64 per block of manifest rows: digest, skip
+                              count (`store.manifest_view`: the manifest read per block)
     /records/<field>          [N, slots, ...]  one column per record field (store.encoding)
     /topk/classes             [N, slots, k]    uint16 teacher class indices, by decreasing prob
     /topk/prob_gaps           [N, slots, k]    uint8 sqrt-quantised probabilities, as gaps
@@ -66,6 +68,7 @@ from store.config import ATTRS_KEY, SCHEMA_VERSION, Compression, StoreConfig
 from store.encoding import ColumnSpec, record_columns
 from store.location import CORRUPT_CHUNK_ERRORS, StoreLocation, locate, redacted
 from store.manifest import Manifest, write_manifest
+from store.manifest_view import LazyColumn, ManifestView, write_manifest_digests
 from store.validate import check_layout, checked_manifest
 
 __all__ = [
@@ -228,8 +231,21 @@ class StoreLayout:
         return checked_manifest(self)
 
     @cached_property
+    def manifest_view(self) -> ManifestView | None:
+        """The manifest read per block (`store.manifest_view`); None for a store without the
+        manifest's block digests (made before they existed: `dalidr upgrade` adds them)."""
+        return ManifestView.open(self)
+
+    @cached_property
     def image_hw(self) -> np.ndarray:
         return self.manifest.image_hw
+
+    @cached_property
+    def image_sizes(self) -> np.ndarray | LazyColumn:
+        """(height, width) indexed by sample, for decoding what a reader reads: the manifest's
+        if it was read whole, else read per block through the manifest view."""
+        view = None if "manifest" in self.__dict__ else self.manifest_view
+        return self.image_hw if view is None else view.column("image_hw")
 
 
 def create_layout(url: str, manifest: Manifest, config: StoreConfig,
@@ -243,11 +259,15 @@ def create_layout(url: str, manifest: Manifest, config: StoreConfig,
     attrs: dict[str, Any] = {ATTRS_KEY: {**store_attrs, "digest": attrs_digest(store_attrs)}}
     group = zarr.open_group(location.store, mode="w" if overwrite else "w-", attributes=attrs)
     write_manifest(group, manifest, config.block_size)
+    write_manifest_digests(group, manifest, config.block_size)
     arrays = {**_data_arrays(config), **_derived_arrays()}
     for name, description in arrays.items():
         create_data_array(group, name, config, len(manifest), description)
     create_commit_map(group, config, len(manifest))
-    return open_layout(url, read_only=False)
+    layout = open_layout(url, read_only=False)
+    # The manifest just written is the one in hand: a writer need not read it back (O(N)).
+    layout.__dict__["manifest"] = manifest
+    return layout
 
 
 def root_group(url: str, location: StoreLocation, read_only: bool = True

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +46,7 @@ from dalidr.errors import DatasetError, ImageError, StoreError
 from store.location import CORRUPT_CHUNK_ERRORS, redacted
 
 __all__ = ["Manifest", "scan_manifest", "write_manifest", "read_manifest",
-           "MANIFEST_COLUMNS", "SAMPLED_HASHES"]
+           "MANIFEST_COLUMNS", "SAMPLED_HASHES", "sampled_positions", "content_differences"]
 
 _GROUP = "manifest"
 _BYTES_CHUNK = 1 << 20  # path bytes per chunk
@@ -181,36 +181,40 @@ class Manifest:
 
     def sampled_indices(self, count: int = SAMPLED_HASHES) -> np.ndarray:
         """A deterministic sample of served samples whose content is hashed at every start."""
-        served = self.served
-        if served.size <= count:
-            return served
-        keys = mix64(served.astype(np.uint64) ^ np.uint64(0x5A3D_11E5))
-        return np.sort(served[np.argsort(keys, kind="stable")[:count]])
+        return sampled_positions(len(self), lambda samples: self.skipped[samples], count)
 
     def check_content(self, data: str | Path | DataSource, indices: Sequence[int] | np.ndarray,
                       workers: int = 8, progress: bool = False) -> list[str]:
         """Hash the samples `indices` of `data` (a folder root, or a source whose sample i is
         this manifest's sample i); one line per sample that differs."""
         source = data if isinstance(data, DataSource) else FileSource(data, self.paths)
-        indices = [int(i) for i in indices if not self.skipped[int(i)]]
+        kept = np.array([int(i) for i in indices if not self.skipped[int(i)]], np.int64)
+        return content_differences(source, kept, self.hashes[kept], workers, progress)
 
-        def one(i: int) -> str | None:
-            where = source.describe(i)
-            try:
-                digest = hashlib.sha256(source.read([i])[0].tobytes()).digest()
-            except DatasetError as exc:
-                return f"sample {i} ({where}): cannot be read: {exc}"
-            if digest != self.hashes[i].tobytes():
-                return f"sample {i} ({where}): content differs from the store's manifest"
-            return None
 
-        with ThreadPoolExecutor(max(1, min(workers, len(indices) or 1))) as pool:
-            lines: Iterable[str | None] = pool.map(one, indices)
-            if progress:
-                from tqdm import tqdm
+def content_differences(source: DataSource, indices: np.ndarray, hashes: np.ndarray,
+                        workers: int = 8, progress: bool = False) -> list[str]:
+    """Hash the samples `indices` of `source` against their manifest `hashes` ([n, 32]
+    uint8); one line per sample that differs or cannot be read."""
+    expected = {int(i): h.tobytes() for i, h in zip(indices, hashes, strict=True)}
 
-                lines = tqdm(lines, total=len(indices), desc="verifying", unit="file")
-            return [line for line in lines if line]
+    def one(i: int) -> str | None:
+        where = source.describe(i)
+        try:
+            digest = hashlib.sha256(source.read([i])[0].tobytes()).digest()
+        except DatasetError as exc:
+            return f"sample {i} ({where}): cannot be read: {exc}"
+        if digest != expected[i]:
+            return f"sample {i} ({where}): content differs from the store's manifest"
+        return None
+
+    with ThreadPoolExecutor(max(1, min(workers, len(expected) or 1))) as pool:
+        lines: Iterable[str | None] = pool.map(one, list(expected))
+        if progress:
+            from tqdm import tqdm
+
+            lines = tqdm(lines, total=len(expected), desc="verifying", unit="file")
+        return [line for line in lines if line]
 
 
 def _scan_one(source: DataSource, i: int) -> tuple[int, bytes, tuple[int, int]]:
@@ -351,3 +355,30 @@ def read_manifest(root: zarr.Group, where: str, num_samples: int, fingerprint: s
         raise StoreError(f"{where}: the manifest's arrays do not match the store's fingerprint "
                          "(edited or damaged on disk); run `dalidr inspect` on it")
     return manifest
+
+
+def sampled_positions(num_samples: int, skipped: Callable[[np.ndarray], np.ndarray],
+                      count: int = SAMPLED_HASHES) -> np.ndarray:
+    """A deterministic sample of `count` served samples (sorted), whose content is hashed at
+    every start to check a store belongs to a data root. Candidates come from a counter hash,
+    so choosing reads the skip marks of the candidates only (O(count) at any N); `skipped`
+    maps sample indices to their marks."""
+    if num_samples <= 4 * count:
+        candidates = np.arange(num_samples, dtype=np.int64)
+        keys = mix64(candidates.astype(np.uint64) ^ np.uint64(0x5A3D_11E5))
+        candidates = candidates[np.argsort(keys, kind="stable")]
+        served = candidates[~np.asarray(skipped(candidates), bool)]
+        return np.sort(served[:count])
+    chosen: list[int] = []
+    taken: set[int] = set()
+    for round_ in range(64):
+        counter = np.arange(round_ * 4 * count, (round_ + 1) * 4 * count, dtype=np.uint64)
+        draws = (mix64(counter ^ np.uint64(0x5A3D_11E5)) % np.uint64(num_samples)).astype(np.int64)
+        marks = np.asarray(skipped(draws), bool)
+        for sample, mark in zip(draws.tolist(), marks.tolist(), strict=True):
+            if not mark and sample not in taken:
+                taken.add(sample)
+                chosen.append(sample)
+                if len(chosen) == count:
+                    return np.sort(np.array(chosen, np.int64))
+    return np.sort(np.array(chosen, np.int64))

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from dalidr.augment.records import record_dtype
+from dalidr.data.data_source import DataSource
 from dalidr.data.dataset import DatasetListing
 from dalidr.errors import DatasetError, StoreError
 from store.config import StoreConfig
@@ -36,7 +38,8 @@ from store.layout import (
     open_layout,
 )
 from store.location import redacted
-from store.manifest import SAMPLED_HASHES, Manifest
+from store.manifest import SAMPLED_HASHES, Manifest, content_differences
+from store.manifest_view import ManifestView
 from store.plan import EpochPlan, PlanSpec, UnevenShards, plan_epoch
 from store.validate import decode_views
 
@@ -104,6 +107,27 @@ class StoreReader:
     def manifest(self) -> Manifest:
         """The store's manifest (read and checked against its fingerprint once)."""
         return self.layout.manifest
+
+    @property
+    def manifest_view(self) -> ManifestView | None:
+        """The manifest read per block (`store.manifest_view`), None for a store made before
+        the manifest's block digests (then `manifest` reads it whole)."""
+        return self.layout.manifest_view
+
+    def check_sampled_content(self, source: DataSource, root: str | Path,
+                              sampled_hashes: int = SAMPLED_HASHES) -> None:
+        """The start check of a loader that trusts the store's manifest as the listing, read
+        per block: hash `sampled_hashes` files of `source` (sample i is the store's sample i)
+        against it, reading only their blocks. DatasetError naming the first that differs."""
+        view = self.layout.manifest_view
+        if view is None:
+            raise StoreError(f"{self.url}: no manifest block digests; use check_dataset")
+        indices = view.sampled_indices(sampled_hashes)
+        bad = content_differences(source, indices, view.gather("sha256", indices))
+        if bad:
+            raise DatasetError(f"store {self.url} was not made from {root}: {bad[0]} "
+                               f"({len(bad)} of {len(indices)} sampled files differ; `dalidr "
+                               f"verify {self.url} --data {root}` checks all)")
 
     def check_dataset(self, dataset: Manifest | DatasetListing,
                       sampled_hashes: int = SAMPLED_HASHES) -> None:

@@ -28,6 +28,8 @@ from store.location import redacted
 
 __all__ = ["SKIPPED", "read_skip_marks", "skipped_views", "skipped_samples"]
 
+_BLOCKS_PER_READ = 64
+
 
 def read_skip_marks(layout: StoreLayout, rows: range, slots: int) -> np.ndarray:
     """[len(rows), slots] bool: the marks of samples `rows`, first `slots` slots (all False in
@@ -46,6 +48,12 @@ def skipped_views(url: str) -> np.ndarray:
     return read_skip_marks(layout, range(layout.num_samples), layout.config.slots)
 
 
-def skipped_samples(url: str) -> np.ndarray:
-    """Indices of samples with at least one skipped view."""
-    return np.flatnonzero(skipped_views(url).any(axis=1))
+def skipped_samples(store: str | StoreLayout) -> np.ndarray:
+    """Indices of samples with at least one skipped view (read a run of blocks at a time, so
+    the memory it takes does not grow with the store)."""
+    layout = open_layout(store) if isinstance(store, str) else store
+    n, step = layout.num_samples, layout.config.block_size * _BLOCKS_PER_READ
+    found = [start + np.flatnonzero(read_skip_marks(
+        layout, range(start, min(start + step, n)), layout.config.slots).any(axis=1))
+        for start in range(0, n, step)]
+    return np.concatenate(found).astype(np.int64)

@@ -22,7 +22,8 @@ Order, so that a kill at any point leaves a store some dalidr reads:
    `allow_incomplete` (`--allow-incomplete`): upgraded, its missing blocks could never be
    written, so it should be finished with the previous release first.
 2. Write everything new under names schema 2 does not use (`skipped`, `derived/`,
-   `commit_map`). Until step 3 the store is a valid schema 2 store with extra arrays. Arrays an
+   `commit_map`, `manifest_digests`: the manifest's block digests, `store.manifest_view`).
+   Until step 3 the store is a valid schema 2 store with extra arrays. Arrays an
    earlier run created must have exactly the metadata a fresh create gives.
 3. Replace the root `zarr.json` (the attributes) in one write: a file renamed into place
    locally (zarr's LocalStore), one PUT on an object store. From here it is a schema 3 store.
@@ -31,6 +32,9 @@ Order, so that a kill at any point leaves a store some dalidr reads:
    fresh. Resumable like the rest: blocks already scored are skipped.
 5. Remove the old `dalidr_skipped` and `commit`: last, so that while they remain, a rerun knows
    an upgrade is unfinished.
+
+A schema 3 store made before the manifest's block digests existed gets them (from its manifest,
+checked against the fingerprint first), and nothing else.
 
 Every object of step 2 is a deterministic function of the schema 2 store, so a rerun after a
 kill rewrites the same bytes and continues; a rerun on a schema 3 store acts only while the
@@ -76,6 +80,7 @@ from store.layout import (
     root_group,
 )
 from store.location import StoreLocation, locate, redacted
+from store.manifest_view import DIGESTS, write_manifest_digests
 from store.validate import check_manifest_layout, checked_array, checked_manifest
 from store.write_errors import writing
 from store.writer import commit_row
@@ -102,12 +107,14 @@ class UpgradeReport:
     difficulty_blocks: int = 0
     # The schema 2 arrays this run removed (on a schema 3 store: an interrupted upgrade's).
     removed: tuple[str, ...] = ()
+    # Whether this run wrote the manifest's block digests (`store.manifest_view`).
+    manifest_digests: bool = False
 
     @property
     def changed(self) -> bool:
         """Whether this run wrote anything (a clean schema 3 store: no)."""
         return (self.found_version != SCHEMA_VERSION or bool(self.removed)
-                or self.difficulty_blocks > 0)
+                or self.difficulty_blocks > 0 or self.manifest_digests)
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,7 @@ def upgrade_store(url: str, progress: bool = False,
     _refuse_incomplete(layout, old_rows, allow_incomplete)
     checked = _check_blocks(layout, old_rows, progress)
     _write_new(layout, checked, progress)
+    _write_manifest_digests(layout)
     _recheck_commit(layout, checked.old_rows)
     with writing(location, "the store's root attributes (zarr.json)", 1 << 16):
         layout.group.update_attributes({ATTRS_KEY: new_attrs})
@@ -155,7 +163,7 @@ def upgrade_store(url: str, progress: bool = False,
     scored = fill_difficulty(url, progress=progress)
     removed = _remove_old(location)
     return UpgradeReport(url, UPGRADABLE_VERSION, len(checked.rows), layout.num_blocks,
-                         checked.marked, scored, removed)
+                         checked.marked, scored, removed, manifest_digests=True)
 
 
 def _root_attrs(url: str, location: StoreLocation, read_only: bool) -> tuple[Any, dict[str, Any]]:
@@ -172,11 +180,25 @@ def _finish(url: str, progress: bool) -> UpgradeReport:
     nothing written where it did not (a read-only store stays untouched)."""
     layout = open_layout(url)
     committed = int((layout.commits() != 0).sum())
+    digests = not layout.location.exists(f"{DIGESTS}/zarr.json")
+    if digests:  # a schema 3 store made before the manifest's block digests
+        _write_manifest_digests(open_layout(url, read_only=False))
     if not _old_names(layout.location):
-        return UpgradeReport(url, SCHEMA_VERSION, committed, layout.num_blocks, 0)
+        return UpgradeReport(url, SCHEMA_VERSION, committed, layout.num_blocks, 0,
+                             manifest_digests=digests)
     scored = fill_difficulty(url, progress=progress)
     removed = _remove_old(locate(url, read_only=False))
-    return UpgradeReport(url, SCHEMA_VERSION, committed, layout.num_blocks, 0, scored, removed)
+    return UpgradeReport(url, SCHEMA_VERSION, committed, layout.num_blocks, 0, scored, removed,
+                         manifest_digests=digests)
+
+
+def _write_manifest_digests(layout: StoreLayout) -> None:
+    """The manifest's block digests, from the manifest read whole and checked against the
+    fingerprint (a rerun rewrites the same bytes)."""
+    manifest = checked_manifest(layout, digests=False)  # the digests are (re)written here
+    with writing(layout.location, f"the manifest's block digests ({DIGESTS!r})",
+                 16 * layout.num_blocks + 4096):
+        write_manifest_digests(layout.group, manifest, layout.config.block_size)
 
 
 def _refused(url: str, what: str) -> StoreError:
@@ -217,7 +239,7 @@ def _checked_v2(url: str, location: StoreLocation, attrs: dict[str, Any]
                       np.dtype("<u8"))
         if _has_old_marks(layout):
             checked_array(layout, OLD_SKIPPED, (num_samples, config.slots), np.dtype("u1"))
-        checked_manifest(layout)
+        checked_manifest(layout, digests=False)  # rewritten by step 2
     except DalidrError as exc:
         raise _refused(url, str(exc)) from exc
     store_attrs = {**config.to_attrs(), "num_samples": num_samples, "fingerprint": fingerprint}
@@ -413,6 +435,11 @@ def _run(args: Any) -> int:
                           allow_incomplete=args.allow_incomplete)
     if not report.changed:
         print(f"{args.store}: schema version {SCHEMA_VERSION}, current; nothing to do")
+        return 0
+    if report.found_version == SCHEMA_VERSION and not report.removed and (
+            report.manifest_digests):
+        print(f"{args.store}: wrote the manifest's block digests, so loaders read its "
+              "manifest per block")
         return 0
     if report.found_version == SCHEMA_VERSION:
         print(f"{args.store}: finished an interrupted upgrade: difficulty written for "

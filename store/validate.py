@@ -47,6 +47,7 @@ from dalidr.augment.records import COORD_SCALE, MixMode, validate_records
 from dalidr.errors import DalidrError, RecordError, StoreError
 from store.encoding import decode_records, dequantise_probs
 from store.location import redacted
+from store.manifest_view import ManifestBlockError
 
 if TYPE_CHECKING:
     from store.layout import StoreLayout
@@ -263,8 +264,10 @@ def _check_extra_arrays(layout: StoreLayout) -> None:
 # ------------------------------------------------------------------------------ manifest
 
 
-def checked_manifest(layout: StoreLayout) -> Manifest:
-    """The store's manifest, read with damage reported by name, its values checked."""
+def checked_manifest(layout: StoreLayout, digests: bool = True) -> Manifest:
+    """The store's manifest, read with damage reported by name, its values checked; and,
+    unless not `digests`, its block digests (`store.manifest_view`) read and their seal
+    checked against it, so whatever the store holds is read on every path."""
     from store.manifest import read_manifest
 
     try:
@@ -277,6 +280,8 @@ def checked_manifest(layout: StoreLayout) -> Manifest:
                          f"metadata under manifest/): {type(exc).__name__}: "
                          f"{redacted(exc)}") from exc
     check_manifest(layout, manifest)
+    if digests:
+        _ = layout.manifest_view  # StoreError if the digests are damaged, linked or forged
     return manifest
 
 
@@ -405,10 +410,12 @@ def decode_views(layout: StoreLayout, columns: dict[str, np.ndarray], classes: n
             raise fail("records/partner", bad, f"partner {int(partner[bad][0])} is not in "
                        f"0..{layout.num_samples - 1}")
     try:
-        records = decode_records(columns, cfg.recipe, given, layout.image_hw)
+        records = decode_records(columns, cfg.recipe, given, layout.image_sizes)
         if not _records_ok(records, cfg.recipe, layout.num_samples):  # fast path: reductions
             validate_records(records, cfg.recipe, layout.num_samples, names=names)
             raise RecordError("a record failed the fast check")  # not reached: named above
+    except ManifestBlockError:
+        raise  # the manifest's damage, named by block: not the records'
     except (StoreError, RecordError) as exc:
         raise StoreError(f"{url}: records of the views read are invalid: {exc}") from exc
     classes = np.asarray(classes)

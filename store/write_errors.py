@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import errno
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -90,13 +90,15 @@ def write_error(location: StoreLocation, what: str, exc: OSError, needed: int | 
 
 @contextmanager
 def writing(location: StoreLocation, what: str, needed: int | None = None,
-            remaining: str = "") -> Iterator[None]:
+            remaining: str | Callable[[], str] = "") -> Iterator[None]:
     """Turn an OSError raised inside into a StoreWriteError naming the store and `what` (and,
     for a full disk, `needed` bytes against the free ones; `remaining` is added as it is,
-    e.g. "; 3 blocks are still to write")."""
+    e.g. "; 3 blocks are still to write", or made by calling it only when a write fails,
+    when saying it costs reads)."""
     try:
         yield
     except StoreWriteError:
         raise
     except OSError as exc:
-        raise write_error(location, what, exc, needed, remaining) from exc
+        said = remaining() if callable(remaining) else remaining
+        raise write_error(location, what, exc, needed, said) from exc

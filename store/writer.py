@@ -58,8 +58,10 @@ def create_store(url: str, manifest: Manifest, config: StoreConfig,
     needed = (manifest.paths.data.nbytes + manifest.paths.offsets.nbytes
               + 49 * len(manifest) + 4096 * (16 + len(record_columns(config.recipe))))
     with writing(location, "the store's metadata and manifest", needed):
-        create_layout(url, manifest, config, overwrite=overwrite)
-    return StoreWriter(url)
+        layout = create_layout(url, manifest, config, overwrite=overwrite)
+    writer = StoreWriter(url)
+    writer.layout.__dict__["manifest"] = layout.manifest  # in hand: not read back (O(N))
+    return writer
 
 
 def interrupted_creation(url: str, config: StoreConfig) -> bool:
@@ -195,12 +197,12 @@ class StoreWriter:
         for name in self.layout.data_names:
             key = self.layout.shard_key(name, block)
             with writing(location, f"{where} of array {name!r} (object {key})",
-                         _block_bytes(arrays, [name]), self._remaining(arrays)):
+                         _block_bytes(arrays, [name]), lambda: self._remaining(arrays)):
                 self.layout.array(name)[samples.start:samples.stop] = arrays[name]
         row = commit_row(self.config, arrays, block)
         key = self.layout.shard_key(COMMIT, block)
         with writing(location, f"the commit entry of {where} (object {key})", row.nbytes,
-                     self._remaining(arrays)):
+                     lambda: self._remaining(arrays)):
             self.layout.array(COMMIT)[block] = row
 
     def _remaining(self, arrays: dict[str, np.ndarray]) -> str:

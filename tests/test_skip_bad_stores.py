@@ -122,3 +122,16 @@ def test_a_negative_size_is_refused_on_a_sample_that_is_not_skipped(tmp_path) ->
     skipped[2] = True
     check_manifest(layout, type(manifest)(manifest.paths, manifest.labels, sizes,
                                           manifest.hashes, manifest.image_hw, skipped))
+
+
+def test_the_manifest_read_per_block_leaves_out_the_same_samples(mixed_store) -> None:
+    """A loader reading the manifest per block finds the unreadable sample from the blocks'
+    skip counts and serves exactly what the loader reading it whole serves (partners too)."""
+    from dalidr.training.loader import DatasetCheck
+
+    root, url = mixed_store
+    config = LoaderConfig(batch_size=4, last_batch=LastBatch.PARTIAL)
+    with ReinforcedLoader(url, root, config, check=DatasetCheck.MANIFEST) as loader:
+        assert loader.listing is None  # read per block
+        lazy = {int(s) for _ in loader for s in loader.served_samples}
+    assert lazy == _served(url, root) and BAD not in lazy

@@ -169,7 +169,7 @@ def test_checkpoints_are_never_unpickled(tmp_path: Path) -> None:
 def test_member_identity_names_the_weights_not_the_file(tmp_path: Path) -> None:
     """The store records each member by the digest of the tensors it loaded: the same weights
     as safetensors or as a wrapped torch file give one identity, other weights another; random
-    members by the torch seed they were drawn with, pretrained ones by their timm tag."""
+    members by the torch seed they were drawn with (pretrained ones: test_teacher_identity)."""
     from dalidr.teacher.ensemble import member_seed, tensors_sha256
 
     safetensors = _save(tmp_path, "test_resnet", 3)

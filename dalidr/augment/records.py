@@ -326,29 +326,47 @@ def draw_records(
     samples: Sequence[int] | np.ndarray,
     slots: Sequence[int] | np.ndarray,
     image_hw: np.ndarray,
+    *,
+    num_samples: int | None = None,
 ) -> np.ndarray:
     """Records for every (sample, slot) pair: an array of shape [len(samples), len(slots)].
 
     `image_hw` holds (height, width) of every sample in the dataset, indexed by sample index;
-    partners are drawn from all of them.
+    partners are drawn from all of them. Given the dataset's `num_samples`, `image_hw` holds
+    only the sizes of `samples`, in their order (for a recipe without mixing, whose draws
+    need no other sample's size: a loader that reads the manifest per block).
     """
     samples = np.asarray(samples, dtype=np.int64)
     slots = np.asarray(slots, dtype=np.int64)
     image_hw = np.asarray(image_hw, dtype=np.int64)
-    num_samples = len(image_hw)
+    rows: np.ndarray | None = None
+    if num_samples is not None:
+        if recipe.has_mix:
+            raise RecordError("records of a mixing recipe need every sample's image size")
+        if image_hw.shape != (len(samples), 2):
+            raise RecordError(f"image sizes {image_hw.shape} must be [{len(samples)}, 2], one "
+                              "per sample drawn")
+        rows = np.repeat(image_hw, len(slots), axis=0)
+    else:
+        num_samples = len(image_hw)
     if samples.size and (samples.min() < 0 or samples.max() >= num_samples):
         bad = int(samples[(samples < 0) | (samples >= num_samples)][0])
         raise RecordError(f"sample index {bad} is outside the dataset of {num_samples} samples")
     if (image_hw <= 0).any():
         bad = int(np.flatnonzero((image_hw <= 0).any(axis=1))[0])
-        raise RecordError(f"sample {bad} has image size {tuple(image_hw[bad])}; must be positive")
+        sample = bad if rows is None else int(samples[bad])
+        raise RecordError(f"sample {sample} has image size {tuple(image_hw[bad])}; must be "
+                          "positive")
     dtype = record_dtype(recipe)
     grid_samples = np.repeat(samples, len(slots))
     grid_slots = np.tile(slots, len(samples))
+    if rows is None:
+        rows = image_hw[grid_samples]
     flat = np.empty(grid_samples.size, dtype=dtype)
     for start in range(0, grid_samples.size, _CHUNK):
         part = slice(start, start + _CHUNK)
-        _draw_block(flat[part], recipe, seed, grid_samples[part], grid_slots[part], image_hw)
+        _draw_block(flat[part], recipe, seed, grid_samples[part], grid_slots[part], rows[part],
+                    image_hw)
     return flat.reshape(len(samples), len(slots))
 
 
@@ -358,9 +376,10 @@ def _draw_block(
     seed: int,
     samples: np.ndarray,
     slots: np.ndarray,
+    sample_hw: np.ndarray,
     image_hw: np.ndarray,
 ) -> None:
-    _fill_view(out, "", _Draws(_keys(seed, samples, slots, 0)), recipe, image_hw[samples])
+    _fill_view(out, "", _Draws(_keys(seed, samples, slots, 0)), recipe, sample_hw)
     if recipe.has_mix:
         mix = _Draws(_keys(seed, samples, slots, 1))
         partners = _fill_mix(out, mix, recipe, samples, len(image_hw))

@@ -41,8 +41,8 @@ import numpy as np
 from dalidr.data.path_list import PathList
 from dalidr.errors import DatasetError
 
-__all__ = ["DataSource", "FileSource", "ShardFile", "ShardStream", "LocalShardFile", "ShardSource",
-           "SHARD_OPENERS", "open_shard_file", "url_scheme"]
+__all__ = ["DataSource", "FileSource", "NamedFileSource", "ShardFile", "ShardStream",
+           "LocalShardFile", "ShardSource", "SHARD_OPENERS", "open_shard_file", "url_scheme"]
 
 # Files a ShardSource keeps open at once (least recently used closed first).
 _MAX_OPEN = 256
@@ -107,10 +107,12 @@ class FileSource(DataSource):
     def file(self, index: int) -> Path:
         return self.root / self.paths[int(index)]
 
+    def _files(self, indices: Sequence[int] | np.ndarray) -> list[Path]:
+        return [self.file(int(i)) for i in indices]
+
     def read(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
         out = []
-        for i in indices:
-            path = self.file(int(i))
+        for path in self._files(indices):
             try:
                 out.append(np.fromfile(path, dtype=np.uint8))
             except OSError as exc:
@@ -133,6 +135,28 @@ class FileSource(DataSource):
 
     def describe(self, index: int) -> str:
         return str(self.file(index))
+
+    def for_paths(self, paths: PathList) -> FileSource:
+        return FileSource(self.root, paths)
+
+
+class NamedFileSource(FileSource):
+    """Files under a folder named per sample on demand (`paths_of(indices)`: a store's
+    manifest read per block), so no process holds every path of a large dataset."""
+
+    def __init__(self, root: str | Path, count: int,
+                 paths_of: Callable[[np.ndarray], list[str]]) -> None:
+        super().__init__(root, [])
+        self.count, self.paths_of = int(count), paths_of
+
+    def __len__(self) -> int:
+        return self.count
+
+    def file(self, index: int) -> Path:
+        return self.root / self.paths_of(np.array([int(index)]))[0]
+
+    def _files(self, indices: Sequence[int] | np.ndarray) -> list[Path]:
+        return [self.root / p for p in self.paths_of(np.asarray(indices, dtype=np.int64))]
 
     def for_paths(self, paths: PathList) -> FileSource:
         return FileSource(self.root, paths)

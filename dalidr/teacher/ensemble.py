@@ -20,10 +20,17 @@ from a generator seeded with (seed, member index), so every rank and every resum
 labels with the same weights; a member with neither is refused by name.
 
 Identity. Every member is recorded in the store by `identity()` (`store.config.MemberIdentity`):
-its name, view and weights as `sha256:<hex>` of the tensors it loaded (names, dtypes, shapes
-and bytes in sorted-name order: the same weights saved as safetensors or as a torch file give
-the same digest), `pretrained:<timm tag>` or `random:<the member's torch seed>`, so
-`dalidr reinforce` can refuse to resume a store with another teacher.
+its name, view and weights as `sha256:<hex>` of the tensors it loaded from its checkpoint
+(`tensors_sha256`: names, dtypes, shapes and bytes in sorted-name order, so the same weights
+saved as safetensors or as a torch file give the same digest), `pretrained:<timm
+name.tag>@sha256:<hex>` (`pretrained_weights`: the tag asked for and the digest of the state
+dict timm actually loaded, so a revised weight file under the same tag is told apart) or
+`random:<the member's torch seed>`, so `dalidr reinforce` can refuse to resume a store with
+another teacher (`same_weights`: a store of the previous release recorded `pretrained:<tag>`
+without a digest, which still resumes under that tag). Random weights carry no digest on
+purpose: torch draws them with CPU-specific vector code (`ATEN_CPU_CAPABILITY` default vs
+AVX2 gives weights a few ulps apart), so a digest would refuse a rank or a resume on another
+CPU for labels that mean nothing either way; the seed identifies them.
 
 Checkpoints are data, never code: `.safetensors` files are read with safetensors, anything
 else with `torch.load(weights_only=True)`. A checkpoint must fit its architecture exactly
@@ -62,6 +69,8 @@ __all__ = [
     "load_weights",
     "build_teacher",
     "member_seed",
+    "pretrained_weights",
+    "same_weights",
     "tensors_sha256",
     "VIEW_INTERPOLATION",
 ]
@@ -100,7 +109,8 @@ class TeacherMember:
     # SHA-256 of the checkpoint file (None without one), recorded in the store's description.
     checkpoint_sha256: str | None
     # Where the weights come from: `sha256:<hex>` of the checkpoint's tensors
-    # (`tensors_sha256`), `pretrained:<timm tag>` or `random:<member_seed(seed, index)>`.
+    # (`tensors_sha256`), `pretrained:<timm tag>@sha256:<hex>` (`pretrained_weights`) or
+    # `random:<member_seed(seed, index)>`.
     weights: str = ""
 
     def identity(self) -> MemberIdentity:
@@ -223,6 +233,33 @@ def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+# Between a pretrained member's timm tag and the digest of the weights timm loaded.
+_DIGEST = "@sha256:"
+
+
+def pretrained_weights(name: str, model: nn.Module) -> str:
+    """The identity of the timm pretrained weights `model` holds (timm model `name`):
+    `pretrained:<architecture>[.<tag>]@sha256:<tensors_sha256 of its state dict>`. The tag
+    says what was asked for, the digest what timm loaded: a weight file revised under the same
+    tag, or a changed timm checkpoint filter, gives another identity."""
+    tag = getattr(model, "pretrained_cfg", {}).get("tag") or ""
+    asked = f"{name.split('.', 1)[0]}{'.' + tag if tag else ''}"
+    return f"pretrained:{asked}{_DIGEST}{tensors_sha256(model.state_dict())}"
+
+
+def same_weights(stored: str, wanted: str) -> bool:
+    """Whether the weights a store records (`stored`) are this run's (`wanted`): equal, or
+    `stored` is the previous release's `pretrained:<tag>`, recorded before the digest was
+    added, and `wanted` is `pretrained:<tag>@sha256:<hex>` of the same tag. Such a store
+    cannot show which file timm loaded then; refusing it would strand every store of that
+    release, and the tag is exactly what that release promised to check."""
+    if stored == wanted:
+        return True
+    tagged, _, digest = wanted.partition(_DIGEST)
+    return (stored.startswith("pretrained:") and _DIGEST not in stored and bool(digest)
+            and stored == tagged)
+
+
 def load_weights(model: nn.Module, name: str, checkpoint: Path, num_classes: int,
                  role: str = "teacher checkpoint"
                  ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -296,8 +333,7 @@ def _build_member(spec: MemberSpec, num_classes: int, pretrained: bool, size: in
                               f"dataset has {num_classes}")
         sha, normalisation = None, None
         if pretrained:
-            tag = getattr(model, "pretrained_cfg", {}).get("tag") or ""
-            weights = f"pretrained:{spec.name.split('.', 1)[0]}{'.' + tag if tag else ''}"
+            weights = pretrained_weights(spec.name, model)
         else:
             weights = f"random:{member_seed(random_seed or 0, index)}"  # the torch seed used
     else:

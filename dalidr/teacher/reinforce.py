@@ -45,9 +45,10 @@ from dalidr.data.shards import SHARDS_HELP, DataSpec
 from dalidr.errors import DatasetError, ImageError, OptionError, StoreError
 from dalidr.ranks import local_cuda_index, rank_and_world
 from dalidr.teacher.ensemble import Ensemble, build_teacher
+from dalidr.teacher.resume import check_resume
 from dalidr.teacher.views import ViewSource, decodes, view_pipeline
 from kernels.topk import ensemble_topk
-from store.config import MemberIdentity, StoreConfig
+from store.config import StoreConfig
 from store.derived import write_derived_block
 from store.difficulty_pass import block_difficulty
 from store.manifest import Manifest, scan_manifest
@@ -186,36 +187,9 @@ def _open_writer(url: str, config: StoreConfig, listing: DatasetListing, skip_ba
         if time.monotonic() > deadline:
             raise StoreError(f"rank {rank}: {url} was not created by rank 0 within {timeout:.0f} s")
         time.sleep(0.2)
-    _check_teacher(url, writer.config.teacher_members, config.teacher_members)
-    # The teacher is its members' identity (just checked); its description names checkpoint
-    # files, which may be renamed or converted (safetensors <-> torch) between runs.
-    if replace(writer.config, teacher=config.teacher) != config:
-        raise StoreError(f"{url} holds a store made with other options ({writer.config}); "
-                         f"this run asks for {config}: rerun the original command or use "
-                         "another --out")
+    check_resume(url, writer.config, config)
     _check_listing(writer.layout.manifest, listing, url)
     return writer
-
-
-def _members(members: tuple[MemberIdentity, ...]) -> str:
-    return "; ".join(f"{m.name} (weights {m.weights}, {m.input_size}px, mean {list(m.mean)}, "
-                     f"std {list(m.std)}, {m.interpolation})" for m in members)
-
-
-def _check_teacher(url: str, stored: tuple[MemberIdentity, ...] | None,
-                   wanted: tuple[MemberIdentity, ...] | None) -> None:
-    """Refuse to resume a store whose teacher is not provably this run's."""
-    if wanted is None or stored == wanted:
-        return
-    if stored is None:
-        raise StoreError(f"{url} does not record its teacher (teacher_members is null: an "
-                         "upgraded store, or one not made by `dalidr reinforce`), so `dalidr "
-                         "reinforce` cannot resume it: nothing shows that this run's teacher "
-                         f"({_members(wanted)}) labelled its committed blocks; training from it "
-                         "works as it is")
-    raise StoreError(f"{url} was labelled by the teacher {_members(stored)}; this run's teacher "
-                     f"is {_members(wanted)}: resume with the original teacher (checkpoints, "
-                     "--pretrained or --random-teacher and --seed), or use another --out")
 
 
 def _openable(url: str) -> bool:

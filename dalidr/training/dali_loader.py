@@ -31,7 +31,6 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from dalidr.augment.replay import check_jpeg
 from dalidr.data.data_source import DataSource
-from dalidr.data.dataset import DatasetListing
 from dalidr.errors import DatasetError, ImageError, OptionError
 from dalidr.training.loader_config import (
     LastBatch,
@@ -44,6 +43,15 @@ from kernels.kl_loss import densify_topk
 
 # package-internal: `dalidr.training.loader` and `dalidr.training.plain_loader` use it
 __all__: list[str] = []
+
+
+class Labels(Protocol):
+    """Labels indexed by sample: `labels[samples]` is an int array (a numpy array, or a
+    store's manifest column read per block, `store.manifest_view.LazyColumn`)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, samples: Any) -> Any: ...
 
 
 class RecordSource(Protocol):
@@ -61,7 +69,7 @@ class _Epoch:
     samples: np.ndarray  # [n] int64
     # [n] records, or something sliced into them per batch (`records[part]`), or None.
     records: np.ndarray | RecordSource | None
-    classes: np.ndarray  # [n, k] int64
+    classes: np.ndarray  # [n, k] int32 (as stored) or int64
     probs: np.ndarray  # [n, k] float32
 
 
@@ -101,14 +109,15 @@ class _DaliLoader:
 
     has_partner = False
 
-    def __init__(self, listing: DatasetListing, config: LoaderConfig, num_classes: int,
-                 rank: int | None, world: int | None) -> None:
+    def __init__(self, source: DataSource, labels: Labels, config: LoaderConfig,
+                 num_classes: int, rank: int | None, world: int | None) -> None:
         if not isinstance(config, LoaderConfig):
             raise OptionError(f"config must be a LoaderConfig, not {type(config).__name__}")
-        self.listing, self.config, self.num_classes = listing, config, num_classes
+        self.config, self.num_classes = config, num_classes
         self.rank, self.world = distributed_rank_world(rank, world)
-        self.source = listing.source
-        self.labels = np.asarray(listing.labels, dtype=np.int64)
+        # Sample i's bytes and label (`labels[samples]`: an array, or a store's manifest
+        # column read per block).
+        self.source, self.labels = source, labels
         # The epoch served next, its global start position (0 unless resumed into it by
         # `load_state_dict`) and the step (batch of this rank) from that start.
         self.epoch, self.start, self.step = 0, 0, 0
@@ -283,8 +292,9 @@ class _DaliLoader:
                 f"{self.world} has {n} samples, so last_batch=DROP serves no batch; valid: "
                 f"batch_size <= {n}, or last_batch=LastBatch.PARTIAL")
 
-    def _build(self) -> Pipeline:
-        self._check_not_empty()
+    def _build(self, check: bool = True) -> Pipeline:
+        if check:  # a subclass that learns its epoch's length meanwhile checks it after
+            self._check_not_empty()
         cfg = self.config
         device = "cpu" if cfg.device_id is None else "gpu"
         channels_last, crop = cfg.channels_last, self._crop()
@@ -371,7 +381,7 @@ class _DaliLoader:
 
     def _targets(self, batch: _Batch) -> Any:
         cfg = self.config
-        classes = torch.from_numpy(batch.classes)
+        classes = torch.from_numpy(batch.classes.astype(np.int64))
         probs = torch.from_numpy(batch.probs)
         if cfg.targets is Targets.DENSE:
             dense = densify_topk(classes, probs, self.num_classes, cfg.densify)

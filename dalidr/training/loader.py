@@ -31,8 +31,10 @@ epoch (drop_last=True), `LastBatch.PARTIAL` pads with a few repeated samples (`S
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +44,18 @@ from dalidr.augment.hashing import keyed, unit_interval
 from dalidr.augment.recipe import Recipe
 from dalidr.augment.records import draw_records, identity_records
 from dalidr.augment.replay import Output, ReplaySpec, replay_graph
-from dalidr.data.data_source import DataSource
+from dalidr.data.data_source import DataSource, NamedFileSource
 from dalidr.data.dataset import DatasetListing, list_dataset, source_for
-from dalidr.data.shards import DataSpec
+from dalidr.data.shards import DataSpec, is_shard_spec
 from dalidr.errors import OptionError, StoreError
 from dalidr.teacher.skips import skipped_samples
-from dalidr.training.dali_loader import _check_classes, _DaliLoader, _Epoch, _one_hot_topk
+from dalidr.training.dali_loader import (
+    Labels,
+    _check_classes,
+    _DaliLoader,
+    _Epoch,
+    _one_hot_topk,
+)
 from dalidr.training.loader_config import (
     SHARDS,
     Augment,
@@ -76,6 +84,8 @@ __all__ = [
 ]
 
 _STREAM_ORIGINAL = 0x5EED_0001  # seeds the p-coin and the original samples' crops
+# Manifest blocks a rank keeps beyond its share (mixing partners, a resumed rank's neighbours).
+_SPARE_BLOCKS = 16
 
 
 class DatasetCheck(enum.Enum):
@@ -111,41 +121,79 @@ class ReinforcedLoader(_DaliLoader):
         if shards is not None and reader.uneven is not shards:
             reader = copy.copy(reader)  # the caller's reader keeps its own policy
             reader.uneven = shards
-        stored = reader.manifest
-        if manifest is not None:
-            reader.check_dataset(manifest)
-            listing = _served_listing(data, stored, reader.config.num_classes)
-        elif check is DatasetCheck.MANIFEST:
-            listing = _served_listing(data, stored, reader.config.num_classes)
-            reader.check_dataset(listing)
+        rank, world = distributed_rank_world(rank, world)
+        view = reader.manifest_view if (manifest is None and check is DatasetCheck.MANIFEST
+                                        and not is_shard_spec(data)) else None
+        # The listing read through (None when the manifest is read per block).
+        self.listing: DatasetListing | None = None
+        if view is not None:
+            # The store's manifest read per block, as the rank's samples need it: this rank
+            # holds its share of the blocks' rows, never every path (`store.manifest_view`).
+            view.reserve(-(-reader.num_blocks // world) + _SPARE_BLOCKS)
+            source: DataSource = NamedFileSource(Path(str(data)), reader.num_samples,
+                                                 view.paths)
+            reader.check_sampled_content(source, str(data))
+            labels: Labels = view.column("label")
+            self.image_hw: Labels = view.column("image_hw")
+            unreadable = view.skipped_samples()
         else:
-            listed = list_dataset(data, file_list)
-            reader.check_dataset(listed)
-            listing = _served_listing(data, stored, len(listed.classes), listed.classes,
-                                      listed.source.for_paths(stored.paths))
+            stored = reader.manifest
+            if manifest is not None:
+                reader.check_dataset(manifest)
+                listing = _served_listing(data, stored, reader.config.num_classes)
+            elif check is DatasetCheck.MANIFEST:
+                listing = _served_listing(data, stored, reader.config.num_classes)
+                reader.check_dataset(listing)
+            else:
+                listed = list_dataset(data, file_list)
+                reader.check_dataset(listed)
+                listing = _served_listing(data, stored, len(listed.classes), listed.classes,
+                                          listed.source.for_paths(stored.paths))
+            self.listing, source, labels = listing, listing.source, listing.labels
+            self.image_hw = stored.image_hw
+            unreadable = np.flatnonzero(stored.skipped)
         _check_classes(num_classes, reader.config.num_classes, f"store {reader.url}")
+        super().__init__(source, labels, config, reader.config.num_classes, rank, world)
+        self.reader = reader
+        self.recipe: Recipe = reader.config.recipe
+        self.has_partner = self.recipe.has_mix
+        # The original samples' transform: the recipe's crop and flip, nothing else.
+        self._original = self.recipe.replace(ra_num_ops=0, erase_prob=0.0, mix_prob=0.0)
+        # What grows with the store (the commit map, every view's skip mark) is read in a
+        # thread while DALI builds the graph (seconds of tracing and compiling); errors are
+        # still raised here.
+        with ThreadPoolExecutor(1, thread_name_prefix="dalidr-start") as pool:
+            started = pool.submit(self._start, unreadable)
+            try:
+                self._pipe = self._build(check=False)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    started.result()[1].close()
+                raise
+            self._skipped, self._prefetcher = started.result()
+        try:
+            self._check_not_empty()
+        except OptionError:
+            self._prefetcher.close()
+            raise
+
+    def _start(self, unreadable: np.ndarray) -> tuple[np.ndarray, EpochPrefetcher]:
+        """The samples no epoch serves, and the prefetcher reading epoch 0 (StoreError if the
+        teacher pass has not finished)."""
+        reader = self.reader
         done = reader.committed()
         if not done.all():
             block = int(np.flatnonzero(~done)[0])
             raise StoreError(f"store {reader.url} is incomplete: {int((~done).sum())} of "
                              f"{len(done)} blocks are not committed (first: block {block}); "
                              "finish the teacher pass first")
-        super().__init__(listing, config, reader.config.num_classes, rank, world)
-        self.reader = reader
-        self.recipe: Recipe = reader.config.recipe
-        self.has_partner = self.recipe.has_mix
-        self.image_hw = stored.image_hw
         # Samples the teacher pass marked skipped (`reinforce --skip-bad`) are never read or
         # served: the plan takes them out of the epoch's order before cutting it among ranks
         # (`store.plan`), so every rank runs the same number of steps and no other sample sits
         # out for them.
-        self._skipped = np.union1d(skipped_samples(reader.url), np.flatnonzero(stored.skipped))
-        self._prefetcher = EpochPrefetcher(reader, self.rank, self.world, start_epoch=0,
-                                           skipped=self._skipped,
-                                           curriculum=config.curriculum)
-        # The original samples' transform: the recipe's crop and flip, nothing else.
-        self._original = self.recipe.replace(ra_num_ops=0, erase_prob=0.0, mix_prob=0.0)
-        self._pipe = self._build()
+        skipped = np.union1d(skipped_samples(reader.layout), unreadable)
+        return skipped, EpochPrefetcher(reader, self.rank, self.world, start_epoch=0,
+                                        skipped=skipped, curriculum=self.config.curriculum)
 
     def _served(self) -> int:
         return self.reader.num_samples - len(self._skipped)
@@ -172,7 +220,8 @@ class ReinforcedLoader(_DaliLoader):
     def original_records(self, epoch: int, samples: np.ndarray) -> np.ndarray:
         """Records of the original samples' views: a fresh crop and flip, nothing else."""
         drawn = draw_records(self._original, self.config.seed + _STREAM_ORIGINAL, samples,
-                             np.array([epoch]), self.image_hw)[:, 0]
+                             np.array([epoch]), self.image_hw[samples],
+                             num_samples=self.reader.num_samples)[:, 0]
         records = identity_records(self.recipe, len(samples))
         records["crop"], records["flip"] = drawn["crop"], drawn["flip"]
         if self.recipe.has_mix:
@@ -182,9 +231,9 @@ class ReinforcedLoader(_DaliLoader):
     def _epoch_data(self, epoch: int, start: int) -> _Epoch:
         data = self._prefetcher.get(epoch, start)
         samples = data.plan.samples
-        records = data.records.copy()
-        classes = data.targets.classes.astype(np.int64)
-        probs = data.targets.probs.astype(np.float32)
+        # The epoch's arrays are this loader's alone (read for it by the prefetcher): the
+        # original samples are written in place, so an epoch is held once, not twice.
+        records, classes, probs = data.records, data.targets.classes, data.targets.probs
         original = np.flatnonzero(self.original_mask(epoch, samples))
         if original.size:
             records[original] = self.original_records(epoch, samples[original])

@@ -61,7 +61,9 @@ class PlainLoader(_DaliLoader):
         if num_classes is not None and num_classes < classes:
             raise DatasetError(f"the model predicts {num_classes} classes but dataset "
                                f"{listing.root} has labels up to {classes - 1}")
-        super().__init__(listing, config, num_classes or classes, rank, world)
+        super().__init__(listing.source, listing.labels, config, num_classes or classes, rank,
+                         world)
+        self.listing = listing
         self.size, self.augment = size, augment
         self.recipe = None if recipe is None else recipe.replace(output_size=size,
                                                                  teacher_size=None)

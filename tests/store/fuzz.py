@@ -75,6 +75,9 @@ class Kind(enum.Enum):
     FIFO = "fifo"
     OVERSIZED = "oversized"  # a chunk made a sparse file of OVERSIZE bytes
     OVERSIZED_JSON = "oversized_json"  # a zarr.json made one
+    # Not a mutation of a stored file: a teacher pass whose `offset`-th write fails with ENOSPC,
+    # `file` the object that failed (`tests/store/fuzz_writes.py`; never from `make_mutants`).
+    WRITE_FAILURE = "write_failure"
 
 
 RESEAL_KINDS = (Kind.RESEAL, Kind.DUPLICATE_CLASS)
@@ -123,6 +126,9 @@ class Mutant:
         return cls(**data)
 
     def apply(self, root: Path) -> None:
+        if self.kind is Kind.WRITE_FAILURE:
+            raise ValueError("a write failure is not applied to a store: "
+                             "tests/store/fuzz_writes.py runs it")
         target = root / self.file
         if self.kind in FILE_KINDS:
             _replace_file(root, target, self)
@@ -347,6 +353,14 @@ class Outcome(enum.Enum):
     MEMORY = "VIOLATION: allocation past the memory cap"
     HANG = "VIOLATION: time limit exceeded"
     CRASH = "VIOLATION: the worker process died"
+    # Write failures (`tests/store/fuzz_writes.py`): a StoreWriteError naming the store and the
+    # object (or, during creation, the creation step), and the rerun byte-identical.
+    WRITE_NAMED = "write failure named with its object; the rerun is byte-identical"
+    WRITE_STEP = "write failure named with the creation step; the rerun is byte-identical"
+    NOT_REPORTED = "VIOLATION: a failed write went unreported"
+    WRONG_ERROR = "VIOLATION: a failed write reported as another dalidr error"
+    UNNAMED_OBJECT = "VIOLATION: write error not naming what was being written"
+    NOT_RESUMED = "VIOLATION: the rerun after a failed write failed or is not byte-identical"
 
     @property
     def violation(self) -> bool:

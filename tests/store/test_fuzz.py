@@ -7,7 +7,10 @@ naming the store; never another exception, never different data silently, never 
 allocation cap, never past a time limit (`tests/store/fuzz.py`). One mutant in eight replaces an
 object by a link (inside or outside the store, to a device), a FIFO or a 3 GiB sparse file: each
 kind is sampled (about four of each) and must be refused without quoting what it points to.
-`bench/fuzz_store.py` runs thousands of mutants the same way.
+Write failures: a real `dalidr reinforce` with ENOSPC injected at its k-th write, for a few k
+from the store's creation to the last commit, must fail with a StoreWriteError naming the store
+and what was being written, and the same command must then end byte-identical
+(`tests/store/fuzz_writes.py`). `bench/fuzz_store.py` runs thousands of mutants the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tests.store.fuzz import (
     make_mutants,
     reseal_arrays,
 )
+from tests.store.fuzz_writes import WriteFuzz
 from tests.store.helpers import make_config, make_manifest, write_store
 from tests.store_builder import build_store
 
@@ -63,7 +67,7 @@ def test_reader_and_inspect_survive_every_mutant(mixing_store: Path) -> None:
     assert _violations(results) == []
     outcomes = {r.outcome for r in results}
     assert Outcome.REFUSED in outcomes and Outcome.SAME in outcomes
-    assert {r.mutant.kind for r in results} == set(Kind)
+    assert {r.mutant.kind for r in results} == set(Kind) - {Kind.WRITE_FAILURE}
     for kind in FILE_KINDS:  # no violation means refused; say it for each kind anyway
         assert {r.outcome for r in results if r.mutant.kind is kind} == {Outcome.REFUSED}, kind
 
@@ -86,3 +90,22 @@ def test_loader_survives_mutants(real_store) -> None:
     assert len(results) == len(chosen)
     assert _violations(results) == []
     assert all("loader" in r.details for r in results)
+
+
+def test_a_failed_write_is_named_and_the_rerun_is_byte_identical(tmp_path: Path) -> None:
+    """A sample of the write-failure class: the first write of the creation, a manifest
+    chunk, a data shard and a commit entry of a middle block, and the pass's last write."""
+    fuzz = WriteFuzz(tmp_path)
+    last = len(fuzz.writes)
+    chosen = [1, fuzz.first("manifest/sha256/c/"), fuzz.first("topk/classes/c/1/"),
+              fuzz.first("commit_map/c/2/"), last]
+    results = [fuzz.run(k) for k in chosen]
+    assert all(r is not None for r in results)
+    done = [r for r in results if r is not None]
+    assert _violations(done) == []
+    assert [r.mutant.offset for r in done] == chosen
+    assert [r.mutant.file for r in done][2:4] == ["topk/classes/c/1/0/0", "commit_map/c/2/0"]
+    assert {r.outcome for r in done[2:]} == {Outcome.WRITE_NAMED}  # block writes name the key
+    assert all(r.details["failed"].startswith(f"StoreWriteError: store {tmp_path}/write-")
+               for r in done)
+    assert fuzz.run(last + 1) is None  # past the last write: nothing injected, nothing judged

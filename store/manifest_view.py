@@ -1,0 +1,339 @@
+"""The manifest read lazily: per block, verified, only the blocks a process touches.
+
+`Manifest` holds every sample's path, label, size, hash and image size in memory: about 100 B
+a sample, 1.4 GB per rank at ImageNet-22k's 13.7M samples, 140 GB at a billion. A loader
+needs far less: the rows of the samples its rank serves, and of their mixing partners. The
+manifest's columns are chunked by the store's block size (schema 3), so one block's rows are
+one chunk of each column (and one or two of the path bytes); `ManifestView` reads them per
+block when first asked and keeps the blocks it read in a bounded cache (`reserve`: a loader
+sizes it to its rank's share of blocks, which it then reads once per run, not once per batch).
+
+Trust. The fingerprint in the root attributes covers the whole manifest, so checking it means
+reading everything. The store therefore also holds one digest per block of manifest rows:
+
+    /manifest_digests   [num_blocks, 2] uint64: blake2b of the block's rows of every manifest
+                        column (path lengths and bytes, label, size, SHA-256, image size, skip
+                        mark, in their stored dtypes) and the block index; then the number of
+                        samples in the block the teacher pass skipped as unreadable
+
+sealed by its attributes: the SHA-256 of the array's bytes and the manifest fingerprint they
+were computed for (so digests from another manifest are refused). Every block read is checked
+against its digest, and its values as the eager reader checks them (safe relative paths,
+labels in range, image sizes 1..65535), naming the store and the block. The skip counts let a
+loader find the skipped samples by reading only the blocks that have any.
+
+Stores made before the digests existed have no `manifest_digests`: `ManifestView.open`
+returns None and callers read the whole manifest as before (`dalidr upgrade` adds them, reading
+the manifest once and checking it against the fingerprint first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from threading import Lock
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from dalidr.data.path_list import PathList
+from dalidr.errors import DatasetError, StoreError
+from store.location import CORRUPT_CHUNK_ERRORS, redacted
+from store.manifest import MANIFEST_COLUMNS, SAMPLED_HASHES, Manifest, sampled_positions
+
+if TYPE_CHECKING:
+    from store.layout import StoreLayout
+
+__all__ = ["DIGESTS", "ManifestView", "LazyColumn", "ManifestBlockError", "manifest_digests",
+           "write_manifest_digests", "digest_problems"]
+
+DIGESTS = "manifest_digests"
+_ATTRS = "dalidr_manifest_digests"
+_PERSON = b"dalidr-manifest"
+# Blocks kept by default (a loader reserves its share); about 0.4 MB a block of 4,096 samples.
+_DEFAULT_BLOCKS = 64
+
+
+class ManifestBlockError(StoreError):
+    """A block of the manifest is damaged or forged (raised by whatever read it, as it is)."""
+
+
+def _block_digest(block: int, offsets: np.ndarray, path_bytes: np.ndarray,
+                  columns: dict[str, np.ndarray]) -> int:
+    """The digest of one block's rows: `offsets` [rows + 1] into `path_bytes` (the block's),
+    `columns` every MANIFEST_COLUMNS entry for the rows, in any integer dtype."""
+    h = hashlib.blake2b(digest_size=8, person=_PERSON)
+    h.update(np.int64(block).astype("<i8").tobytes())
+    h.update(np.diff(np.asarray(offsets, np.int64)).astype("<i8").tobytes())
+    h.update(np.ascontiguousarray(path_bytes, np.uint8).tobytes())
+    for name, (dtype, _) in MANIFEST_COLUMNS.items():
+        values = np.asarray(columns[name])
+        if name == "skipped":
+            values = values != 0  # any nonzero mark is a mark, as in the fingerprint
+        h.update(np.ascontiguousarray(values.astype(dtype)).tobytes())
+    return int.from_bytes(h.digest(), "little")
+
+
+def manifest_digests(manifest: Manifest, block_size: int) -> np.ndarray:
+    """[num_blocks, 2] uint64: each block's digest and its count of skipped samples."""
+    n = len(manifest)
+    blocks = -(-n // block_size)
+    out = np.zeros((blocks, 2), np.uint64)
+    offsets, data = manifest.paths.offsets, manifest.paths.data
+    columns = {"label": manifest.labels, "size": manifest.sizes, "sha256": manifest.hashes,
+               "image_hw": manifest.image_hw, "skipped": manifest.skipped}
+    for b in range(blocks):
+        a, z = b * block_size, min((b + 1) * block_size, n)
+        rows = {name: values[a:z] for name, values in columns.items()}
+        out[b, 0] = _block_digest(b, offsets[a:z + 1], data[offsets[a]:offsets[z]], rows)
+        out[b, 1] = int(np.count_nonzero(manifest.skipped[a:z]))
+    return out
+
+
+def _seal(digests: np.ndarray, fingerprint: str) -> dict[str, str]:
+    return {"fingerprint": fingerprint,
+            "sha256": hashlib.sha256(digests.astype("<u8").tobytes()).hexdigest()}
+
+
+def write_manifest_digests(group: zarr.Group, manifest: Manifest, block_size: int) -> None:
+    """Create `/manifest_digests` for `manifest` (at store creation, or by `dalidr upgrade`
+    after the whole manifest was checked against the fingerprint)."""
+    digests = manifest_digests(manifest, block_size)
+    array = group.create_array(
+        DIGESTS, shape=digests.shape, dtype="<u8",
+        chunks=(max(1, min(len(digests), block_size)), 2),
+        compressors=zarr.codecs.ZstdCodec(level=9), fill_value=0,
+        dimension_names=("block", "digest"), overwrite=True,
+        attributes={_ATTRS: _seal(digests, manifest.fingerprint)})
+    array[...] = digests
+
+
+@dataclass(frozen=True, eq=False)
+class _Block:
+    """One block's verified rows (what loaders use; hashes and sizes are read on demand)."""
+
+    start: int
+    paths: PathList
+    labels: np.ndarray  # int64
+    image_hw: np.ndarray  # int64 [rows, 2]
+    skipped: np.ndarray  # bool
+    sizes: np.ndarray  # int64
+    hashes: np.ndarray  # uint8 [rows, 32]
+
+
+# Columns a caller gathers by name, and how each is read off a block.
+_GATHER: dict[str, Callable[[_Block], np.ndarray]] = {
+    "label": lambda b: b.labels, "image_hw": lambda b: b.image_hw,
+    "skipped": lambda b: b.skipped, "size": lambda b: b.sizes, "sha256": lambda b: b.hashes}
+
+
+class ManifestView:
+    """Lazy, per-block, verified access to a store's manifest; see the module docstring."""
+
+    def __init__(self, layout: StoreLayout, digests: np.ndarray) -> None:
+        self.layout, self.url = layout, layout.url
+        self.num_samples, self.block_size = layout.num_samples, layout.config.block_size
+        self.num_blocks = layout.num_blocks
+        self._digests = digests
+        self._blocks: OrderedDict[int, _Block] = OrderedDict()
+        self._capacity = _DEFAULT_BLOCKS
+        self._lock = Lock()
+        self.blocks_read = 0  # how many block reads this view made (for tests and benches)
+
+    @classmethod
+    def open(cls, layout: StoreLayout) -> ManifestView | None:
+        """The view of `layout`'s manifest, or None for a store without block digests."""
+        location = layout.location
+        if not location.exists(f"{DIGESTS}/zarr.json"):
+            return None
+        from store.validate import open_array
+
+        array = open_array(layout, DIGESTS)
+        expected = (layout.num_blocks, 2)
+        if tuple(array.shape) != expected or array.dtype != np.uint64:
+            raise StoreError(f"{layout.url}: array {DIGESTS!r} is {array.dtype}"
+                             f"{list(array.shape)}, the store's {layout.num_blocks} blocks need "
+                             f"uint64{list(expected)}")
+        try:
+            digests = np.asarray(array[...], dtype=np.uint64)
+            found = array.attrs.get(_ATTRS)
+            seal = dict(found) if isinstance(found, dict) else {}
+        except CORRUPT_CHUNK_ERRORS as exc:
+            raise StoreError(f"{layout.url}: array {DIGESTS!r} is damaged: "
+                             f"{redacted(exc)}") from exc
+        if seal != _seal(digests, layout.fingerprint):
+            raise StoreError(f"{layout.url}: the manifest's block digests ({DIGESTS!r}) do not "
+                             "match their seal or the manifest's fingerprint (edited or "
+                             "damaged on disk); run `dalidr inspect` on the store")
+        if int(digests[:, 1].sum()) > layout.num_samples:
+            raise StoreError(f"{layout.url}: array {DIGESTS!r} counts more skipped samples "
+                             f"than the store's {layout.num_samples}")
+        return cls(layout, digests)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def reserve(self, blocks: int) -> None:
+        """Keep up to `blocks` blocks read (a loader: its rank's share, plus some)."""
+        with self._lock:
+            self._capacity = max(self._capacity, int(blocks))
+
+    # ------------------------------------------------------------------ reading blocks
+
+    def block(self, b: int) -> _Block:
+        """The verified rows of block `b` (read once, then kept while the cache has room)."""
+        with self._lock:
+            found = self._blocks.get(b)
+            if found is not None:
+                self._blocks.move_to_end(b)
+                return found
+        block = self._read(b)
+        with self._lock:
+            self._blocks[b] = block
+            self.blocks_read += 1
+            while len(self._blocks) > self._capacity:
+                self._blocks.popitem(last=False)
+        return block
+
+    def _column(self, name: str, start: int, stop: int) -> np.ndarray:
+        try:
+            return np.asarray(self.layout.array(f"manifest/{name}")[start:stop])
+        except CORRUPT_CHUNK_ERRORS as exc:
+            raise ManifestBlockError(f"{self.url}: manifest array {name!r}, samples {start}.."
+                                     f"{stop - 1}: damaged: {redacted(exc)}") from exc
+
+    def _read(self, b: int) -> _Block:
+        if not 0 <= b < self.num_blocks:
+            raise ManifestBlockError(f"{self.url}: manifest block {b} is not in "
+                                     f"0..{self.num_blocks - 1}")
+        a, z = b * self.block_size, min((b + 1) * self.block_size, self.num_samples)
+        where = f"{self.url}: manifest block {b} (samples {a}..{z - 1})"
+        offsets = self._column("path_offsets", a, z + 1).astype(np.int64)
+        if offsets.shape != (z - a + 1,) or (np.diff(offsets) < 0).any() or offsets[0] < 0:
+            raise ManifestBlockError(f"{where}: the path offsets are damaged")
+        data = self._column("path_bytes", int(offsets[0]), int(offsets[-1]))
+        if data.size != offsets[-1] - offsets[0]:
+            raise ManifestBlockError(f"{where}: the path offsets point past the path bytes")
+        columns = {name: self._column(name, a, z) for name in MANIFEST_COLUMNS}
+        if _block_digest(b, offsets, data, columns) != int(self._digests[b, 0]):
+            raise ManifestBlockError(f"{where}: the rows do not match the block's digest "
+                                     "(edited or damaged on disk); run `dalidr inspect` on the "
+                                     "store")
+        if int(np.count_nonzero(columns["skipped"])) != int(self._digests[b, 1]):
+            raise ManifestBlockError(f"{where}: the skip count does not match the skip marks")
+        try:
+            paths = PathList(data, offsets - offsets[0])
+            unsafe = paths.unsafe_index()
+            if unsafe is not None:
+                raise ManifestBlockError(f"{where}: manifest path {a + unsafe} is not a "
+                                         "relative path inside the data root; refusing the "
+                                         "store")
+            rows = Manifest(paths, columns["label"], columns["size"], columns["sha256"],
+                            columns["image_hw"], columns["skipped"])
+        except (ValueError, DatasetError) as exc:
+            raise ManifestBlockError(f"{where}: malformed manifest rows: {exc}") from exc
+        num_classes = self.layout.config.num_classes
+        bad = np.flatnonzero((rows.labels < -1) | (rows.labels >= num_classes))
+        if bad.size:
+            raise ManifestBlockError(f"{where}: sample {a + int(bad[0])} has label "
+                             f"{int(rows.labels[bad[0]])}, outside -1..{num_classes - 1}")
+        return _Block(a, rows.paths, rows.labels, rows.image_hw, rows.skipped, rows.sizes,
+                      rows.hashes)
+
+    # ------------------------------------------------------------------ gathering
+
+    def _groups(self, samples: np.ndarray) -> list[tuple[_Block, np.ndarray, np.ndarray]]:
+        """(block, where in `samples`, rows in the block) per block `samples` touch."""
+        if samples.size and (samples.min() < 0 or samples.max() >= self.num_samples):
+            bad = int(samples[(samples < 0) | (samples >= self.num_samples)][0])
+            raise StoreError(f"{self.url}: sample {bad} is not in 0..{self.num_samples - 1}")
+        owners = samples // self.block_size
+        order = np.argsort(owners, kind="stable")
+        cuts = np.flatnonzero(np.diff(owners[order])) + 1
+        out = []
+        for where in np.split(order, cuts) if samples.size else []:
+            block = self.block(int(owners[where[0]]))
+            out.append((block, where, samples[where] - block.start))
+        return out
+
+    def gather(self, name: str, samples: np.ndarray | list[int]) -> np.ndarray:
+        """Column `name` (label, image_hw, skipped, size, sha256) of `samples`, any shape."""
+        index = np.asarray(samples, dtype=np.int64)
+        flat = index.reshape(-1)
+        groups = self._groups(flat)
+        take = _GATHER[name]
+        if not groups:
+            trailing = (2,) if name == "image_hw" else (32,) if name == "sha256" else ()
+            return np.zeros(index.shape + trailing, np.int64)
+        first = take(groups[0][0])
+        out = np.empty((flat.size,) + first.shape[1:], first.dtype)
+        for block, where, rows in groups:
+            out[where] = take(block)[rows]
+        return out.reshape(index.shape + first.shape[1:])
+
+    def paths(self, samples: np.ndarray | list[int]) -> list[str]:
+        """The relative paths of `samples`, in order."""
+        flat = np.asarray(samples, dtype=np.int64).reshape(-1)
+        out: list[str] = [""] * flat.size
+        for block, where, rows in self._groups(flat):
+            for j, r in zip(where.tolist(), rows.tolist(), strict=True):
+                out[j] = block.paths[r]
+        return out
+
+    def column(self, name: str) -> LazyColumn:
+        """Column `name` as an array-like indexed by sample (`column[samples]`)."""
+        return LazyColumn(self, name)
+
+    def skipped_samples(self) -> np.ndarray:
+        """Samples the teacher pass skipped as unreadable: only blocks that have any are read."""
+        found = [self.block(int(b)).start + np.flatnonzero(self.block(int(b)).skipped)
+                 for b in np.flatnonzero(self._digests[:, 1])]
+        return np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64)
+
+    def sampled_indices(self, count: int = SAMPLED_HASHES) -> np.ndarray:
+        """The samples hashed at every start (`sampled_positions`), reading only their blocks."""
+        def skipped(samples: np.ndarray) -> np.ndarray:
+            # A block without skipped samples needs no read to say so.
+            marks = np.zeros(samples.shape, bool)
+            maybe = self._digests[samples // self.block_size, 1] > 0
+            if maybe.any():
+                marks[maybe] = self.gather("skipped", samples[maybe])
+            return marks
+
+        return sampled_positions(self.num_samples, skipped, count)
+
+
+class LazyColumn:
+    """A manifest column indexed like an array (`column[samples]`) but read per block."""
+
+    def __init__(self, view: ManifestView, name: str) -> None:
+        self.view, self.name = view, name
+
+    def __len__(self) -> int:
+        return self.view.num_samples
+
+    def __getitem__(self, samples: Any) -> np.ndarray:
+        return self.view.gather(self.name, samples)
+
+
+def digest_problems(layout: StoreLayout, manifest: Manifest) -> list[str]:
+    """What `dalidr inspect` finds wrong with the manifest's block digests, given the manifest
+    read whole (checked against the fingerprint): [] when they agree or the store has none."""
+    try:
+        view = ManifestView.open(layout)
+    except StoreError as exc:
+        return [f"manifest digests: {exc}"]
+    if view is None:
+        return []
+    expected = manifest_digests(manifest, layout.config.block_size)
+    bad = np.flatnonzero((expected != view._digests).any(axis=1))
+    if not bad.size:
+        return []
+    r = layout.block_range(int(bad[0]))
+    return [f"manifest digests: block {int(bad[0])} (samples {r.start}..{r.stop - 1}) does not "
+            f"match the manifest ({bad.size} block(s) differ)"]
+
