@@ -290,8 +290,8 @@ class ManifestView:
 
     def skipped_samples(self) -> np.ndarray:
         """Samples the teacher pass skipped as unreadable: only blocks that have any are read."""
-        found = [self.block(int(b)).start + np.flatnonzero(self.block(int(b)).skipped)
-                 for b in np.flatnonzero(self._digests[:, 1])]
+        blocks = [self.block(int(b)) for b in np.flatnonzero(self._digests[:, 1])]
+        found = [block.start + np.flatnonzero(block.skipped) for block in blocks]
         return np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64)
 
     def sampled_indices(self, count: int = SAMPLED_HASHES) -> np.ndarray:

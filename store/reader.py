@@ -125,9 +125,12 @@ class StoreReader:
         indices = view.sampled_indices(sampled_hashes)
         bad = content_differences(source, indices, view.gather("sha256", indices))
         if bad:
-            raise DatasetError(f"store {self.url} was not made from {root}: {bad[0]} "
-                               f"({len(bad)} of {len(indices)} sampled files differ; `dalidr "
-                               f"verify {self.url} --data {root}` checks all)")
+            raise DatasetError(f"store {self.url} was not made from {root}: "
+                               f"{self._sampled_differ(bad, len(indices), root)}")
+
+    def _sampled_differ(self, bad: list[str], sampled: int, root: str | Path) -> str:
+        return (f"{bad[0]} ({len(bad)} of {sampled} sampled files differ; `dalidr verify "
+                f"{self.url} --data {root}` checks all)")
 
     def check_dataset(self, dataset: Manifest | DatasetListing,
                       sampled_hashes: int = SAMPLED_HASHES) -> None:
@@ -151,8 +154,7 @@ class StoreReader:
                 dataset.source.for_paths(self.manifest.paths),
                 self.manifest.sampled_indices(sampled_hashes))
             if bad:
-                difference = (f"{bad[0]} ({len(bad)} of {sampled_hashes} sampled files differ; "
-                              f"`dalidr verify {self.url} --data {dataset.root}` checks all)")
+                difference = self._sampled_differ(bad, sampled_hashes, dataset.root)
         if difference is not None:
             raise DatasetError(f"store {self.url} was not made from {dataset.root}: "
                                f"{difference}")

@@ -59,9 +59,7 @@ def create_store(url: str, manifest: Manifest, config: StoreConfig,
               + 49 * len(manifest) + 4096 * (16 + len(record_columns(config.recipe))))
     with writing(location, "the store's metadata and manifest", needed):
         layout = create_layout(url, manifest, config, overwrite=overwrite)
-    writer = StoreWriter(url)
-    writer.layout.__dict__["manifest"] = layout.manifest  # in hand: not read back (O(N))
-    return writer
+    return StoreWriter(url, layout)
 
 
 def interrupted_creation(url: str, config: StoreConfig) -> bool:
@@ -107,8 +105,10 @@ def resume_or_create(url: str, config: StoreConfig,
 class StoreWriter:
     """Fills the blocks of an existing store; safe to run in many processes at once."""
 
-    def __init__(self, url: str) -> None:
-        self.layout: StoreLayout = open_layout(url, read_only=False)
+    def __init__(self, url: str, layout: StoreLayout | None = None) -> None:
+        # `layout`: the store just created and opened for writing (`create_store`), which also
+        # holds the manifest in hand, so it is not read back.
+        self.layout: StoreLayout = layout or open_layout(url, read_only=False)
 
     @property
     def config(self) -> StoreConfig:
