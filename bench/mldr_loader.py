@@ -22,8 +22,10 @@ run, on the same machine and the same real JPEGs (ImageNet-like sizes, `make_cor
 Both yield normalised float [B, 3, S, S] images and dense [B, C] targets. The two loaders are
 timed in interleaved rounds (the machine may be shared): each round takes `--warmup` batches,
 then times `--batches` batches; the result is the median over `--repeats` rounds, with each
-round's rate and the CPU share other processes took meanwhile. Also reported: source bytes
-against store bytes.
+round's rate and the CPU share other processes took meanwhile. After each timed run the loader's
+queued work (the DataLoader workers' prefetched batches, DALI's queue) drains before the next
+loader is timed, so neither is timed while the other's background work takes the cores. Also
+reported: source bytes against store bytes.
 Run from the repository root: `python bench/mldr_loader.py` (`--quick` for a smoke test).
 """
 
@@ -123,11 +125,19 @@ class PaperDataset(Dataset):
 # ----------------------------------------------------------------------------- timing
 
 
-class _Timed:
-    """A loader kept iterating across rounds: `time(n)` takes n batches, returns seconds."""
+_DRAIN_MARGIN = 1.5  # sleep this many times the queued batches' time after a timed run
 
-    def __init__(self, make_iter) -> None:  # type: ignore[no-untyped-def]
+
+class _Timed:
+    """A loader kept iterating across rounds: `time(n)` takes n batches, returns seconds.
+
+    `queued` is how many batches it keeps preparing after a call returns (DataLoader workers'
+    prefetch, DALI's queue): the next loader's round starts only once they are done, so neither
+    loader's background work lands in the other's timing."""
+
+    def __init__(self, make_iter, queued: int) -> None:  # type: ignore[no-untyped-def]
         self._make, self._it = make_iter, None
+        self.queued = queued
         self.images = 0
 
     def _next(self) -> torch.Tensor:
@@ -150,6 +160,9 @@ class _Timed:
         return time.perf_counter() - start
 
 
+_PREFETCH_FACTOR = 4  # batches each DataLoader worker prepares ahead
+
+
 def _rounds(loaders: dict[str, _Timed], args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[float]] = {name: [] for name in loaders}
     shares: dict[str, list[float | None]] = {name: [] for name in loaders}
@@ -162,6 +175,7 @@ def _rounds(loaders: dict[str, _Timed], args: argparse.Namespace) -> dict[str, A
             if round_:
                 runs[name].append(args.batches * loaders[name].images / seconds)
                 shares[name].append(foreign_cpu_share(before, load_snapshot()))
+            time.sleep(_DRAIN_MARGIN * loaders[name].queued * seconds / args.batches)
     return {name: {"images_per_s": statistics.median(runs[name]), "runs": runs[name],
                    "foreign_cpu_share": shares[name]} for name in loaders}
 
@@ -199,8 +213,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         loaders = {
             "paper": _Timed(lambda: DataLoader(paper, batch_size=args.batch, shuffle=True,
                                                num_workers=args.workers, drop_last=True,
-                                               persistent_workers=True, prefetch_factor=4)),
-            "dalidr": _Timed(lambda: ours),
+                                               persistent_workers=True,
+                                               prefetch_factor=_PREFETCH_FACTOR),
+                           queued=args.workers * _PREFETCH_FACTOR),
+            "dalidr": _Timed(lambda: ours, queued=config.prefetch_depth),
         }
         rates = _rounds(loaders, args)
         ours.close()

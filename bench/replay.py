@@ -7,8 +7,12 @@ for a whole dataset must be cheap. Measured in one run, on the same real JPEGs (
 with the same batch size and the same number of threads/workers:
 
 1. replay: `dalidr.augment.replay.replay_pipeline` for RRC+RA/RE, records drawn outside the timed
-region,
-   float CHW normalised output;
+   region, float CHW normalised output; on the CPU RandAugment and erasing run as the fused
+   numba kernel (`dalidr.augment.cpu`), and `replay_dali_ops` is the same replay through DALI's
+   operators (`OpsBackend.DALI`, the path before the kernel): before and after in one run. The
+   same pair for the M*+R* recipe (`replay_mix`, `replay_mix_dali_ops`: every view mixed with a
+   replayed partner, so two crops decoded per view); and `replay_rrc`, RRC alone (one crop
+   decoded, no ops): the floor the others are measured against;
 2. plain DALI: the standard DALI ResNet-50 training shape (`decoders.image_random_crop`, resize
    with antialias, random flip, `crop_mirror_normalize`), which does less work (no RandAugment,
    no erasing): the reference replay should nearly match;
@@ -44,6 +48,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,7 +69,14 @@ from bench.machine import describe_machine, foreign_cpu_share, load_snapshot, su
 from dalidr.augment.ops import OPS
 from dalidr.augment.recipe import PRESETS, Recipe, load_recipe
 from dalidr.augment.records import COORD_SCALE, draw_records
-from dalidr.augment.replay import IMAGENET_MEAN, IMAGENET_STD, Output, ReplaySpec, replay_pipeline
+from dalidr.augment.replay import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OpsBackend,
+    Output,
+    ReplaySpec,
+    replay_pipeline,
+)
 from dalidr.data.sample_data import make_corpus
 
 __all__ = ["parse_args", "main"]
@@ -76,9 +88,14 @@ _DEFAULT_OUT = {"cpu": "bench/results/replay-cpu.json", "gpu": "bench/results/re
 TARGETS = (
     ("replay >= 0.9x plain DALI", "replay", "plain_dali", 0.9),
     ("replay >= 2x torchvision loader", "replay", "torchvision", 2.0),
+    ("M*+R* replay >= 0.6x plain DALI", "replay_mix", "plain_dali", 0.6),
 )
+MIX_RECIPE = "m*+r*"  # the mixing recipe timed beside the benchmarked one
 SAMPLER_TARGET = 1_000_000.0  # records/s on one core, for the benchmarked recipe
-_PAIRS = (("replay", "plain_dali"), ("replay", "torchvision"), ("plain_dali", "torchvision"))
+_PAIRS = (("replay", "plain_dali"), ("replay", "torchvision"), ("plain_dali", "torchvision"),
+          ("replay_mix", "plain_dali"), ("replay", "replay_dali_ops"),
+          ("replay_mix", "replay_mix_dali_ops"), ("replay_dali_ops", "plain_dali"),
+          ("replay_rrc", "plain_dali"), ("replay_mix", "replay_rrc"))
 _PREFETCH_FACTOR = 2  # DataLoader batches prepared ahead per worker (its default)
 _DRAIN_MARGIN = 1.5  # sleep this many times the queued batches' time after a timed run
 
@@ -151,6 +168,21 @@ def batch_items(items: np.ndarray, batch: int, count: int) -> list[np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- DALI
+
+
+def replay_batches(plan: list[np.ndarray], jpegs: list[np.ndarray], records: np.ndarray,
+                   spec: ReplaySpec) -> list[dict[str, Any]]:
+    """Each planned batch's feeds for a replay pipeline: encoded files (and the partners' for a
+    mixing recipe) and every record field."""
+    feeds = []
+    for chosen in plan:
+        batch_records = records[chosen[:, 0], chosen[:, 1]]
+        feed: dict[str, Any] = {"jpegs": [jpegs[f] for f in chosen[:, 0]]}
+        if spec.recipe.has_mix:
+            feed["partner_jpegs"] = [jpegs[p] for p in batch_records["partner"]]
+        feed.update({f: np.ascontiguousarray(batch_records[f]) for f in spec.fields})
+        feeds.append(feed)
+    return feeds
 
 
 def plain_dali_pipeline(recipe: Recipe, batch: int, threads: int, device_id: int | None,
@@ -429,6 +461,10 @@ def print_table(results: dict[str, Any], targets: list[dict[str, Any]], args: ar
     tv = results["torchvision"]["images_per_s"]
     rows = [
         (f"replay ({recipe_name})", results["replay"], "images/s"),
+        ("  with DALI's ops (before)", results["replay_dali_ops"], "images/s"),
+        ("replay (rrc: one decode, no ops)", results["replay_rrc"], "images/s"),
+        (f"replay ({MIX_RECIPE}: two decodes)", results["replay_mix"], "images/s"),
+        ("  with DALI's ops (before)", results["replay_mix_dali_ops"], "images/s"),
         ("plain DALI (RRC+flip)", results["plain_dali"], "images/s"),
         (f"torchvision DataLoader ({recipe_name})", results["torchvision"], "images/s"),
     ]
@@ -535,14 +571,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     items = plan_items(len(jpegs), args.slots, args.seed)
     plan = batch_items(items, args.batch, -(-len(items) // args.batch))
     spec = ReplaySpec(recipe, output=Output.FLOAT_CHW)
-    replay_feeds, plain_feeds = [], []
-    for chosen in plan:
-        batch_jpegs = [jpegs[f] for f in chosen[:, 0]]
-        batch_records = records[chosen[:, 0], chosen[:, 1]]
-        feed = {"jpegs": batch_jpegs}
-        feed.update({f: np.ascontiguousarray(batch_records[f]) for f in spec.fields})
-        replay_feeds.append(feed)
-        plain_feeds.append({"jpegs": batch_jpegs})
+    mix_recipe = load_recipe(MIX_RECIPE).replace(output_size=recipe.output_size)
+    mix_spec = ReplaySpec(mix_recipe, output=Output.FLOAT_CHW)
+    mix_records = draw_records(mix_recipe, args.seed, np.arange(len(jpegs)),
+                               np.arange(args.slots), hw)
+    replay_feeds = replay_batches(plan, jpegs, records, spec)
+    mix_feeds = replay_batches(plan, jpegs, mix_records, mix_spec)
+    rrc_spec = ReplaySpec(load_recipe("rrc").replace(output_size=recipe.output_size),
+                          output=Output.FLOAT_CHW)
+    rrc_records = draw_records(rrc_spec.recipe, args.seed, np.arange(len(jpegs)),
+                               np.arange(args.slots), hw)
+    rrc_feeds = replay_batches(plan, jpegs, rrc_records, rrc_spec)
+    plain_feeds = [{"jpegs": [jpegs[f] for f in chosen[:, 0]]} for chosen in plan]
     per_run = args.threads * _PREFETCH_FACTOR + args.warmup + args.batches
     length = ((args.runs + 1) * per_run + 1) * args.batch  # never exhausted
     dataset = TorchvisionReplay(jpegs, records, items, length, recipe)
@@ -550,20 +590,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"and {hw[:, 0].mean():.0f}x{hw[:, 1].mean():.0f} px on average; {args.runs} rounds "
           f"of {args.batches} timed batches of {args.batch} per loader")
 
-    replay = DaliLoader(
-        replay_pipeline(spec, args.batch, args.threads, device_id, prefetch_queue_depth=2),
-        replay_feeds)
-    plain = DaliLoader(
-        plain_dali_pipeline(recipe, args.batch, args.threads, device_id, args.seed), plain_feeds)
-    torchvision = TorchLoader(dataset, args.batch, args.threads, args.device == "gpu", to_device)
-    results: dict[str, Any] = measure(
-        {"replay": replay, "plain_dali": plain, "torchvision": torchvision}, args, synchronize)
-    torchvision.close()
-    replayed = replay.first
-    del replay, plain
-    for name, label in (("replay", "replay"), ("plain_dali", "plain DALI"),
-                        ("torchvision", "torchvision")):
-        progress(label, results[name])
+    def replay_loader(chosen: ReplaySpec, feeds: list[dict[str, Any]]) -> DaliLoader:
+        pipe = replay_pipeline(chosen, args.batch, args.threads, device_id,
+                               prefetch_queue_depth=2)
+        return DaliLoader(pipe, feeds)
+
+    dali_ops = OpsBackend.DALI
+    loaders: dict[str, Any] = {
+        "replay": replay_loader(spec, replay_feeds),
+        "replay_dali_ops": replay_loader(replace(spec, ops_backend=dali_ops), replay_feeds),
+        "replay_rrc": replay_loader(rrc_spec, rrc_feeds),
+        "replay_mix": replay_loader(mix_spec, mix_feeds),
+        "replay_mix_dali_ops": replay_loader(replace(mix_spec, ops_backend=dali_ops), mix_feeds),
+        "plain_dali": DaliLoader(
+            plain_dali_pipeline(recipe, args.batch, args.threads, device_id, args.seed),
+            plain_feeds),
+        "torchvision": TorchLoader(dataset, args.batch, args.threads, args.device == "gpu",
+                                   to_device),
+    }
+    results: dict[str, Any] = measure(loaders, args, synchronize)
+    loaders["torchvision"].close()
+    replayed = loaders["replay"].first
+    del loaders
+    for name in ("replay", "replay_dali_ops", "replay_rrc", "replay_mix", "replay_mix_dali_ops",
+                 "plain_dali", "torchvision"):
+        progress(name, results[name])
 
     if replayed is None:
         raise RuntimeError("the replay loader returned no batch")

@@ -314,11 +314,27 @@ def step_verify(args: argparse.Namespace) -> dict[str, Any]:
             "s": open_s + listing_s + hash_s / n * len(served), "extrapolated": n < len(served)}
 
 
+def epoch_first_batch(loader: Any, epoch: int) -> None:
+    """Wait for `epoch`'s first batch of metadata (plan, and a reinforced loader's records and
+    top-k: the epoch's first piece, `store.pieces`), asked for from its beginning."""
+    loader._epoch_data(epoch, 0).part(0, loader.config.batch_size)
+
+
+def whole_epoch(loader: Any, epoch: int) -> None:
+    """Wait for all of `epoch`'s metadata, batch by batch (a reinforced loader: every piece,
+    so every block of its share read once)."""
+    source, size, n = loader._epoch_data(epoch, 0), loader.config.batch_size, \
+        loader._epoch_length(0)
+    for lo in range(0, n, size):
+        source.part(lo, min(lo + size, n))
+
+
 def _loader_figures(make: Callable[[], Any], plan: Callable[[Any], Any],
                     awaited: Callable[[Any], Any] | None = None) -> dict[str, Any]:
-    """Constructor, first batch and `plan` (the next epoch, prepared in the background since
-    the first batch); `awaited`, if given, right after: an epoch whose whole preparation is
-    waited for."""
+    """Constructor, first batch and `plan` (`epoch_first_batch` of epoch 1: a reinforced
+    loader reads ahead only the epoch it serves, so this is epoch 1's plan and first piece);
+    `awaited`, if given, right after (`whole_epoch` of epoch 2: its plan and all its
+    records and targets)."""
     loader, construct_s = _timed(make)
     _, first_s = _timed(lambda: next(iter(loader)))
     _, plan_s = _timed(lambda: plan(loader))
@@ -339,7 +355,7 @@ def _reinforced(args: argparse.Namespace, world: int | None = None,
     return _loader_figures(
         lambda: ReinforcedLoader(str(p["loader_store"]), p["tree"], _loader_config(args),
                                  rank=0, world=world or args.world, **options),
-        lambda loader: loader._epoch_data(1, 0))
+        lambda loader: epoch_first_batch(loader, 1))
 
 
 def step_reinforced_tree(args: argparse.Namespace) -> dict[str, Any]:
@@ -365,7 +381,7 @@ def step_plain(args: argparse.Namespace) -> dict[str, Any]:
 
     return _loader_figures(lambda: PlainLoader(_paths(args)["tree"], _loader_config(args),
                                                size=args.size, rank=0, world=args.world),
-                           lambda loader: loader._epoch_data(1, 0))
+                           lambda loader: epoch_first_batch(loader, 1))
 
 
 def _plain_recipe(args: argparse.Namespace, cold: bool) -> dict[str, Any]:
@@ -378,7 +394,7 @@ def _plain_recipe(args: argparse.Namespace, cold: bool) -> dict[str, Any]:
     return _loader_figures(
         lambda: PlainLoader(_paths(args)["tree"], _loader_config(args), size=args.size,
                             rank=0, world=args.world, recipe=recipe("rrc+ra/re")),
-        lambda loader: loader._epoch_data(1, 0))
+        lambda loader: epoch_first_batch(loader, 1))
 
 
 def step_plain_recipe_cold(args: argparse.Namespace) -> dict[str, Any]:

@@ -12,10 +12,9 @@ in a fresh process so that its peak RSS is its own:
   check would at start (a `DatasetCheck.MANIFEST` loader reads none);
 - `reinforced_w<W>` for each of `--size-worlds` (issue 28: 8 and 64): `ReinforcedLoader`
   with `check=DatasetCheck.MANIFEST` for rank 0 of W: constructor, first batch, start (both),
-  peak RSS, and the epoch plan (`_epoch_data(1, 0)`, as the 1.28M run measures it: epoch 1
-  was scheduled in the background when epoch 0 was handed out, so this is the wait left after
-  the first batch; `epoch_plan_awaited_s` is epoch 2, asked for as soon as it is scheduled,
-  so the whole of planning it and reading its records and targets);
+  peak RSS, and the epoch plan (`epoch_plan_s`: epoch 1's plan and first piece, asked for
+  right after the first batch, `bench.scale.epoch_first_batch`; `epoch_plan_awaited_s`: the
+  whole of planning epoch 2 and reading all its records and targets, `whole_epoch`);
 - `teacher`: the teacher pass's bookkeeping with a trivially cheap teacher, N x
   `--teacher-slots` slots x top-`--k`: creating the store (its manifest written), then
   `--teacher-blocks` blocks drawn, top-k encoded and written by a plain `StoreWriter`
@@ -48,7 +47,16 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `tests` impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe_machine, summary
-from bench.scale import _child, _loader_config, _loader_figures, _timed, _tree_bytes, dali_baseline
+from bench.scale import (
+    _child,
+    _loader_config,
+    _loader_figures,
+    _timed,
+    _tree_bytes,
+    dali_baseline,
+    epoch_first_batch,
+    whole_epoch,
+)
 from bench.scale_projection import census, project_datacomp, size_table, verdicts
 
 
@@ -120,8 +128,8 @@ def _reinforced_manifest(args: argparse.Namespace, world: int) -> dict[str, Any]
         lambda: ReinforcedLoader(str(size_paths(args)["loader_store"]), data.root,
                                  _loader_config(args), rank=0, world=world,
                                  file_list=data.file_list, check=DatasetCheck.MANIFEST),
-        lambda loader: loader._epoch_data(1, 0),
-        awaited=lambda loader: loader._epoch_data(2, 0))
+        lambda loader: epoch_first_batch(loader, 1),
+        awaited=lambda loader: whole_epoch(loader, 2))
 
 
 def step_reinforced(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The reinforcement store: a chunked Zarr v3 store of parameter records and teacher top-k.
 
 Entry points: `create_store` + `StoreWriter` (teacher pass), `StoreReader` + `EpochPrefetcher`
-(training), `inspect_store` / `subset_store` (tools, also `dalidr inspect` / `dalidr subset`).
+(training: epochs read in pieces, first batches first, `PieceSizes`), `inspect_store` /
+`subset_store` (tools, also `dalidr inspect` / `dalidr subset`).
 The layout and its trade-offs are described in `store.layout`.
 """
 
@@ -11,6 +12,7 @@ from store.config import SCHEMA_VERSION, Compression, StoreConfig
 from store.encoding import topk_kl
 from store.inspect import StoreReport, format_report, inspect_store
 from store.manifest import Manifest, scan_manifest
+from store.pieces import PieceSizes
 from store.plan import EpochPlan, PlanSpec, UnevenShards, plan_epoch
 from store.prefetch import EpochPrefetcher
 from store.reader import EpochData, StoreReader, TopKTargets
@@ -29,6 +31,7 @@ __all__ = [
     "BlockProducer",
     "StoreReader",
     "EpochPrefetcher",
+    "PieceSizes",
     "EpochData",
     "TopKTargets",
     "EpochPlan",

@@ -5,8 +5,9 @@ fingerprint), sees only committed blocks, and reads an epoch as the plan of `sto
 prescribes: per block and array it decodes the single chunk holding the epoch's slot group,
 picks each sample's slot, and returns records (of `record_dtype(recipe)`) and top-k targets in
 training order. With the default chunking that reads about 5x the bytes the epoch uses, against
-400x for reading whole samples, and decodes ImageNet's epoch of metadata in a few seconds,
-which `EpochPrefetcher` hides behind the previous epoch (a background thread).
+400x for reading whole samples, and decodes ImageNet's epoch of metadata in a few seconds.
+Training reads an epoch in pieces instead, first batches first, each block once
+(`store.pieces`), in a background thread (`store.prefetch.EpochPrefetcher`).
 
 Failures name their culprit: a missing object (array, block and key), a chunk whose checksum or
 compression fails (array, block and slot group), a block that is not committed (block and its
@@ -64,15 +65,30 @@ class TopKTargets:
 
 @dataclass(frozen=True, eq=False)
 class EpochData:
-    """Everything one rank needs for one epoch besides the images, in training order."""
+    """Everything one rank needs for one epoch, or a piece of it, besides the images, in
+    training order: the views of plan steps `steps` (`read_epoch`: every step; a piece from
+    `store.pieces`: consecutive steps). Step s is global position start + rank + world * s
+    (modulo the samples served) of the epoch's order (`store.plan`)."""
 
     plan: EpochPlan
-    # Parameter records of the planned views, [n] of record_dtype(recipe).
+    # Parameter records of the views of `steps`, [len(steps)] of record_dtype(recipe).
     records: np.ndarray
     targets: TopKTargets
+    # The plan steps (indices into plan.samples) these arrays hold.
+    steps: range
+
+    @property
+    def samples(self) -> np.ndarray:
+        """Sample indices of `steps`, in training order."""
+        return self.plan.samples[self.steps.start:self.steps.stop]
+
+    @property
+    def slots(self) -> np.ndarray:
+        """The stored view (slot) of each of `samples`."""
+        return self.plan.slots[self.steps.start:self.steps.stop]
 
     def __len__(self) -> int:
-        return len(self.plan)
+        return len(self.steps)
 
 
 class StoreReader:
@@ -339,12 +355,13 @@ class StoreReader:
     def read_epoch(self, plan: EpochPlan) -> EpochData:
         """The records and targets a plan needs, in its order (reads only its slot group)."""
         records, targets = self.read_views(plan.samples, plan.slots)
-        return EpochData(plan, records, targets)
+        return EpochData(plan, records, targets, range(len(plan)))
 
     def epoch(self, epoch: int, rank: int = 0, world: int = 1, *, start: int = 0,
               skipped: np.ndarray | None = None,
               curriculum: Curriculum | None = None) -> EpochData:
-        """Plan and read one epoch (see EpochPrefetcher to do it in the background)."""
+        """Plan and read one epoch whole (a training loop reads it in pieces, first batches
+        first, in the background: `store.prefetch.EpochPrefetcher`)."""
         return self.read_epoch(self.plan(epoch, rank, world, start=start, skipped=skipped,
                                          curriculum=curriculum))
 

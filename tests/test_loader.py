@@ -516,3 +516,42 @@ def test_curriculum_serves_the_same_views_after_a_resume_at_another_world(built,
         uniform.set_epoch(1)
         plain = dict(_serve(uniform))
     assert any(not torch.equal(plain[s], reference[s]) for s in reference)
+
+
+@pytest.fixture(scope="module")
+def built_rrc(tmp_path_factory: pytest.TempPathFactory) -> BuiltStore:
+    return build_store(tmp_path_factory.mktemp("rrc"), images=40, preset="rrc")
+
+
+def _served_targets(loader: ReinforcedLoader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(samples, classes, probs) of every batch left in the loader's epoch, concatenated."""
+    got = [(loader.served_samples.copy(), t.indices.numpy(), t.probs.numpy()) for _, t in loader]
+    return tuple(np.concatenate(column) for column in zip(*got, strict=True))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("batch", [2, 7])
+def test_batches_are_the_whole_epoch_read_in_pieces(built_rrc, batch: int) -> None:
+    """The loader reads an epoch in pieces of whole batches, the first one batch
+    (`store.pieces`); what it serves is the whole-epoch read, in order: across an epoch
+    boundary, after a resume inside a piece, and after one at a global position mid-batch."""
+    config = LoaderConfig(batch_size=batch, last_batch=LastBatch.PARTIAL,
+                          targets=Targets.SPARSE)
+    reader = StoreReader(built_rrc.url)
+
+    def check(got: tuple[np.ndarray, ...], want: object, skip: int = 0) -> None:
+        samples, classes, probs = got
+        np.testing.assert_array_equal(samples, want.plan.samples[skip:])  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(classes, want.targets.classes[skip:])  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(probs, want.targets.probs[skip:])  # type: ignore[attr-defined]
+
+    loader = ReinforcedLoader(built_rrc.url, built_rrc.root, config, manifest=built_rrc.manifest)
+    with loader:
+        for epoch in (0, 1, 2):  # no set_epoch: the loader carries on into the next epoch
+            assert loader.epoch == epoch
+            check(_served_targets(loader), reader.epoch(epoch))
+        loader.load_state_dict({"epoch": 1, "position": 3 * batch})  # inside [2, 4) batches
+        check(_served_targets(loader), reader.epoch(1), skip=3 * batch)
+        loader.load_state_dict({"epoch": 1, "position": 5})  # mid-batch: planned from 5
+        check(_served_targets(loader), reader.epoch(1, start=5))
+        assert loader.epoch == 2
+        check(_served_targets(loader), reader.epoch(2))

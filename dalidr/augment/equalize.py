@@ -13,9 +13,11 @@ photographs), and DALI has no histogram or per-sample lookup-table operator, so 
 runs the definition above, in integer arithmetic and therefore exactly, through DALI's numba
 plugin (`nvidia.dali.plugin.numba.NumbaFunction`): a compiled function per sample on the CPU,
 a CUDA kernel per sample on the GPU (one block per channel: a shared-memory histogram, the
-table, then the lookup). The table is built by `_lut_from_histogram`, one function compiled for
-both targets. No Python runs per sample. Trade-off: numba is a dependency, and compiling the
-operator costs about two seconds once per process and device (the operator is cached).
+table, then the lookup). The table is built by `lut_from_histogram`, one function compiled for
+both targets and for the CPU's fused replay kernel (`dalidr.augment.cpu.tone`, which is what
+CPU replay runs; this operator serves the GPU and `OpsBackend.DALI`). No Python runs per
+sample. Trade-off: numba is a dependency, and compiling this operator costs seconds once per
+process and device.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ from nvidia.dali.pipeline import do_not_convert
 
 from dalidr.errors import DeviceError
 
-__all__ = ["pil_equalize", "equalize_reference"]
+__all__ = ["pil_equalize", "equalize_reference", "lut_from_histogram"]
 
 _THREADS = 256  # GPU threads per block (one block per channel); must be 256, one per bin
 
 
-def _lut_from_histogram(hist: Any, lut: Any, total: int) -> None:
+def lut_from_histogram(hist: Any, lut: Any, total: int) -> None:
     """PIL's equalize table from one channel's 256-bin histogram (njit and CUDA device code)."""
     last = 255
     while last > 0 and hist[last] == 0:
@@ -58,13 +60,13 @@ def equalize_reference(image: np.ndarray) -> np.ndarray:
     for c in range(image.shape[2]):
         hist = np.bincount(image[:, :, c].ravel(), minlength=256)
         lut = np.empty(256, dtype=np.int64)
-        _lut_from_histogram(hist, lut, image.shape[0] * image.shape[1])
+        lut_from_histogram(hist, lut, image.shape[0] * image.shape[1])
         out[:, :, c] = lut[image[:, :, c]]
     return out
 
 
-_lut_cpu = njit(_lut_from_histogram)
-_lut_gpu = cuda.jit(device=True)(_lut_from_histogram)
+_lut_cpu = njit(lut_from_histogram)
+_lut_gpu = cuda.jit(device=True)(lut_from_histogram)
 
 
 def _equalize_cpu(out: Any, image: Any) -> None:

@@ -15,8 +15,11 @@ Per view, in the order of the paper's code (apple/ml-dr, torchvision transforms)
    sampler drew the crop for (PIL's `Image.open(path).size`) is the size decoded here;
 2. resize to the output side (linear, antialiased, as torchvision's RandomResizedCrop);
 3. horizontal flip, folded into the resize as a mirrored region of interest;
-4. RandAugment: each stored (op id, signed magnitude bin) goes through `auto_aug.select`, which
-   splits the batch among the ops of `dalidr.augment.ops` with DALI conditionals;
+4. RandAugment: each stored (op id, signed magnitude bin) applies its op of
+   `dalidr.augment.ops`. On the GPU, `auto_aug.select` splits the batch among the ops' DALI
+   operators with DALI conditionals; on the CPU, where those operators and conditionals cost
+   more than decoding, one fused numba operator (`dalidr.augment.cpu`) applies the view's ops
+   and step 5 to each sample and returns the same pixels (`OpsBackend`);
 5. RandomErasing: the stored box, filled with `recipe.erase_fill`;
 6. MixUp/CutMix: the partner is decoded and augmented with its own stored view (steps 1-5),
    then blended with weight lambda (MixUp) or pasted inside the stored box (CutMix).
@@ -46,6 +49,7 @@ from dalidr.errors import ImageError, OptionError
 
 __all__ = [
     "Output",
+    "OpsBackend",
     "ReplaySpec",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -72,6 +76,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class OpsBackend(enum.Enum):
+    """What runs RandAugment and erasing (steps 4-5) on each device."""
+
+    # The CPU's fused numba kernel (`dalidr.augment.cpu`), DALI's operators on the GPU.
+    AUTO = "auto"
+    # DALI's operators under `auto_aug.select` on both devices (the CPU kernel's reference).
+    DALI = "dali"
+
+
 class Output(enum.Enum):
     """What replay returns."""
 
@@ -92,6 +105,8 @@ class ReplaySpec:
     # Normalisation for Output.FLOAT_CHW, in [0, 1] units.
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # What runs the RandAugment ops and the erase; the pixels are the same either way.
+    ops_backend: OpsBackend = OpsBackend.AUTO
 
     @property
     def side(self) -> int:
@@ -159,7 +174,9 @@ def _view(
         roi_end=fn.stack(types.Constant(1.0), 1.0 - flip),
         roi_relative=True,
     )
-    if recipe.has_ra_re:
+    if recipe.has_ra_re and device == "cpu" and spec.ops_backend is OpsBackend.AUTO:
+        images = _fused_ra_re(images, inputs, prefix, spec)
+    elif recipe.has_ra_re:
         ops = replay_ops(side, recipe.ra_num_bins)
         op_ids, mags = inputs[prefix + "ops"], inputs[prefix + "mags"]
         for k in range(max(recipe.ra_num_ops, 1)):
@@ -191,8 +208,38 @@ def _view(
     return images
 
 
-def _mix(own: DataNode, partner: DataNode, inputs: dict[str, DataNode], side: int) -> DataNode:
+def _fused_ra_re(
+    images: Any, inputs: dict[str, DataNode], prefix: str, spec: ReplaySpec
+) -> DataNode:
+    """Steps 4-5 on the CPU as one operator per view: `dalidr.augment.cpu`'s kernel, the same
+    pixels as the DALI operators of the other branch at a fraction of their cost."""
+    from dalidr.augment.cpu.operator import fused_replay_operator
+    from dalidr.augment.cpu.randaugment import magnitude_table, settings_vector
+
+    recipe = spec.recipe
+    table = magnitude_table(spec.side, recipe.ra_num_bins)
+    settings = settings_vector(recipe.fill, recipe.erase_fill)
+    out = fused_replay_operator()(
+        images,
+        inputs[prefix + "ops"],
+        inputs[prefix + "mags"],
+        inputs[prefix + "erase"],
+        types.Constant(table, device="cpu"),
+        types.Constant(settings, device="cpu"),
+    )
+    # The plugin's output has no layout; the ops after it look axes up by name.
+    return fn.reshape(out, layout="HWC")
+
+
+def _mix(own: DataNode, partner: DataNode, inputs: dict[str, DataNode], spec: ReplaySpec,
+         device: str) -> DataNode:
     """Blend with lambda (MixUp) or paste the partner inside the box (CutMix), in float."""
+    side = spec.side
+    if device == "cpu" and spec.ops_backend is OpsBackend.AUTO:
+        from dalidr.augment.cpu.operator import fused_mix_operator
+
+        mixed = fused_mix_operator()(own, partner, inputs["mix"], inputs["lam"], inputs["box"])
+        return fn.reshape(mixed, layout="HWC")
     lam = fn.cast(inputs["lam"], dtype=types.DALIDataType.FLOAT) * (1.0 / COORD_SCALE)
     is_cutmix = inputs["mix"] == int(MixMode.CUTMIX)
     box = inputs["box"]
@@ -234,7 +281,7 @@ def replay_graph(
             raise OptionError("recipe has mixing but no partner JPEG input was given")
         if inputs["mix"] != int(MixMode.NONE):
             partner = _view(partner_jpegs, inputs, "p_", spec, device)
-            images = _mix(images, partner, inputs, spec.side)
+            images = _mix(images, partner, inputs, spec, device)
     if spec.output is Output.FLOAT_CHW:
         images = fn.crop_mirror_normalize(
             images,

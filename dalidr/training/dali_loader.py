@@ -1,9 +1,11 @@
 """The machinery both DALI loaders share: epochs, reading ahead, feeding, in-flight batches.
 
-A loader subclass says what an epoch holds (`_epoch_data`: samples, records, top-k targets),
-how long it is, and which DALI graph turns a batch of JPEG bytes (and record fields) into
-uint8 images (`_images`); this base reads the files with a thread pool a few batches ahead,
-feeds the pipeline by name, normalises, and converts the outputs to torch.
+A loader subclass says what an epoch holds (`_epoch_data`: samples, records, top-k targets,
+handed out a batch at a time by an `EpochSource`, whole in memory or read in pieces), how long
+it is, and which DALI graph turns a batch of JPEG bytes (and record fields) into uint8 images
+(`_images`); this base reads the files with a thread pool a few batches ahead (only batches
+whose metadata is ready, so the first batch never waits for later ones' pieces), feeds the
+pipeline by name, normalises, and converts the outputs to torch.
 
 Driving DALI. The thin iterator over the pipeline (rather than `DALIGenericIterator`, whose
 external-source epochs cannot seek to a mid-epoch step) feeds batches by name and keeps
@@ -15,7 +17,6 @@ flight. Outputs become torch tensors with the DALI PyTorch plugin's `feed_ndarra
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,14 +64,44 @@ class RecordSource(Protocol):
 
 
 @dataclass(frozen=True, eq=False)
+class _Part:
+    """Consecutive samples of one rank's epoch (a batch), everything but the JPEG bytes."""
+
+    samples: np.ndarray  # [n] int64
+    records: np.ndarray | None  # [n] records, or None (no recipe)
+    classes: np.ndarray  # [n, k] int32 (as stored) or int64
+    probs: np.ndarray  # [n, k] float32
+
+
+class EpochSource(Protocol):
+    """One rank's epoch from its start position, handed out a batch at a time: whole in
+    memory (`_Epoch`), or read in pieces in the background (the reinforced loader's)."""
+
+    def ready(self, lo: int) -> bool:
+        """Whether `part(lo, ...)` would return without waiting."""
+        ...
+
+    def part(self, lo: int, hi: int) -> _Part:
+        """Samples lo..hi-1 of the epoch (a batch: never across the source's pieces)."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
 class _Epoch:
-    """One rank's epoch, everything but the JPEG bytes, in training order."""
+    """One rank's epoch, everything but the JPEG bytes, in training order, in memory."""
 
     samples: np.ndarray  # [n] int64
     # [n] records, or something sliced into them per batch (`records[part]`), or None.
     records: np.ndarray | RecordSource | None
     classes: np.ndarray  # [n, k] int32 (as stored) or int64
     probs: np.ndarray  # [n, k] float32
+
+    def ready(self, lo: int) -> bool:
+        return True
+
+    def part(self, lo: int, hi: int) -> _Part:
+        records = None if self.records is None else self.records[lo:hi]
+        return _Part(self.samples[lo:hi], records, self.classes[lo:hi], self.probs[lo:hi])
 
 
 @dataclass(eq=False)
@@ -126,14 +157,15 @@ class _DaliLoader:
         self._pool = ThreadPoolExecutor(config.read_threads, thread_name_prefix="dalidr-read")
         self._pipe: Pipeline | None = None
         self._scheduled = False
-        self._stream: Iterator[_Batch] | None = None
+        # The next batch to read: (epoch, its start position, step); None before a seek.
+        self._cursor: tuple[int, int, int] | None = None
         self._reading: deque[_Batch] = deque()
         self._in_flight: deque[_Batch] = deque()
-        self._epochs: dict[tuple[int, int], _Epoch] = {}
+        self._epochs: dict[tuple[int, int], EpochSource] = {}
 
     # ----------------------------------------------------------- what subclasses provide
 
-    def _epoch_data(self, epoch: int, start: int) -> _Epoch:
+    def _epoch_data(self, epoch: int, start: int) -> EpochSource:
         """This rank's part of `epoch` from global position `start` (`store.plan`)."""
         raise NotImplementedError
 
@@ -241,43 +273,57 @@ class _DaliLoader:
 
     # ----------------------------------------------------------- epochs and batches
 
-    def _epoch(self, epoch: int, start: int = 0) -> _Epoch:
+    def _epoch(self, epoch: int, start: int = 0) -> EpochSource:
         if (epoch, start) not in self._epochs:
-            while len(self._epochs) >= 3:  # the oldest cached epoch goes
-                del self._epochs[next(iter(self._epochs))]
+            # The batch stream only moves on (a jump starts it afresh), so the epoch it leaves
+            # is done with: only the one it is in is kept (with its current piece, if any).
+            self._epochs.clear()
             self._epochs[epoch, start] = self._epoch_data(epoch, start)
         return self._epochs[epoch, start]
 
-    def _batches(self, epoch: int, start: int, step: int) -> Iterator[_Batch]:
-        """Every batch from (epoch, start, step) on, across epochs (the later ones from their
-        beginning), with its files being read."""
-        size = self.config.batch_size
-        self._check_not_empty()  # an empty epoch would make this loop spin forever
-        for e in itertools.count(epoch):
-            first = start if e == epoch else 0
-            for s in range(step if e == epoch else 0, self._batch_count(first)):
-                data = self._epoch(e, first)
-                part = slice(s * size, min((s + 1) * size, len(data.samples)))
-                samples = data.samples[part]
-                fields: dict[str, np.ndarray] = {}
-                partners = None
-                if data.records is not None:
-                    records = data.records[part]
-                    fields = {f: np.ascontiguousarray(records[f]) for f in self._fields()}
-                    if self.has_partner:
-                        partners = records["partner"].astype(np.int64)
-                yield _Batch(e, first, s, samples, fields, data.classes[part], data.probs[part],
-                             self._read(samples),
-                             self._read(partners) if partners is not None else None)
+    def _moved_on(self, epoch: int, start: int, step: int) -> tuple[int, int, int]:
+        """(epoch, start, step) itself, or the first batch after it when its epoch has no
+        batch left (later epochs from their beginning)."""
+        while step >= self._batch_count(start):
+            self._check_not_empty()  # an empty epoch would make this loop spin forever
+            epoch, start, step = epoch + 1, 0, 0
+        return epoch, start, step
+
+    def _cursor_ready(self) -> bool:
+        """Whether the batch at the cursor can be made without waiting for its metadata."""
+        assert self._cursor is not None
+        epoch, start, step = self._cursor
+        return self._epoch(epoch, start).ready(step * self.config.batch_size)
+
+    def _next_batch(self) -> _Batch:
+        """The batch at the cursor, with its files being read; the cursor moves on."""
+        assert self._cursor is not None
+        epoch, start, step = self._cursor
+        lo = step * self.config.batch_size
+        hi = min(lo + self.config.batch_size, self._epoch_length(start))
+        part = self._epoch(epoch, start).part(lo, hi)
+        fields: dict[str, np.ndarray] = {}
+        partners = None
+        if part.records is not None:
+            fields = {f: np.ascontiguousarray(part.records[f]) for f in self._fields()}
+            if self.has_partner:
+                partners = part.records["partner"].astype(np.int64)
+        self._cursor = self._moved_on(epoch, start, step + 1)
+        return _Batch(epoch, start, step, part.samples, fields, part.classes, part.probs,
+                      self._read(part.samples),
+                      self._read(partners) if partners is not None else None)
 
     def _read(self, samples: np.ndarray) -> list[Future[list[np.ndarray]]]:
         chunks = np.array_split(samples, min(self.config.read_threads, len(samples)))
         return [self._pool.submit(_read_samples, self.source, chunk) for chunk in chunks]
 
     def _next_read(self) -> _Batch:
-        assert self._stream is not None
-        while len(self._reading) < self.config.read_ahead:
-            self._reading.append(next(self._stream))
+        """The next batch to feed. Up to `read_ahead` batches have their files read ahead,
+        but only those whose metadata is ready: waiting for a later batch's (its epoch's next
+        piece) must not hold up this one."""
+        while len(self._reading) < self.config.read_ahead and (
+                not self._reading or self._cursor_ready()):
+            self._reading.append(self._next_batch())
         return self._reading.popleft()
 
     # ----------------------------------------------------------- the DALI pipeline
@@ -334,7 +380,10 @@ class _DaliLoader:
         self._in_flight.append(batch)
 
     def _top_up(self) -> None:
-        """Keep `prefetch_depth` iterations in flight (the first schedule_run runs them all)."""
+        """Keep `prefetch_depth` iterations in flight (the first schedule_run runs them all).
+        Past the first, a batch whose metadata is not ready yet (its piece is still being
+        read) is fed on a later call, unless the pipeline would otherwise run dry: a batch
+        that is ready is never held back by the one after it."""
         if self._pipe is None:
             self._pipe = self._build()
         depth = self.config.prefetch_depth
@@ -344,7 +393,8 @@ class _DaliLoader:
             self._pipe.schedule_run()
             self._scheduled = True
             return
-        while len(self._in_flight) < depth:
+        while len(self._in_flight) < depth and (
+                not self._in_flight or self._reading or self._cursor_ready()):
             self._feed(self._next_read())
             self._pipe.schedule_run()
 
@@ -362,7 +412,7 @@ class _DaliLoader:
             for future in batch.jpegs + (batch.partner_jpegs or []):
                 future.cancel()
         self._reading.clear()
-        self._stream = self._batches(epoch, start, step)
+        self._cursor = self._moved_on(epoch, start, step)
         self._top_up()
 
     def _next_images(self) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 `ReinforcedLoader` is what a training loop iterates instead of a `DataLoader` (paper Sec. 2.2:
 training on a reinforced dataset costs what training on the original costs). Per epoch it takes
-the store's epoch plan for this rank (`StoreReader.plan` / `read_epoch`, one epoch ahead in a
-background thread with `store.prefetch.EpochPrefetcher`), reads the planned samples' JPEG bytes
-with a thread pool a few batches ahead, and replays each stored view through
+the store's epoch plan for this rank and its records and top-k in pieces, first batches first
+(`store.pieces`; read ahead in a background thread by `store.prefetch.EpochPrefetcher`, which
+reads the next epoch while this one's last eighth is served), reads the planned samples' JPEG
+bytes with a thread pool a few batches ahead, and replays each stored view through
 `dalidr.augment.replay.replay_graph`, the one augmentation implementation, so the student sees
 exactly
 the pixels the teacher labelled. Each step yields `(images, targets)`: images `[B, 3, H, W]`
@@ -50,11 +51,12 @@ from dalidr.data.shards import DataSpec, is_shard_spec
 from dalidr.errors import OptionError, StoreError
 from dalidr.teacher.skips import skipped_samples
 from dalidr.training.dali_loader import (
+    EpochSource,
     Labels,
     _check_classes,
     _DaliLoader,
-    _Epoch,
     _one_hot_topk,
+    _Part,
 )
 from dalidr.training.loader_config import (
     SHARDS,
@@ -67,9 +69,10 @@ from dalidr.training.loader_config import (
 )
 from dalidr.training.plain_loader import PlainLoader
 from store.manifest import Manifest
+from store.pieces import PieceSizes
 from store.plan import rank_length
 from store.prefetch import EpochPrefetcher
-from store.reader import StoreReader
+from store.reader import EpochData, StoreReader
 
 __all__ = [
     "Targets",
@@ -192,14 +195,19 @@ class ReinforcedLoader(_DaliLoader):
         # (`store.plan`), so every rank runs the same number of steps and no other sample sits
         # out for them.
         skipped = np.union1d(skipped_samples(reader.layout), unreadable)
+        # Pieces of whole batches: the first one batch, so the first batch waits only for
+        # the blocks of its own views.
+        batch = self.config.batch_size
+        sizes = PieceSizes(first=batch, largest=max(batch, PieceSizes.largest))
         return skipped, EpochPrefetcher(reader, self.rank, self.world, start_epoch=0,
-                                        skipped=skipped, curriculum=self.config.curriculum)
+                                        skipped=skipped, curriculum=self.config.curriculum,
+                                        sizes=sizes)
 
     def _served(self) -> int:
         return self.reader.num_samples - len(self._skipped)
 
     def _jumped(self) -> None:
-        self._prefetcher.restart(self.epoch, self.start)
+        self._prefetcher.restart(self.epoch, self.start, self.step * self.config.batch_size)
 
     def _epoch_length(self, start: int = 0) -> int:
         return rank_length(self._served(), start, self.world, self.reader.uneven)
@@ -228,22 +236,51 @@ class ReinforcedLoader(_DaliLoader):
             records["partner"] = samples
         return records
 
-    def _epoch_data(self, epoch: int, start: int) -> _Epoch:
-        data = self._prefetcher.get(epoch, start)
-        samples = data.plan.samples
-        # The epoch's arrays are this loader's alone (read for it by the prefetcher): the
-        # original samples are written in place, so an epoch is held once, not twice.
+    def _epoch_data(self, epoch: int, start: int) -> EpochSource:
+        return _PiecewiseEpoch(self, epoch, start)
+
+    def _piece(self, epoch: int, start: int, step: int) -> EpochData:
+        """The piece of `epoch` (from global position `start`) holding plan step `step`, its
+        original samples (the 1 - p coin) made fresh. The piece's arrays are this loader's
+        alone (copied out for it by the prefetcher): the original samples are written in
+        place."""
+        data = self._prefetcher.get(epoch, start, step)
+        samples = data.samples
         records, classes, probs = data.records, data.targets.classes, data.targets.probs
         original = np.flatnonzero(self.original_mask(epoch, samples))
         if original.size:
             records[original] = self.original_records(epoch, samples[original])
             classes[original], probs[original] = _one_hot_topk(
                 self.labels[samples[original]], self.reader.config.k, self.num_classes)
-        return _Epoch(samples, records, classes, probs)
+        return data
 
     def close(self) -> None:
         self._prefetcher.close()
         super().close()
+
+
+class _PiecewiseEpoch:
+    """One rank's epoch served from the prefetcher's pieces, holding one piece at a time (the
+    loader's pieces are whole batches, so a batch never spans two)."""
+
+    def __init__(self, loader: ReinforcedLoader, epoch: int, start: int) -> None:
+        self.loader, self.epoch, self.start = loader, epoch, start
+        self._piece: EpochData | None = None
+
+    def _holds(self, lo: int) -> bool:
+        return self._piece is not None and lo in self._piece.steps
+
+    def ready(self, lo: int) -> bool:
+        return self._holds(lo) or self.loader._prefetcher.ready(self.epoch, self.start, lo)
+
+    def part(self, lo: int, hi: int) -> _Part:
+        if not self._holds(lo):
+            self._piece = self.loader._piece(self.epoch, self.start, lo)
+        piece = self._piece
+        assert piece is not None and hi <= piece.steps.stop, "a batch spans two pieces"
+        a, b = lo - piece.steps.start, hi - piece.steps.start
+        return _Part(piece.samples[a:b], piece.records[a:b], piece.targets.classes[a:b],
+                     piece.targets.probs[a:b])
 
 
 def _served_listing(root: DataSpec, manifest: Manifest, num_classes: int,
