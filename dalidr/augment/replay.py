@@ -38,7 +38,7 @@ import numpy as np
 from nvidia.dali import fn, math, pipeline_def, types
 from nvidia.dali.auto_aug.core import select, signed_bin
 from nvidia.dali.data_node import DataNode
-from nvidia.dali.pipeline import Pipeline
+from nvidia.dali.pipeline import Pipeline, do_not_convert
 from nvidia.dali.tensors import TensorListGPU
 
 from dalidr.augment.image_formats import check_image
@@ -208,18 +208,33 @@ def _view(
     return images
 
 
-def _fused_ra_re(
-    images: Any, inputs: dict[str, DataNode], prefix: str, spec: ReplaySpec
-) -> DataNode:
-    """Steps 4-5 on the CPU as one operator per view: `dalidr.augment.cpu`'s kernel, the same
-    pixels as the DALI operators of the other branch at a fraction of their cost."""
+@do_not_convert
+def _fused_parts(spec: ReplaySpec) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The fused operator and its constant inputs (magnitude table, fills). Plain Python, kept
+    out of DALI's autograph, which would otherwise transform every function it calls (seconds
+    of a loader's start)."""
     from dalidr.augment.cpu.operator import fused_replay_operator
     from dalidr.augment.cpu.randaugment import magnitude_table, settings_vector
 
     recipe = spec.recipe
     table = magnitude_table(spec.side, recipe.ra_num_bins)
-    settings = settings_vector(recipe.fill, recipe.erase_fill)
-    out = fused_replay_operator()(
+    return fused_replay_operator(), table, settings_vector(recipe.fill, recipe.erase_fill)
+
+
+@do_not_convert
+def _mix_operator() -> Any:
+    from dalidr.augment.cpu.operator import fused_mix_operator
+
+    return fused_mix_operator()
+
+
+def _fused_ra_re(
+    images: Any, inputs: dict[str, DataNode], prefix: str, spec: ReplaySpec
+) -> DataNode:
+    """Steps 4-5 on the CPU as one operator per view: `dalidr.augment.cpu`'s kernel, the same
+    pixels as the DALI operators of the other branch at a fraction of their cost."""
+    operator, table, settings = _fused_parts(spec)
+    out = operator(
         images,
         inputs[prefix + "ops"],
         inputs[prefix + "mags"],
@@ -236,9 +251,7 @@ def _mix(own: DataNode, partner: DataNode, inputs: dict[str, DataNode], spec: Re
     """Blend with lambda (MixUp) or paste the partner inside the box (CutMix), in float."""
     side = spec.side
     if device == "cpu" and spec.ops_backend is OpsBackend.AUTO:
-        from dalidr.augment.cpu.operator import fused_mix_operator
-
-        mixed = fused_mix_operator()(own, partner, inputs["mix"], inputs["lam"], inputs["box"])
+        mixed = _mix_operator()(own, partner, inputs["mix"], inputs["lam"], inputs["box"])
         return fn.reshape(mixed, layout="HWC")
     lam = fn.cast(inputs["lam"], dtype=types.DALIDataType.FLOAT) * (1.0 / COORD_SCALE)
     is_cutmix = inputs["mix"] == int(MixMode.CUTMIX)

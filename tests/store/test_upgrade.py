@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,11 +149,8 @@ def test_an_interrupted_upgrade_reruns_to_the_same_store(
     row; a skip-mark shard) leaves a schema 2 store that a rerun upgrades to the same bytes."""
     _, store = _copy_v2(tmp_path / "v2")
     target = str(store / failing)
-    # The root zarr.json fails at its write, after the commit rows (zarr also checks it exists
-    # when it creates the arrays' parent groups, with a write that never replaces it).
-    last_row = store / "commit_map/c/1/0"
-    enospc_on(monkeypatch, lambda p: p == target and (failing != "zarr.json"
-                                                      or last_row.exists()))
+    root_write = _the_root_write(store)
+    enospc_on(monkeypatch, lambda p: root_write(p) if failing == "zarr.json" else p == target)
     with pytest.raises(StoreWriteError, match=f"store {store}: writing"):
         upgrade_store(str(store))
     monkeypatch.undo()
@@ -160,6 +158,19 @@ def test_an_interrupted_upgrade_reruns_to_the_same_store(
     assert (store / "dalidr_skipped").is_dir() and (store / "commit").is_dir()
     upgrade_store(str(store))
     assert tree_bytes(store) == tree_bytes(stores[1])
+
+
+def _the_root_write(store: Path) -> Callable[[str], bool]:
+    """Whether a write is the upgrade's own write of the root attributes (step 3), for failing it.
+
+    Creating an array has zarr also write its parents' zarr.json where absent: an exclusive
+    write, a no-op here, but one the fault hook sees, made concurrently with the array's own
+    metadata. Failed, that array's write would land after the error, in the middle of a test's
+    snapshot. The upgrade writes the manifest's digests last before the root, and their data
+    chunk exists only once their array is complete."""
+    root = str(store / "zarr.json")
+    digests = store / "manifest_digests/c/0/0"
+    return lambda path: path == root and digests.exists()
 
 
 def _flip_byte(path: Path) -> None:
@@ -267,12 +278,9 @@ def test_an_incomplete_store_is_refused_unless_allowed(
     """Upgraded, a store's uncommitted blocks can never be written (no teacher recorded), so
     the upgrade refuses it before writing anything, unless --allow-incomplete."""
     _, store = _copy_v2(tmp_path / "v2")
-    target = str(store / "zarr.json")
     # An earlier run cut short at the root write left a commit_map row for every block.
-    from tests.faults import enospc_on as fail_on
-
-    with pytest.MonkeyPatch.context() as patch:  # the root write, not a parent-group check
-        fail_on(patch, lambda p: p == target and (store / "commit_map/c/1/0").exists())
+    with pytest.MonkeyPatch.context() as patch:
+        enospc_on(patch, _the_root_write(store))
         with pytest.raises(StoreWriteError):
             upgrade_store(str(store))
     assert (store / "commit_map/c/1/0").is_file()
@@ -363,8 +371,7 @@ def test_a_concurrent_change_is_refused_not_sealed(stores: tuple[Path, Path, Pat
 def test_arrays_of_an_earlier_run_must_be_the_schemas(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     _, store = _copy_v2(tmp_path / "v2")
-    target = str(store / "zarr.json")
-    enospc_on(monkeypatch, lambda p: p == target and (store / "commit_map/c/1/0").exists())
+    enospc_on(monkeypatch, _the_root_write(store))
     with pytest.raises(StoreWriteError):
         upgrade_store(str(store))
     monkeypatch.undo()
