@@ -110,6 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "store's block size)")
     sizes.add_argument("--size-worlds", default="8,64",
                        help="world sizes whose rank 0 is measured at --sizes")
+    sizes.add_argument("--start-repeats", type=int, default=3,
+                       help="fresh processes whose start (constructor + first batch) is "
+                            "timed per world at --sizes; the median is reported (one start "
+                            "varies by a second on a 2-core machine)")
     sizes.add_argument("--teacher-slots", type=int, default=10,
                        help="slots of the store the --sizes teacher step writes")
     sizes.add_argument("--build-workers", type=int, default=min(8, os.cpu_count() or 1),

@@ -183,6 +183,17 @@ def project_datacomp(results: dict[str, Any], plan_scale: dict[str, Any] | None
                    f"{store['objects_per_block']:.2f} objects x ceil(N / "
                    f"{store['block_size']})",
         "note": "the difficulty arrays (derived/) add 2 objects per block once written"}
+    from store.config import block_size_for
+
+    chosen = block_size_for(DATACOMP)
+    out["store_objects_reinforce_default"] = {
+        "value": store["metadata_files"] + store["objects_per_block"] * -(-DATACOMP // chosen),
+        "block_size": chosen,
+        "formula": f"{store['metadata_files']} metadata files + "
+                   f"{store['objects_per_block']:.2f} objects x ceil(N / {chosen})",
+        "note": "the block size `dalidr reinforce` picks for N without --block-size "
+                "(store.config.block_size_for: at most 131,072 blocks); a block's reads then "
+                f"decode {chosen // store['block_size']}x the bytes of the measured blocks"}
     loaders = [(n, w, steps[str(n)][f"reinforced_w{w}"]) for n in sizes for w in worlds]
     memory = _fitted([(n, w, f["peak_rss_bytes"] - dali) for n, w, f in loaders],
                      "MB", 1e6, "B")
@@ -257,6 +268,9 @@ def size_table(results: dict[str, Any]) -> str:
               p["store_bytes"]["formula"]),
              ("store objects", f"{p['store_objects']['value']:,.0f}",
               p["store_objects"]["formula"]),
+             ("store objects, reinforce's default block size",
+              f"{p['store_objects_reinforce_default']['value']:,.0f}",
+              p["store_objects_reinforce_default"]["formula"]),
              ("rank memory over DALI", f"{_mb(memory['value'])} MB, of which "
               f"{_mb(memory['per_sample_part'])} MB grows with N (issue budget for "
               f"metadata: {_mb(memory['issue_budget'])} MB)", memory["formula"]),

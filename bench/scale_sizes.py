@@ -14,7 +14,9 @@ in a fresh process so that its peak RSS is its own:
   with `check=DatasetCheck.MANIFEST` for rank 0 of W: constructor, first batch, start (both),
   peak RSS, and the epoch plan (`epoch_plan_s`: epoch 1's plan and first piece, asked for
   right after the first batch, `bench.scale.epoch_first_batch`; `epoch_plan_awaited_s`: the
-  whole of planning epoch 2 and reading all its records and targets, `whole_epoch`);
+  whole of planning epoch 2 and reading all its records and targets, `whole_epoch`); the start
+  figures are medians over `--start-repeats` fresh processes (`reinforced_start_w<W>`: the
+  start alone), since one start varies by about a second on a 2-core machine;
 - `teacher`: the teacher pass's bookkeeping with a trivially cheap teacher, N x
   `--teacher-slots` slots x top-`--k`: creating the store (its manifest written), then
   `--teacher-blocks` blocks drawn, top-k encoded and written by a plain `StoreWriter`
@@ -42,6 +44,8 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make `bench` and `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -120,7 +124,8 @@ def step_list_file_list(args: argparse.Namespace) -> dict[str, Any]:
         listing.paths.data.nbytes + listing.paths.offsets.nbytes + listing.labels.nbytes)}
 
 
-def _reinforced_manifest(args: argparse.Namespace, world: int) -> dict[str, Any]:
+def _reinforced_manifest(args: argparse.Namespace, world: int,
+                         whole: bool = True) -> dict[str, Any]:
     from dalidr.training.loader import DatasetCheck, ReinforcedLoader
 
     data = _data(args)
@@ -129,12 +134,31 @@ def _reinforced_manifest(args: argparse.Namespace, world: int) -> dict[str, Any]
                                  _loader_config(args), rank=0, world=world,
                                  file_list=data.file_list, check=DatasetCheck.MANIFEST),
         lambda loader: epoch_first_batch(loader, 1),
-        awaited=lambda loader: whole_epoch(loader, 2))
+        awaited=(lambda loader: whole_epoch(loader, 2)) if whole else None)
 
 
 def step_reinforced(args: argparse.Namespace) -> dict[str, Any]:
-    """`--step reinforced_w<W>`: rank 0 of world W."""
-    return _reinforced_manifest(args, int(args.step.rsplit("_w", 1)[1]))
+    """`--step reinforced_w<W>`: rank 0 of world W; `reinforced_start_w<W>`: its start only
+    (constructor, first batch, epoch 1's first piece), for the repeats."""
+    world = int(args.step.rsplit("_w", 1)[1])
+    return _reinforced_manifest(args, world, whole=not args.step.startswith("reinforced_start"))
+
+
+_START_KEYS = ("constructor_s", "first_batch_s", "s")
+
+
+def _with_repeats(size_argv: list[str], name: str, first: dict[str, Any],
+                  repeats: int) -> dict[str, Any]:
+    """`first` (a `reinforced_w<W>` step) with its start figures replaced by their medians
+    over it and `repeats - 1` more fresh processes (each run's figures kept in `<key>_runs`)."""
+    runs = [first] + [_child(size_argv, name.replace("reinforced_w", "reinforced_start_w"))
+                      for _ in range(max(repeats, 1) - 1)]
+    out = dict(first)
+    for key in _START_KEYS:
+        values = [float(run[key]) for run in runs]
+        out[f"{key}_runs"] = values
+        out[key] = float(np.median(values))
+    return out
 
 
 def step_teacher(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,7 +204,7 @@ def size_steps(args: argparse.Namespace) -> dict[str, Any]:
 def run_size_step(args: argparse.Namespace) -> dict[str, Any]:
     if args.step == "dali_baseline":
         return step_dali_baseline(args)
-    if args.step.startswith("reinforced_w"):
+    if args.step.startswith(("reinforced_w", "reinforced_start_w")):
         return step_reinforced(args)
     return size_steps(args)[args.step](args)
 
@@ -211,6 +235,8 @@ def main_sizes(argv: list[str], args: argparse.Namespace) -> dict[str, Any]:
         steps: dict[str, Any] = {}
         for name in size_steps(size_args):
             steps[name] = _child(size_argv, name)
+            if name.startswith("reinforced_w"):
+                steps[name] = _with_repeats(size_argv, name, steps[name], args.start_repeats)
             print(f"{n:,} {name}: {json.dumps(steps[name])}", flush=True)
         results["steps"][str(n)] = steps
         results["store"][str(n)] = census(size_paths(size_args)["loader_store"], n,

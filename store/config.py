@@ -12,7 +12,10 @@ Trade-offs fixed here:
   (ImageNet at 4096: 313 blocks, about 2 500 files in all) and fewer chunks to decode per epoch
   (zarr spends about a millisecond per chunk, so ImageNet's epoch reads in ~3 s at 4096 against
   ~5.5 s at 2048 on one core); smaller blocks lose less teacher work when a writer dies (a block
-  is 4096 x 400 views) and spread better over many writers.
+  is 4096 x 400 views) and spread better over many writers. Past a few hundred million samples
+  the object count decides: `dalidr reinforce` doubles its default block size until the store
+  has at most `MAX_BLOCKS` blocks (`block_size_for`: 16,384 at DataCompDR-1B's 1.4B samples,
+  85,450 blocks of 14 objects, about 1.2M objects, instead of 9.6M at 2048).
 - `slot_group` is how many slots one compressed chunk holds. An epoch reads one slot per sample,
   but whole chunks, so the read amplification is about `slot_group`; more slots per chunk let
   the compressor find the classes a sample repeats across its views. 5 keeps reads under 8x.
@@ -33,7 +36,19 @@ from dalidr.augment.recipe import Recipe
 from dalidr.errors import OptionError, StoreError
 
 __all__ = ["SCHEMA_VERSION", "ATTRS_KEY", "RECREATE_HINT", "upgrade_hint", "Compression",
-           "MemberIdentity", "StoreConfig"]
+           "MemberIdentity", "StoreConfig", "MAX_BLOCKS", "block_size_for"]
+
+# The most blocks `block_size_for` cuts a store into.
+MAX_BLOCKS = 1 << 17
+
+
+def block_size_for(num_samples: int, smallest: int = 2048) -> int:
+    """`smallest`, doubled until `num_samples` fit in at most `MAX_BLOCKS` blocks (capped at
+    StoreConfig's largest block, 2^20): the block size a teacher pass uses unless told."""
+    size = smallest
+    while -(-num_samples // size) > MAX_BLOCKS and size < 1 << 20:
+        size *= 2
+    return size
 
 # Bump on any change to array meaning. Version 3 (docs/design/store-v3.md): skip marks are a
 # data array sealed by the commit rows, the teacher's members are recorded by identity, the

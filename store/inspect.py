@@ -18,6 +18,7 @@ import numpy as np
 
 from dalidr.augment.recipe import Recipe
 from dalidr.errors import DalidrError
+from store.commit_summary import SUMMARY, summary_problems
 from store.layout import (
     CLASSES,
     COMMIT,
@@ -85,6 +86,10 @@ def verify_store(layout: StoreLayout) -> tuple[list[str], int]:
         problems += digest_problems(layout, manifest)
     except DalidrError as exc:
         problems.append(f"manifest: {exc}")
+    try:
+        problems += summary_problems(layout)
+    except DalidrError as exc:
+        problems.append(f"commit summary: {exc}")
     cfg = layout.config
     rows = layout.commit_rows()
     commits = rows[:, 0]
@@ -137,7 +142,7 @@ def inspect_store(url: str, verify: bool = True) -> StoreReport:
     cfg, location = layout.config, layout.location
     committed = np.flatnonzero(layout.commits())
     samples = sum(len(layout.block_range(int(b))) for b in committed)
-    names = layout.data_names + [COMMIT, "derived", "manifest", DIGESTS]
+    names = layout.data_names + [COMMIT, "derived", "manifest", DIGESTS, SUMMARY]
     problems, checked = verify_store(layout) if verify else (None, 0)
     return StoreReport(
         url=url, num_samples=layout.num_samples, slots=cfg.slots, k=cfg.k, recipe=cfg.recipe,

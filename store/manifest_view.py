@@ -42,10 +42,12 @@ import zarr.codecs
 
 from dalidr.data.path_list import PathList
 from dalidr.errors import DatasetError, StoreError
+from store.gather import read_concurrently
 from store.location import CORRUPT_CHUNK_ERRORS, redacted
 from store.manifest import MANIFEST_COLUMNS, SAMPLED_HASHES, Manifest, sampled_positions
 
 if TYPE_CHECKING:
+    from dalidr.data.dataset import DatasetListing
     from store.layout import StoreLayout
 
 __all__ = ["DIGESTS", "ManifestView", "LazyColumn", "ManifestBlockError", "manifest_digests",
@@ -56,6 +58,8 @@ _ATTRS = "dalidr_manifest_digests"
 _PERSON = b"dalidr-manifest"
 # Blocks kept by default (a loader reserves its share); about 0.4 MB a block of 4,096 samples.
 _DEFAULT_BLOCKS = 64
+# Blocks whose columns are fetched in one concurrent call (bounds the raw columns in memory).
+_BLOCKS_AT_ONCE = 16
 
 
 class ManifestBlockError(StoreError):
@@ -199,6 +203,21 @@ class ManifestView:
                 self._blocks.popitem(last=False)
         return block
 
+    def _prefetch(self, blocks: list[int]) -> None:
+        """Read the blocks of `blocks` not in the cache (as many as it holds) together."""
+        with self._lock:
+            missing = [b for b in blocks if b not in self._blocks][:self._capacity]
+        for at in range(0, len(missing) if len(missing) > 1 else 0, _BLOCKS_AT_ONCE):
+            part = missing[at:at + _BLOCKS_AT_ONCE]
+            read = self._read_many(part)
+            with self._lock:
+                for b, block in zip(part, read, strict=True):
+                    if b not in self._blocks:
+                        self._blocks[b] = block
+                        self.blocks_read += 1
+                while len(self._blocks) > self._capacity:
+                    self._blocks.popitem(last=False)
+
     def _column(self, name: str, start: int, stop: int) -> np.ndarray:
         try:
             return np.asarray(self.layout.array(f"manifest/{name}")[start:stop])
@@ -206,19 +225,58 @@ class ManifestView:
             raise ManifestBlockError(f"{self.url}: manifest array {name!r}, samples {start}.."
                                      f"{stop - 1}: damaged: {redacted(exc)}") from exc
 
-    def _read(self, b: int) -> _Block:
+    def _rows(self, b: int) -> range:
         if not 0 <= b < self.num_blocks:
             raise ManifestBlockError(f"{self.url}: manifest block {b} is not in "
                                      f"0..{self.num_blocks - 1}")
-        a, z = b * self.block_size, min((b + 1) * self.block_size, self.num_samples)
-        where = f"{self.url}: manifest block {b} (samples {a}..{z - 1})"
-        offsets = self._column("path_offsets", a, z + 1).astype(np.int64)
-        if offsets.shape != (z - a + 1,) or (np.diff(offsets) < 0).any() or offsets[0] < 0:
-            raise ManifestBlockError(f"{where}: the path offsets are damaged")
+        return range(b * self.block_size, min((b + 1) * self.block_size, self.num_samples))
+
+    def _read(self, b: int) -> _Block:
+        r = self._rows(b)
+        offsets = self._column("path_offsets", r.start, r.stop + 1).astype(np.int64)
+        self._check_offsets(b, offsets)
         data = self._column("path_bytes", int(offsets[0]), int(offsets[-1]))
+        columns = {name: self._column(name, r.start, r.stop) for name in MANIFEST_COLUMNS}
+        return self._verified(b, offsets, data, columns)
+
+    def _read_many(self, blocks: list[int]) -> list[_Block]:
+        """`_read` of each block, every column of every block fetched in one concurrent call
+        (two: the path offsets say where the path bytes are); the first damaged block is
+        named as `_read` names it."""
+        try:
+            ranges = [self._rows(b) for b in blocks]
+            array = self.layout.array
+            found = read_concurrently([(array("manifest/path_offsets"), slice(r.start, r.stop + 1))
+                                       for r in ranges])
+            offsets = [values.astype(np.int64) for values in found]
+            for b, values in zip(blocks, offsets, strict=True):
+                self._check_offsets(b, values)
+            reads = [(array("manifest/path_bytes"), slice(int(o[0]), int(o[-1]))) for o in offsets]
+            reads += [(array(f"manifest/{name}"), slice(r.start, r.stop))
+                      for r in ranges for name in MANIFEST_COLUMNS]
+            found = read_concurrently(reads)
+        except CORRUPT_CHUNK_ERRORS:
+            return [self._read(b) for b in blocks]  # names the culprit
+        width = len(MANIFEST_COLUMNS)
+        return [self._verified(b, offsets[i], found[i], dict(zip(
+            MANIFEST_COLUMNS, found[len(blocks) + i * width:len(blocks) + (i + 1) * width],
+            strict=True))) for i, b in enumerate(blocks)]
+
+    def _check_offsets(self, b: int, offsets: np.ndarray) -> None:
+        r = self._rows(b)
+        if offsets.shape != (len(r) + 1,) or (np.diff(offsets) < 0).any() or offsets[0] < 0:
+            raise ManifestBlockError(f"{self._where(b)}: the path offsets are damaged")
+
+    def _where(self, b: int) -> str:
+        r = self._rows(b)
+        return f"{self.url}: manifest block {b} (samples {r.start}..{r.stop - 1})"
+
+    def _verified(self, b: int, offsets: np.ndarray, data: np.ndarray,
+                  columns: dict[str, np.ndarray]) -> _Block:
+        """Block `b` from its raw columns, checked against its digest and its values."""
+        a, where = self._rows(b).start, self._where(b)
         if data.size != offsets[-1] - offsets[0]:
             raise ManifestBlockError(f"{where}: the path offsets point past the path bytes")
-        columns = {name: self._column(name, a, z) for name in MANIFEST_COLUMNS}
         if _block_digest(b, offsets, data, columns) != int(self._digests[b, 0]):
             raise ManifestBlockError(f"{where}: the rows do not match the block's digest "
                                      "(edited or damaged on disk); run `dalidr inspect` on the "
@@ -254,6 +312,7 @@ class ManifestView:
         owners = samples // self.block_size
         order = np.argsort(owners, kind="stable")
         cuts = np.flatnonzero(np.diff(owners[order])) + 1
+        self._prefetch(np.unique(owners).tolist())
         out = []
         for where in np.split(order, cuts) if samples.size else []:
             block = self.block(int(owners[where[0]]))
@@ -294,6 +353,28 @@ class ManifestView:
         found = [block.start + np.flatnonzero(block.skipped) for block in blocks]
         return np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64)
 
+    @property
+    def has_skipped(self) -> bool:
+        """Whether the teacher pass skipped any sample as unreadable."""
+        return bool(self._digests[:, 1].any())
+
+    def check_listing(self, listing: DatasetListing) -> str | None:
+        """`Manifest.check_listing` read per block: the same paths and labels in the same
+        order, the same sizes where the listing has them (skipped samples aside), the first
+        difference named as it names it. The blocks are streamed, a few at a time, and not
+        kept: checking a listing holds no more of the manifest than that. For a listing of the
+        store's length (one of another length whose store skipped samples: `Manifest`)."""
+        if len(listing) != self.num_samples:
+            return (f"the store's manifest lists {self.num_samples} images, {listing.root} has "
+                    f"{len(listing)}")
+        for first in range(0, self.num_blocks, _BLOCKS_AT_ONCE):
+            blocks = list(range(first, min(first + _BLOCKS_AT_ONCE, self.num_blocks)))
+            for block in self._read_many(blocks):
+                found = _listing_difference(block, listing)
+                if found is not None:
+                    return found
+        return None
+
     def sampled_indices(self, count: int = SAMPLED_HASHES) -> np.ndarray:
         """The samples hashed at every start (`sampled_positions`), reading only their blocks."""
         def skipped(samples: np.ndarray) -> np.ndarray:
@@ -305,6 +386,34 @@ class ManifestView:
             return marks
 
         return sampled_positions(self.num_samples, skipped, count)
+
+
+def _listing_difference(block: _Block, listing: DatasetListing) -> str | None:
+    """The first sample of `block` whose path, label or size differs from `listing`'s, in
+    `Manifest.check_listing`'s words; None if they agree."""
+    a, n = block.start, len(block.paths)
+    found: list[tuple[int, str]] = []
+    first = block.paths.first_difference(listing.paths[a:a + n])
+    if first is not None:
+        found.append((first, f"path {block.paths[first]!r} in the store, "
+                              f"{listing.paths[a + first]!r} in the data"))
+    bad = np.flatnonzero(block.labels != listing.labels[a:a + n])
+    if bad.size:
+        j = int(bad[0])
+        found.append((j, f"{block.paths[j]!r}: label {block.labels[j]} in the store, "
+                         f"{listing.labels[a + j]} in the data "
+                         f"({listing.source.describe(a + j)})"))
+    if listing.sizes is not None:
+        bad = np.flatnonzero((block.sizes != listing.sizes[a:a + n]) & ~block.skipped)
+        if bad.size:
+            j = int(bad[0])
+            found.append((j, f"{block.paths[j]!r}: {block.sizes[j]} bytes in the store, "
+                             f"{listing.sizes[a + j]} in the data "
+                             f"({listing.source.describe(a + j)})"))
+    if not found:
+        return None
+    j, what = min(found)
+    return f"sample {a + j} differs: {what}"
 
 
 class LazyColumn:

@@ -26,9 +26,11 @@ from dalidr.augment.records import record_dtype
 from dalidr.data.data_source import DataSource
 from dalidr.data.dataset import DatasetListing
 from dalidr.errors import DatasetError, StoreError
+from store.commit_summary import read_commit_summary
 from store.config import StoreConfig
 from store.curriculum import Curriculum, Measure, Schedule, curriculum_slots
 from store.derived import read_derived
+from store.gather import read_concurrently
 from store.layout import (
     CLASSES,
     COMMIT,
@@ -46,7 +48,9 @@ from store.validate import decode_views
 
 __all__ = ["TopKTargets", "EpochData", "StoreReader"]
 
-_BATCH_BLOCKS = 32  # blocks decoded at once when reading an epoch: bounds memory
+# Blocks decoded at once (one zarr call per array): bounds memory (about 3 MB of decoded
+# chunks per block of 4,096 samples x 5 slots), while scattered blocks still overlap.
+_BATCH_BLOCKS = 8
 _CURRICULUM_AT_ONCE = 1 << 18  # samples a curriculum weighs at once (~150 MB of temporaries)
 
 
@@ -100,6 +104,7 @@ class StoreReader:
         self.uneven = uneven
         self._present: set[int] = set()  # committed blocks whose shard objects were seen
         self._rows: np.ndarray | None = None  # the commit map, read when first needed
+        self._complete = False  # whether `_rows` came from the commit summary
         if dataset is not None:
             self.check_dataset(dataset)
 
@@ -153,7 +158,8 @@ class StoreReader:
         """DatasetError naming the first differing sample unless `dataset` is the store's.
 
         A `Manifest` (every file hashed) is compared whole. A `DatasetListing` costs metadata
-        only: paths, labels and file sizes against the manifest, then the content hashes of
+        only: paths, labels and file sizes against the manifest (read per block and not kept,
+        when the store has the manifest's block digests), then the content hashes of
         `sampled_hashes` files chosen deterministically (`dalidr verify` hashes them all)."""
         if isinstance(dataset, Manifest):
             if dataset.fingerprint == self.layout.fingerprint:
@@ -164,20 +170,39 @@ class StoreReader:
                 f"{self.layout.fingerprint[:12]}, the dataset's is {dataset.fingerprint[:12]}): "
                 f"{difference or 'the manifest arrays disagree with the stored fingerprint'}"
             )
-        difference = self.manifest.check_listing(dataset)
-        if difference is None and sampled_hashes > 0:
-            bad = self.manifest.check_content(
-                dataset.source.for_paths(self.manifest.paths),
-                self.manifest.sampled_indices(sampled_hashes))
-            if bad:
-                difference = self._sampled_differ(bad, sampled_hashes, dataset.root)
+        view = self.manifest_view if "manifest" not in self.layout.__dict__ else None
+        if view is not None and (len(dataset) == self.num_samples or not view.has_skipped):
+            # Per block, streamed: the manifest is never held whole (`ManifestView`). The
+            # listing then has the store's paths in its order, so sample i is its sample i.
+            difference = view.check_listing(dataset)
+            if difference is None and sampled_hashes > 0:
+                indices = view.sampled_indices(sampled_hashes)
+                bad = content_differences(dataset.source, indices, view.gather("sha256", indices))
+                if bad:
+                    difference = self._sampled_differ(bad, len(indices), dataset.root)
+        else:
+            difference = self.manifest.check_listing(dataset)
+            if difference is None and sampled_hashes > 0:
+                bad = self.manifest.check_content(
+                    dataset.source.for_paths(self.manifest.paths),
+                    self.manifest.sampled_indices(sampled_hashes))
+                if bad:
+                    difference = self._sampled_differ(bad, sampled_hashes, dataset.root)
         if difference is not None:
             raise DatasetError(f"store {self.url} was not made from {dataset.root}: "
                                f"{difference}")
 
     def _commit_rows(self, refresh: bool = False) -> np.ndarray:
-        if self._rows is None or refresh:
-            self._rows = self.layout.commit_rows()
+        """Per block: block digest (0: not committed), then one digest per slot group. From
+        the commit summary of a complete store (a few objects), else the commit map (one
+        object per block), re-read on `refresh` until the store is complete."""
+        if self._rows is not None and (self._complete or not refresh):
+            return self._rows
+        summary = read_commit_summary(self.layout)
+        if summary is not None:
+            self._rows, self._complete = summary.digests, True
+        else:
+            self._rows = self.layout.commit_rows()[:, :1 + self.config.num_groups]
         return self._rows
 
     def committed(self) -> np.ndarray:
@@ -201,7 +226,8 @@ class StoreReader:
         rows = self._commit_rows()
         for b in (int(b) for b in blocks if rows[int(b), 0] == 0):  # committed since: one row
             try:
-                rows[b] = np.asarray(self.layout.array(COMMIT)[b], dtype=np.uint64)
+                rows[b] = np.asarray(self.layout.array(COMMIT)[b],
+                                     dtype=np.uint64)[:rows.shape[1]]
             except CORRUPT_CHUNK_ERRORS as exc:
                 raise StoreError(f"{self.url}: the commit entry of block {b} is corrupt: "
                                  f"{redacted(exc)}") from exc
@@ -220,17 +246,21 @@ class StoreReader:
                                      f"{key!r} is missing although the block is committed")
             self._present.add(b)
 
-    def _read(self, name: str, blocks: range, group: int) -> np.ndarray:
-        """[samples of `blocks`, slots of `group`, ...] of array `name` (whole chunks)."""
+    def _read(self, name: str, blocks: np.ndarray, group: int) -> np.ndarray:
+        """[samples of sorted `blocks`, slots of `group`, ...] of array `name` (whole chunks).
+        Scattered blocks are fetched and decoded concurrently, in one call on zarr's event
+        loop: one round trip's latency for all of them, not one per block."""
         slots = self.config.group_slots(group)
-        lo = self.layout.block_range(blocks.start).start
-        hi = self.layout.block_range(blocks.stop - 1).stop
         array = self.layout.array(name)
+        ranges = [self.layout.block_range(int(b)) for b in blocks]
         try:
-            return np.asarray(array[lo:hi, slots.start:slots.stop])
+            if int(blocks[-1]) - int(blocks[0]) == len(blocks) - 1:  # consecutive: one slice
+                return np.asarray(array[ranges[0].start:ranges[-1].stop, slots.start:slots.stop])
+            return np.concatenate(read_concurrently([
+                (array, (slice(r.start, r.stop), slice(slots.start, slots.stop)))
+                for r in ranges]))
         except CORRUPT_CHUNK_ERRORS as exc:
-            for b in blocks:  # find the culprit chunk for the message
-                r = self.layout.block_range(b)
+            for b, r in zip(blocks, ranges, strict=True):  # the culprit chunk, for the message
                 try:
                     array[r.start:r.stop, slots.start:slots.stop]
                 except CORRUPT_CHUNK_ERRORS as inner:
@@ -241,8 +271,9 @@ class StoreReader:
     def read_views(self, samples: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, TopKTargets]:
         """Records and targets of the views (samples[i], slots[i]), in the given order.
 
-        Reads whole (block, slot group) chunks, runs of consecutive blocks at a time: cheapest
-        when the views share a slot group and cover whole blocks, as an epoch plan's do."""
+        Reads whole (block, slot group) chunks, up to `_BATCH_BLOCKS` blocks per zarr call
+        (consecutive or not): cheapest when the views share a slot group and cover whole
+        blocks, as an epoch plan's do."""
         samples = np.asarray(samples, dtype=np.int64).reshape(-1)
         slots = np.asarray(slots, dtype=np.int64).reshape(-1)
         cfg = self.config
@@ -261,20 +292,32 @@ class StoreReader:
             where = np.flatnonzero(groups == group)
             where = where[np.argsort(samples[where], kind="stable")]
             blocks = samples[where] // cfg.block_size
-            for run in _runs(np.unique(blocks), _BATCH_BLOCKS):
-                part = where[np.searchsorted(blocks, run.start):np.searchsorted(blocks, run.stop)]
-                self._read_run(run, int(group), part, samples, slots, out)
+            unique = np.unique(blocks)
+            for lo in range(0, len(unique), _BATCH_BLOCKS):
+                batch = unique[lo:lo + _BATCH_BLOCKS]
+                part = where[np.searchsorted(blocks, batch[0]):
+                             np.searchsorted(blocks, batch[-1], side="right")]
+                self._read_blocks(batch, int(group), part, samples, slots, out)
         return out[0], TopKTargets(out[1], out[2])
 
-    def _read_run(self, run: range, group: int, part: np.ndarray, samples: np.ndarray,
-                  slots: np.ndarray, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        """Fill out[...][part] from one run of consecutive blocks."""
+    def _offsets(self, blocks: np.ndarray) -> np.ndarray:
+        """Where each of sorted `blocks` starts in what `_read` returns for them."""
+        sizes = [len(self.layout.block_range(int(b))) for b in blocks]
+        return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def _read_blocks(self, blocks: np.ndarray, group: int, part: np.ndarray,
+                     samples: np.ndarray, slots: np.ndarray,
+                     out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """Fill out[...][part] from sorted `blocks` (those of samples[part])."""
         cfg = self.config
-        rows = samples[part] - run.start * cfg.block_size
+        offsets = self._offsets(blocks)
+        in_block = samples[part] // cfg.block_size
+        rows = (offsets[np.searchsorted(blocks, in_block)]
+                + samples[part] - in_block * cfg.block_size)
         column = slots[part] - group * cfg.slot_group
 
-        chunks = {name: self._read(name, run, group) for name in self.layout.data_names}
-        self._verify(chunks, run, group)
+        chunks = {name: self._read(name, blocks, group) for name in self.layout.data_names}
+        self._verify(chunks, blocks, offsets, group)
 
         def pick(name: str) -> np.ndarray:
             return chunks[name][rows, column]
@@ -283,13 +326,14 @@ class StoreReader:
         out[0][part], out[1][part], out[2][part] = decode_views(
             self.layout, columns, pick(CLASSES), pick(PROB_GAPS), samples[part], slots[part])
 
-    def _verify(self, chunks: dict[str, np.ndarray], run: range, group: int) -> None:
-        """StoreError unless every block's slice of `chunks` matches its commit-map digest."""
+    def _verify(self, chunks: dict[str, np.ndarray], blocks: np.ndarray | range,
+                offsets: np.ndarray, group: int) -> None:
+        """StoreError unless every block's slice of `chunks` matches its commit digest (block
+        i of `blocks` at rows offsets[i]..offsets[i+1]-1)."""
         rows = self._commit_rows()
-        lo = self.layout.block_range(run.start).start
-        for block in run:
+        for i, block in enumerate(int(b) for b in blocks):
             r = self.layout.block_range(block)
-            part = {name: values[r.start - lo:r.stop - lo] for name, values in chunks.items()}
+            part = {name: values[offsets[i]:offsets[i + 1]] for name, values in chunks.items()}
             if group_digest(part, block, group) != int(rows[block, 1 + group]):
                 raise StoreError(f"{self.url}: block {block} (samples {r.start}..{r.stop - 1}), "
                                  f"slot group {group}: the data does not match its commit digest "
@@ -314,7 +358,8 @@ class StoreReader:
         for group in range(cfg.num_groups):
             slots = cfg.group_slots(group)
             self._verify({name: values[:, slots.start:slots.stop]
-                          for name, values in arrays.items()}, range(block, block + 1), group)
+                          for name, values in arrays.items()}, range(block, block + 1),
+                         np.array([0, len(r)]), group)
         columns = {spec.name: arrays[f"records/{spec.name}"] for spec in self.layout.columns}
         records, classes, probs = decode_views(self.layout, columns, arrays[CLASSES],
                                                arrays[PROB_GAPS], samples, np.arange(cfg.slots))
@@ -364,13 +409,3 @@ class StoreReader:
         first, in the background: `store.prefetch.EpochPrefetcher`)."""
         return self.read_epoch(self.plan(epoch, rank, world, start=start, skipped=skipped,
                                          curriculum=curriculum))
-
-
-def _runs(blocks: np.ndarray, longest: int) -> list[range]:
-    """Sorted block indices as runs of consecutive blocks, each at most `longest` long."""
-    runs: list[range] = []
-    for chunk in np.split(blocks, np.flatnonzero(np.diff(blocks) != 1) + 1):
-        for start in range(0, len(chunk), longest):
-            piece = chunk[start:start + longest]
-            runs.append(range(int(piece[0]), int(piece[-1]) + 1))
-    return [] if not blocks.size else runs

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from dalidr.errors import StoreError
+from store.commit_summary import read_commit_summary
 from store.layout import CORRUPT_CHUNK_ERRORS, SKIPPED, StoreLayout, open_layout
 from store.location import redacted
 
@@ -49,11 +50,25 @@ def skipped_views(url: str) -> np.ndarray:
 
 
 def skipped_samples(store: str | StoreLayout) -> np.ndarray:
-    """Indices of samples with at least one skipped view (read a run of blocks at a time, so
-    the memory it takes does not grow with the store)."""
+    """Indices of samples with at least one skipped view. A complete store's commit summary
+    counts them per block, so only blocks that have any are read (`store.commit_summary`);
+    otherwise every block is, a run of blocks at a time (memory does not grow with N)."""
     layout = open_layout(store) if isinstance(store, str) else store
-    n, step = layout.num_samples, layout.config.block_size * _BLOCKS_PER_READ
-    found = [start + np.flatnonzero(read_skip_marks(
-        layout, range(start, min(start + step, n)), layout.config.slots).any(axis=1))
-        for start in range(0, n, step)]
+    slots = layout.config.slots
+    summary = read_commit_summary(layout)
+    if summary is None:
+        n, step = layout.num_samples, layout.config.block_size * _BLOCKS_PER_READ
+        found = [start + np.flatnonzero(read_skip_marks(
+            layout, range(start, min(start + step, n)), slots).any(axis=1))
+            for start in range(0, n, step)]
+        return np.concatenate(found).astype(np.int64)
+    found = [np.zeros(0, np.int64)]
+    for block in (int(b) for b in np.flatnonzero(summary.skipped_views)):
+        rows = layout.block_range(block)
+        marks = read_skip_marks(layout, rows, slots)
+        if int(marks.sum()) != int(summary.skipped_views[block]):
+            raise StoreError(f"{layout.url}: block {block} has {int(marks.sum())} skipped "
+                             f"views, its commit summary says {summary.skipped_views[block]}; "
+                             "run `dalidr inspect` on the store")
+        found.append(rows.start + np.flatnonzero(marks.any(axis=1)))
     return np.concatenate(found).astype(np.int64)

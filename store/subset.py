@@ -64,5 +64,6 @@ def subset_store(source: str, out: str, slots: int, topk: int) -> StoreWriter:
         arrays[CLASSES] = arrays[CLASSES][..., :topk]
         arrays[PROB_GAPS] = arrays[PROB_GAPS][..., :topk]
         writer.write_encoded(block, arrays)
+    writer.finish()
     return writer
 

@@ -32,9 +32,13 @@ Order, so that a kill at any point leaves a store some dalidr reads:
    fresh. Resumable like the rest: blocks already scored are skipped.
 5. Remove the old `dalidr_skipped` and `commit`: last, so that while they remain, a rerun knows
    an upgrade is unfinished.
+6. For a complete store, write the commit summary (`store.commit_summary`: every block's commit
+   digests and skipped-view count in a few objects, what lets a loader start without reading
+   one object per block). Derived from the store, so rewritten identically after a kill.
 
-A schema 3 store made before the manifest's block digests existed gets them (from its manifest,
-checked against the fingerprint first), and nothing else.
+A schema 3 store made before the manifest's block digests or the commit summary existed gets
+them (the digests from its manifest, checked against the fingerprint first; the summary from
+its commit map and skip marks, if every block is committed), and nothing else.
 
 Every object of step 2 is a deterministic function of the schema 2 store, so a rerun after a
 kill rewrites the same bytes and continues; a rerun on a schema 3 store acts only while the
@@ -63,6 +67,7 @@ from zarr.storage import MemoryStore
 
 from dalidr.errors import DalidrError, StoreError
 from dalidr.progress import progress_bar, progress_wanted
+from store.commit_summary import read_commit_summary
 from store.config import ATTRS_KEY, SCHEMA_VERSION, UPGRADABLE_VERSION, StoreConfig
 from store.difficulty_pass import fill_difficulty
 from store.layout import (
@@ -83,7 +88,7 @@ from store.location import StoreLocation, locate, redacted
 from store.manifest_view import DIGESTS, write_manifest_digests
 from store.validate import check_manifest_layout, checked_array, checked_manifest
 from store.write_errors import writing
-from store.writer import commit_row
+from store.writer import StoreWriter, commit_row
 
 __all__ = ["UpgradeReport", "upgrade_store", "register"]
 
@@ -109,12 +114,14 @@ class UpgradeReport:
     removed: tuple[str, ...] = ()
     # Whether this run wrote the manifest's block digests (`store.manifest_view`).
     manifest_digests: bool = False
+    # Whether this run wrote the commit summary (`store.commit_summary`).
+    commit_summary: bool = False
 
     @property
     def changed(self) -> bool:
         """Whether this run wrote anything (a clean schema 3 store: no)."""
         return (self.found_version != SCHEMA_VERSION or bool(self.removed)
-                or self.difficulty_blocks > 0 or self.manifest_digests)
+                or self.difficulty_blocks > 0 or self.manifest_digests or self.commit_summary)
 
 
 @dataclass(frozen=True)
@@ -162,8 +169,10 @@ def upgrade_store(url: str, progress: bool = False,
     # the schema 2 arrays go, so that a rerun after a kill here still finds work to do.
     scored = fill_difficulty(url, progress=progress)
     removed = _remove_old(location)
+    summary = _write_summary(url)
     return UpgradeReport(url, UPGRADABLE_VERSION, len(checked.rows), layout.num_blocks,
-                         checked.marked, scored, removed, manifest_digests=True)
+                         checked.marked, scored, removed, manifest_digests=True,
+                         commit_summary=summary)
 
 
 def _root_attrs(url: str, location: StoreLocation, read_only: bool) -> tuple[Any, dict[str, Any]]:
@@ -185,11 +194,20 @@ def _finish(url: str, progress: bool) -> UpgradeReport:
         _write_manifest_digests(open_layout(url, read_only=False))
     if not _old_names(layout.location):
         return UpgradeReport(url, SCHEMA_VERSION, committed, layout.num_blocks, 0,
-                             manifest_digests=digests)
+                             manifest_digests=digests, commit_summary=_write_summary(url))
     scored = fill_difficulty(url, progress=progress)
     removed = _remove_old(locate(url, read_only=False))
     return UpgradeReport(url, SCHEMA_VERSION, committed, layout.num_blocks, 0, scored, removed,
-                         manifest_digests=digests)
+                         manifest_digests=digests, commit_summary=_write_summary(url))
+
+
+def _write_summary(url: str) -> bool:
+    """Step 6: the commit summary of a complete store that has no valid one; whether it was
+    written (a read-only store that needs none stays untouched)."""
+    layout = open_layout(url)
+    if read_commit_summary(layout, quiet=True) is not None or not layout.commits().all():
+        return False
+    return StoreWriter(url).finish()
 
 
 def _write_manifest_digests(layout: StoreLayout) -> None:
@@ -433,13 +451,25 @@ def _remove_old(location: StoreLocation) -> tuple[str, ...]:
 def _run(args: Any) -> int:
     report = upgrade_store(args.store, progress=not args.no_progress,
                           allow_incomplete=args.allow_incomplete)
+    if args.data is not None:
+        from store.sources import add_sources
+
+        if add_sources(args.store, args.data):
+            print(f"{args.store}: recorded where each sample lies in {args.data} (/sources)")
+        elif not report.changed:
+            print(f"{args.store}: schema version {SCHEMA_VERSION}, current, with these shards' "
+                  "table; nothing to do")
+            return 0
     if not report.changed:
         print(f"{args.store}: schema version {SCHEMA_VERSION}, current; nothing to do")
         return 0
-    if report.found_version == SCHEMA_VERSION and not report.removed and (
-            report.manifest_digests):
-        print(f"{args.store}: wrote the manifest's block digests, so loaders read its "
-              "manifest per block")
+    if report.found_version == SCHEMA_VERSION and not report.removed:
+        wrote = [what for what, done in (
+            ("the manifest's block digests (loaders read its manifest per block)",
+             report.manifest_digests),
+            ("the commit summary (loaders start without reading every block's commit row and "
+             "skip marks)", report.commit_summary)) if done]
+        print(f"{args.store}: wrote {' and '.join(wrote)}")
         return 0
     if report.found_version == SCHEMA_VERSION:
         print(f"{args.store}: finished an interrupted upgrade: difficulty written for "
@@ -462,17 +492,25 @@ def _run(args: Any) -> int:
 def register(subparsers: Any) -> None:
     """Add `dalidr upgrade` to an argparse subparsers object."""
     parser = subparsers.add_parser(
-        "upgrade", help="convert a store of the previous schema (2) to the current one (3)",
+        "upgrade", help="convert a store of the previous schema (2) to the current one (3), "
+                        "or add what a current store made by an earlier release lacks",
         description="Convert a schema 2 reinforcement store in place to schema 3: check it "
                     "first (attributes, every array's metadata, manifest, every committed "
                     "block), seal its skip marks into the block digests, replace its "
                     "attributes, then score every view's difficulty. No teacher work; records "
                     "and top-k are not rewritten. No other job may use the store meanwhile. "
-                    "Rerun after an interruption to continue; a current store is left as it is.")
+                    "Rerun after an interruption to continue. A schema 3 store made by an "
+                    "earlier release gets the manifest's block digests and the commit summary "
+                    "(and, with --data, the shard table); a current store is left as it is.")
     parser.add_argument("store", help="store path or fsspec URL")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="upgrade a store whose teacher pass did not finish; its "
                              "uncommitted blocks can then never be written (by default it is "
                              "refused: finish it with the previous release first)")
+    parser.add_argument("--data", metavar="SHARDS",
+                        help="the webdataset shards the store was made from (a shard spec): "
+                             "also record where each sample lies in them (`/sources`), so "
+                             "loaders with check=MANIFEST read members by byte range without "
+                             "indexing the shards; stores made by this release have it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run)

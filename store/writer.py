@@ -12,6 +12,9 @@ machine or many, can fill disjoint blocks (`pending(worker, num_workers)` deals 
 robin). Restarting skips committed blocks; a block rewritten after a crash gets exactly the bytes
 an uninterrupted run would have written, because its inputs are deterministic in (seed, sample,
 slot) and the codecs are too, so the final store is byte-identical whatever the interruptions.
+Once every block is committed, `finish` (each writer calls it after its last block) writes the
+commit summary that lets readers start without reading one object per block
+(`store.commit_summary`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 from dalidr.augment.records import record_dtype, validate_records
 from dalidr.errors import StoreError
+from store.commit_summary import remove_commit_summary, write_commit_summary
 from store.config import ATTRS_KEY, StoreConfig
 from store.encoding import encode_records, quantise_probs, record_columns, sort_topk
 from store.layout import (
@@ -133,12 +137,23 @@ class StoreWriter:
         return [b for b in range(worker, self.num_blocks, num_workers) if not done[b]]
 
     def fill(self, produce: BlockProducer, worker: int = 0, num_workers: int = 1) -> list[int]:
-        """Produce and write every pending block of `worker`; returns the blocks written."""
+        """Produce and write every pending block of `worker`, then `finish`; returns the
+        blocks written."""
         written = []
         for block in self.pending(worker, num_workers):
             self.write_block(block, *produce(self.block_range(block)))
             written.append(block)
+        self.finish()
         return written
+
+    def finish(self) -> bool:
+        """Whether every block is committed; if so, the commit summary is written (once:
+        `store.commit_summary`). Every writer calls it after its last block: the last one
+        to commit always finds the store complete."""
+        if not self.committed().all():
+            return False
+        write_commit_summary(self.layout)
+        return True
 
     def encode_block(self, block: int, records: np.ndarray, classes: np.ndarray,
                      probs: np.ndarray, skipped: np.ndarray | None = None
@@ -194,6 +209,8 @@ class StoreWriter:
         with writing(location, f"{where}: removing the partial objects of an earlier run"):
             for name in self.layout.data_names + [COMMIT]:
                 location.remove_partials(self.layout.shard_key(name, block))
+            # A summary describes the committed blocks as they are: not this block's new data.
+            remove_commit_summary(self.layout)
         for name in self.layout.data_names:
             key = self.layout.shard_key(name, block)
             with writing(location, f"{where} of array {name!r} (object {key})",

@@ -121,6 +121,7 @@ def linked_store(url: str, manifest: Manifest, config: StoreConfig) -> StoreWrit
     except StoreError:  # missing or half-made: make it afresh
         writer = create_store(url, manifest, config, overwrite=True)
     fill_blocks(writer, manifest)
+    writer.finish()
     return writer
 
 
@@ -289,6 +290,7 @@ def template_store(url: str, data: ListedData, config: StoreConfig,
         raise StoreError(f"{url} holds a store of another config; remove it to rebuild")
     pending = writer.pending()
     if not pending:
+        writer.finish()  # a store built before the commit summary existed gets it
         return writer
     samples = np.arange(len(writer.block_range(0)))
     _, hw, _ = _source_identity(data.sources)
@@ -308,4 +310,6 @@ def template_store(url: str, data: ListedData, config: StoreConfig,
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             list(pool.map(_write_template, [url] * workers, [arrays] * workers,
                           [pending[w::workers] for w in range(workers)]))
-    return StoreWriter(url)
+    writer = StoreWriter(url)
+    writer.finish()
+    return writer

@@ -42,7 +42,8 @@ from dalidr.data.path_list import PathList
 from dalidr.errors import DatasetError
 
 __all__ = ["DataSource", "FileSource", "NamedFileSource", "ShardFile", "ShardStream",
-           "LocalShardFile", "ShardSource", "SHARD_OPENERS", "open_shard_file", "url_scheme"]
+           "LocalShardFile", "ShardSource", "NamedShardSource", "SHARD_OPENERS",
+           "open_shard_file", "url_scheme"]
 
 # Files a ShardSource keeps open at once (least recently used closed first).
 _MAX_OPEN = 256
@@ -385,8 +386,9 @@ class _ShardPool:
     """Open shard files of one source, at most `limit` at once; a file in use by a read is
     never closed under it (closed when its last reader is done)."""
 
-    def __init__(self, urls: Sequence[str], limit: int = _MAX_OPEN) -> None:
-        self.urls, self.limit = list(urls), limit
+    def __init__(self, urls: Sequence[str], limit: int = _MAX_OPEN,
+                 on_open: Callable[[int, ShardFile], None] | None = None) -> None:
+        self.urls, self.limit, self.on_open = list(urls), limit, on_open
         self._open: OrderedDict[int, ShardFile] = OrderedDict()
         self._users: dict[int, int] = {}
         self._retired: list[tuple[int, ShardFile]] = []
@@ -401,6 +403,12 @@ class _ShardPool:
                 self._users[id(file)] = self._users.get(id(file), 0) + 1
         if file is None:
             opened = open_shard_file(self.urls[shard])  # outside the lock (may be remote)
+            if self.on_open is not None:
+                try:
+                    self.on_open(shard, opened)
+                except BaseException:
+                    opened.close()
+                    raise
             fresh: ShardFile | None = opened
             with self._lock:
                 file = self._open.get(shard)
@@ -445,10 +453,12 @@ class _ShardPool:
 
 class ShardSource(DataSource):
     """Samples as members of tar shards: sample i is `sizes[i]` bytes at `offsets[i]` of
-    shard `shard[i]` (an index into `urls`; -1: named by a store but absent here)."""
+    shard `shard[i]` (an index into `urls`; -1: named by a store but absent here).
+    `on_open(shard, file)` checks each shard when it is opened (DatasetError to refuse it)."""
 
     def __init__(self, name: str, urls: Sequence[str], names: PathList, shard: np.ndarray,
-                 offsets: np.ndarray, sizes: np.ndarray) -> None:
+                 offsets: np.ndarray, sizes: np.ndarray,
+                 on_open: Callable[[int, ShardFile], None] | None = None) -> None:
         self.name, self.urls, self.names = name, tuple(urls), PathList.from_strings(names)
         self.root = name
         self.shard = np.asarray(shard, dtype=np.int64).reshape(-1)
@@ -458,19 +468,32 @@ class ShardSource(DataSource):
         if not (len(self.shard) == len(self.offsets) == len(self.sizes) == n):
             raise DatasetError(f"shards {name}: {n} names, {len(self.shard)} shard indices, "
                                f"{len(self.offsets)} offsets, {len(self.sizes)} sizes")
-        self._pool = _ShardPool(self.urls)
+        self._on_open = on_open
+        self._pool = _ShardPool(self.urls, on_open=on_open)
 
     def __len__(self) -> int:
         return len(self.names)
 
+    def _rows(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(shard, offset, size) of each of `samples`, int64 arrays: every read asks here."""
+        return self.shard[samples], self.offsets[samples], self.sizes[samples]
+
+    def _names(self, samples: np.ndarray) -> list[str]:
+        """The member names of `samples` (for messages)."""
+        return [self.names[int(i)] for i in samples]
+
+    def _row(self, index: int) -> tuple[int, int, int]:
+        shard, offset, size = self._rows(np.array([int(index)], np.int64))
+        return int(shard[0]), int(offset[0]), int(size[0])
+
     def _missing(self, index: int) -> DatasetError:
-        return DatasetError(f"sample {index} ({self.names[index]!r}) is not a member of the "
-                            f"shards {self.name}")
+        return DatasetError(f"sample {index} ({self._names(np.array([index]))[0]!r}) is not a "
+                            f"member of the shards {self.name}")
 
     def read(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
         wanted = np.asarray(indices, dtype=np.int64).reshape(-1)
         out: list[np.ndarray | None] = [None] * len(wanted)
-        shards = self.shard[wanted]
+        shards, offsets, sizes = self._rows(wanted)
         # Shards of a kind that gathers (remote) are read together after the loop; the others
         # one at a time, each file released before the next is opened.
         gathered: dict[type[ShardFile], list[tuple[np.ndarray, ShardFile, Any]]] = {}
@@ -479,9 +502,8 @@ class ShardSource(DataSource):
                 if s < 0:
                     raise self._missing(int(wanted[np.flatnonzero(shards == s)[0]]))
                 where = np.flatnonzero(shards == s)
-                samples = wanted[where]
-                job = (self.offsets[samples].tolist(), self.sizes[samples].tolist(),
-                       [self.names[int(i)] for i in samples])
+                job = (offsets[where].tolist(), sizes[where].tolist(),
+                       self._names(wanted[where]))
                 if getattr(_opener(self.urls[int(s)]), "gathers", False):
                     file = held.enter_context(self._pool.use(int(s)))
                     gathered.setdefault(type(file), []).append((where, file, job))
@@ -498,24 +520,23 @@ class ShardSource(DataSource):
         return out  # type: ignore[return-value]
 
     def read_head(self, index: int, nbytes: int) -> bytes:
-        s = int(self.shard[index])
+        s, offset, size = self._row(index)
         if s < 0:
             raise self._missing(index)
         with self._pool.use(s) as file:
-            return file.read_ranges([int(self.offsets[index])],
-                                    [min(max(0, nbytes), int(self.sizes[index]))],
-                                    [self.names[index]])[0].tobytes()
+            return file.read_ranges([offset], [min(max(0, nbytes), size)],
+                                    self._names(np.array([index])))[0].tobytes()
 
     def size(self, index: int) -> int:
-        return int(self.sizes[index]) if self.shard[index] >= 0 else -1
+        s, _, size = self._row(index)
+        return size if s >= 0 else -1
 
     def describe(self, index: int) -> str:
-        s = int(self.shard[index])
+        s, start, size = self._row(index)
+        name = self._names(np.array([index]))[0]
         if s < 0:
-            return f"{self.names[index]!r}, not a member of the shards {self.name}"
-        start = int(self.offsets[index])
-        return (f"shard {self.urls[s]} member {self.names[index]!r} "
-                f"(bytes {start}..{start + int(self.sizes[index]) - 1})")
+            return f"{name!r}, not a member of the shards {self.name}"
+        return f"shard {self.urls[s]} member {name!r} (bytes {start}..{start + size - 1})"
 
     def for_paths(self, paths: PathList) -> ShardSource:
         paths = PathList.from_strings(paths)
@@ -529,7 +550,48 @@ class ShardSource(DataSource):
         return ShardSource(self.name, self.urls, paths,
                            np.where(present, self.shard[pick], -1),
                            np.where(present, self.offsets[pick], 0),
-                           np.where(present, self.sizes[pick], 0))
+                           np.where(present, self.sizes[pick], 0), self._on_open)
 
     def close(self) -> None:
         self._pool.close()
+
+
+# (shard, offset, size) of samples, int64 arrays: a store's `/sources` read per block.
+RowsOf = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray, np.ndarray]"]
+
+
+class NamedShardSource(ShardSource):
+    """Members of tar shards located per sample on demand (`rows_of(samples)`, and their
+    names `names_of(samples)`: a store's `/sources` and manifest read per block,
+    `store.sources`), so no process holds every sample's shard, offset and name. Reads go
+    through `ShardSource`'s machinery unchanged."""
+
+    def __init__(self, name: str, urls: Sequence[str], count: int, rows_of: RowsOf,
+                 names_of: Callable[[np.ndarray], list[str]],
+                 on_open: Callable[[int, ShardFile], None] | None = None) -> None:
+        # The per-sample arrays of ShardSource are not held: `_rows` and `_names` ask.
+        self.name = self.root = name
+        self.urls, self.count = tuple(urls), int(count)
+        self.rows_of, self.names_of = rows_of, names_of
+        self._on_open = on_open
+        self._pool = _ShardPool(self.urls, on_open=on_open)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _rows(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.rows_of(np.asarray(samples, dtype=np.int64))
+
+    def _names(self, samples: np.ndarray) -> list[str]:
+        return self.names_of(np.asarray(samples, dtype=np.int64))
+
+    def materialized(self) -> ShardSource:
+        """Every sample's row and name in memory (O(N): for a whole-dataset pass)."""
+        every = np.arange(self.count, dtype=np.int64)
+        shard, offsets, sizes = self._rows(every)
+        return ShardSource(self.name, self.urls, PathList.from_strings(self._names(every)),
+                           shard, offsets, sizes, self._on_open)
+
+    def for_paths(self, paths: PathList) -> ShardSource:
+        """The samples named `paths` (reads every block: see `materialized`)."""
+        return self.materialized().for_paths(paths)

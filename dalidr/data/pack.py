@@ -5,8 +5,9 @@ order; or another shard set's), each as `KEY.EXT`, the image's bytes unchanged u
 relative path, then `KEY.cls`, its label as decimal text; KEY is the path up to the first '.'
 of its base name (webdataset's key), so `dalidr.data.shards` names every sample by the same
 relative path as the folder listing does, and the same images give byte-identical stores from
-either. A shard is closed before the sample that would take it past `--shard-size` bytes (or
-after `--samples-per-shard` samples); each gets DALI's `wds2idx` index beside it
+either (a store made from shards also holds where each sample lies in them, `/sources`). A
+shard is closed before the sample that would take it past `--shard-size` bytes (or after
+`--samples-per-shard` samples); each gets DALI's `wds2idx` index beside it
 (`train-0000.tar` -> `train-0000.idx`), written from the shard's own headers once it is whole.
 
 Deterministic bytes: POSIX pax format (long and non-ASCII names need no special case), every
@@ -205,7 +206,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description="Write a dataset as webdataset tar shards in its listing order: KEY.EXT "
                     "(the image, unchanged, under its relative path) and KEY.cls (its label) "
                     "per sample, with a wds2idx index beside each shard. The same images as a "
-                    "folder and as these shards give byte-identical stores.")
+                    "folder and as these shards give byte-identical stores (the shards' store also "
+                    "holds where each sample lies in them, /sources).")
     parser.add_argument("data", metavar="FOLDER",
                         help="ImageFolder root (or the root of --file-list's paths, or shards)")
     parser.add_argument("out", metavar="OUT-PATTERN",

@@ -295,6 +295,7 @@ def import_mldr(config: ImportConfig) -> ImportReport:
                            f"(other blocks are committed; fix these files and rerun to "
                            f"resume):\n  {shown}{more}")
     ok = [r for r in results if not r.problems]
+    writer.finish()  # the commit summary of the complete store
     committed = int(writer.committed().sum())
     return ImportReport(
         samples=len(listing), slots=source.slots, k=k,

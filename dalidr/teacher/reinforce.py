@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from dalidr.augment.recipe import PRESETS, Recipe, load_recipe
+from dalidr.data.data_source import ShardSource
 from dalidr.data.dataset import DatasetListing, list_dataset
 from dalidr.data.shards import SHARDS_HELP, DataSpec
 from dalidr.errors import DatasetError, ImageError, OptionError, StoreError
@@ -48,11 +49,12 @@ from dalidr.teacher.ensemble import Ensemble, build_teacher
 from dalidr.teacher.resume import check_resume
 from dalidr.teacher.views import ViewSource, decodes, view_pipeline
 from kernels.topk import ensemble_topk
-from store.config import StoreConfig
+from store.config import StoreConfig, block_size_for
 from store.derived import write_derived_block
 from store.difficulty_pass import block_difficulty
 from store.manifest import Manifest, scan_manifest
 from store.reader import StoreReader
+from store.sources import has_sources, write_sources
 from store.writer import StoreWriter, create_store, interrupted_creation
 
 __all__ = ["CompileMode", "Labeller", "ReinforceConfig", "ReinforceReport", "forward_settings",
@@ -89,8 +91,9 @@ class ReinforceConfig:
     seed: int = 0
     # Views per teacher batch.
     batch_size: int = 256
-    # Store layout (see store.config).
-    block_size: int = 2048
+    # Store layout (see store.config); block_size None: `block_size_for(N)` (2048 up to 268M
+    # samples, then doubled so the store keeps at most 131,072 blocks).
+    block_size: int | None = None
     slot_group: int = 5
     # "auto" (GPU of LOCAL_RANK if CUDA is available, else CPU), "cpu", "cuda" or "cuda:N".
     device: str = "auto"
@@ -189,7 +192,18 @@ def _open_writer(url: str, config: StoreConfig, listing: DatasetListing, skip_ba
         time.sleep(0.2)
     check_resume(url, writer.config, config)
     _check_listing(writer.layout.manifest, listing, url)
+    if rank == 0:
+        _record_sources(writer, listing)
     return writer
+
+
+def _record_sources(writer: StoreWriter, listing: DatasetListing) -> None:
+    """A store made from tar shards records where each sample's member lies (`store.sources`),
+    so that loaders need not index the shards: right after creation, or on resume when a kill
+    left it unwritten or unsealed (written whole again: it is a function of the listing)."""
+    source = listing.source
+    if isinstance(source, ShardSource) and not has_sources(writer.layout):
+        write_sources(writer.layout, source.for_paths(writer.layout.manifest.paths))
 
 
 def _openable(url: str) -> bool:
@@ -306,7 +320,8 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
                              size=config.recipe.teacher_size,
                              random_seed=config.seed if config.random_teacher else None)
     store_config = StoreConfig(config.recipe, ensemble.describe(), config.seed, config.slots,
-                               config.k, num_classes, config.block_size,
+                               config.k, num_classes,
+                               config.block_size or block_size_for(len(listing)),
                                min(config.slot_group, config.slots),
                                teacher_members=ensemble.identity())
     writer = _open_writer(config.out, store_config, listing, config.skip_bad, rank,
@@ -342,6 +357,7 @@ def reinforce(config: ReinforceConfig, rank: int | None = None,
                     known_bad |= bad.samples  # restart from the first unwritten block
         finally:
             bar.close()
+    writer.finish()  # the commit summary, once the last block of the store is committed
     steady = time.perf_counter() - clock.first if clock.first is not None else 0.0
     return ReinforceReport(rank, world, tuple(written), views, time.perf_counter() - start,
                            int(writer.committed().sum()), writer.num_blocks,
@@ -512,7 +528,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", required=True, help="store path or URL")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=256, help="views per teacher batch")
-    parser.add_argument("--block-size", type=int, default=2048, help="samples per store block")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="samples per store block (default: 2048, doubled until the store "
+                             "has at most 131,072 blocks: 16,384 at 1.4 billion samples)")
     parser.add_argument("--slot-group", type=int, default=5, help="slots per store chunk")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=4, help="DALI threads per process")

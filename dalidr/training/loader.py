@@ -73,6 +73,7 @@ from store.pieces import PieceSizes
 from store.plan import rank_length
 from store.prefetch import EpochPrefetcher
 from store.reader import EpochData, StoreReader
+from store.sources import SourcesView
 
 __all__ = [
     "Targets",
@@ -96,7 +97,8 @@ class DatasetCheck(enum.Enum):
     the dataset: full content verification is `dalidr verify STORE --data ROOT`."""
 
     # List the tree (or read the file list): paths, labels and file sizes must match the
-    # store's manifest; then hash a small deterministic sample of files. The default.
+    # store's manifest (compared block by block, never held whole); then hash a small
+    # deterministic sample of files. The default.
     LISTING = "listing"
     # Take the store's manifest as the listing (no walk of the tree); hash the sample only.
     MANIFEST = "manifest"
@@ -125,17 +127,37 @@ class ReinforcedLoader(_DaliLoader):
             reader = copy.copy(reader)  # the caller's reader keeps its own policy
             reader.uneven = shards
         rank, world = distributed_rank_world(rank, world)
-        view = reader.manifest_view if (manifest is None and check is DatasetCheck.MANIFEST
-                                        and not is_shard_spec(data)) else None
-        # The listing read through (None when the manifest is read per block).
+        view = reader.manifest_view if manifest is None else None
+        # The data's listing, when one is read (`DatasetCheck.LISTING`); None otherwise.
         self.listing: DatasetListing | None = None
+        # Where shard members lie, read per block (`store.sources`); None for a folder, for a
+        # listing, and for a store without the table (its shards are then indexed as before).
+        self.sources: SourcesView | None = None
+        if view is not None and check is DatasetCheck.LISTING:
+            self.listing = list_dataset(data, file_list)
+            if len(self.listing) != reader.num_samples:
+                view = None  # files the teacher pass skipped, deleted since: compared whole
+        elif view is not None and is_shard_spec(data):
+            self.sources = SourcesView.open(reader.layout)
+            view = view if self.sources is not None else None
         if view is not None:
             # The store's manifest read per block, as the rank's samples need it: this rank
             # holds its share of the blocks' rows, never every path (`store.manifest_view`).
-            view.reserve(-(-reader.num_blocks // world) + _SPARE_BLOCKS)
-            source: DataSource = NamedFileSource(Path(str(data)), reader.num_samples,
-                                                 view.paths)
-            reader.check_sampled_content(source, str(data))
+            share = -(-reader.num_blocks // world) + _SPARE_BLOCKS
+            view.reserve(share)
+            source: DataSource
+            if self.listing is not None:
+                # Compared block by block, streamed (`StoreReader.check_dataset`): the
+                # listing then has the store's paths in its order, so it serves sample i.
+                reader.check_dataset(self.listing)
+                source = self.listing.source
+            elif self.sources is None:
+                source = NamedFileSource(Path(str(data)), reader.num_samples, view.paths)
+                reader.check_sampled_content(source, str(data))
+            else:  # shard members located through the store's table, no shard indexed
+                self.sources.reserve(share)
+                source = self.sources.source(data, view)
+                reader.check_sampled_content(source, source.name)
             labels: Labels = view.column("label")
             self.image_hw: Labels = view.column("image_hw")
             unreadable = view.skipped_samples()
@@ -148,7 +170,7 @@ class ReinforcedLoader(_DaliLoader):
                 listing = _served_listing(data, stored, reader.config.num_classes)
                 reader.check_dataset(listing)
             else:
-                listed = list_dataset(data, file_list)
+                listed = self.listing or list_dataset(data, file_list)
                 reader.check_dataset(listed)
                 listing = _served_listing(data, stored, len(listed.classes), listed.classes,
                                           listed.source.for_paths(stored.paths))

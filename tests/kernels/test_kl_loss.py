@@ -7,6 +7,10 @@ every Triton kernel of the session into an interpreted one).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,8 +20,8 @@ from kernels.kl_loss import (
     kl_dense_reference,
     kl_topk_fused,
     kl_topk_reference,
-    kl_topk_triton,
 )
+from kernels.kl_loss_triton import kl_topk_triton
 from tests.kernels import DEVICE, INTERPRETED, kernel_test, run_under_interpreter
 
 # (batch, classes, k): k = C, k = 1, C not a power of two, C above one tile (4096), batch 1.
@@ -104,3 +108,21 @@ def test_kernel_under_interpreter() -> None:
         "test_kernel_matches or test_kernel_loss_only",
         len(SHAPES) * len(TOLERANCE) * len(Densify) + 1,
     )
+
+
+def test_loader_imports_leave_triton_out() -> None:
+    """Every data-loading process imports `kernels.kl_loss` (for `densify_topk`) and the teacher
+    pass `kernels.topk`; neither may import triton (~75 MB resident per process on a CPU-only
+    machine) until a kernel runs. A fresh interpreter, since this one has triton already; its
+    last line checks that importing the kernel modules does bring triton in (the probe works)."""
+    code = (
+        "import sys\n"
+        "import kernels.kl_loss, kernels.topk, dalidr.training.loader\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'triton'))\n"
+        "import kernels.kl_loss_triton, kernels.topk_triton\n"
+        "print('triton' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["[]", "True"], result.stdout[-3000:]

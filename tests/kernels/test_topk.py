@@ -14,9 +14,9 @@ import torch
 from kernels.topk import (
     MAX_FUSED_CLASSES,
     ensemble_topk,
-    ensemble_topk_kernel,
     ensemble_topk_reference,
 )
+from kernels.topk_triton import ensemble_topk_kernel
 from tests.kernels import DEVICE, INTERPRETED, kernel_test, run_under_interpreter
 
 # (members, views, classes, k): one member, one view, k = C, C not a power of two, C = 1, ...

@@ -14,7 +14,8 @@ rewritten through `StoreWriter.write_encoded`, so its digests are valid and only
 checks can catch it; `DUPLICATE_CLASS` reseals a top-k position with the class of its
 neighbour, a value in range in a row that is not (one reseal in eight). File mutants
 (`FILE_KINDS`, issue 23) replace an object that every reader
-reads by what a store may not hold: a symbolic link to an identical object inside the store, to
+reads (a commit row: `dalidr inspect` only, when the commit summary holds it) by what a store
+may not hold: a symbolic link to an identical object inside the store, to
 an identical copy or a secret-looking file outside it, or to `/dev/zero` / `/dev/urandom`, a
 FIFO, or a sparse file of 3 GiB (a chunk, or a `zarr.json`). Each must be refused, never served
 (`NOT_REFUSED`), and no message may quote the secret file (`ECHOED`).
@@ -418,6 +419,12 @@ def _reader_outputs(url: str, dataset: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def _off_the_read_path(root: Path, file: str) -> bool:
+    """Whether readers and loaders never open `file`: the commit map's rows, in a store whose
+    commit summary holds them (`store.commit_summary`; `dalidr inspect` still reads both)."""
+    return file.startswith("commit_map/c/") and (root / "commit_summary" / "zarr.json").exists()
+
+
 def _invalid_served(out: dict[str, np.ndarray], config: Any) -> str | None:
     """An oracle independent of store.validate: values a replay cannot take."""
     from dalidr.augment.ops import NUM_OPS
@@ -545,7 +552,8 @@ class _Worker:
             except BaseException as exc:  # noqa: BLE001
                 outcomes["loader"], details["loader"] = _error_outcome(exc, url)
         if mutant.kind in FILE_KINDS:  # such a file is never read, so never served
-            for checker in [k for k, o in outcomes.items() if o is Outcome.SAME]:
+            for checker in [k for k, o in outcomes.items() if o is Outcome.SAME and not (
+                    k != "inspect" and _off_the_read_path(root, mutant.file))]:
                 outcomes[checker] = Outcome.NOT_REFUSED
         if any(piece in text for text in details.values() for piece in SECRET_PIECES):
             outcomes["echo"] = Outcome.ECHOED

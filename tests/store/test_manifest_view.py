@@ -181,3 +181,48 @@ def test_inspect_names_a_block_digest_that_disagrees(tmp_path: Path) -> None:
     digests.attrs["dalidr_manifest_digests"] = seal
     problems = inspect_store(built.url).problems
     assert problems and "block 2 (samples 8..11)" in problems[0], problems
+
+
+# ------------------------------------------------------------------ the listing check, per block
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_the_listing_check_reads_the_manifest_per_block(built: BuiltStore, p: float) -> None:
+    """The default check (the data listed and compared with the manifest) streams the
+    manifest's blocks and keeps none of them whole: the same batches as the eager loader."""
+    config = LoaderConfig(batch_size=4, p=p, last_batch=LastBatch.PARTIAL)
+    eager = ReinforcedLoader(built.url, built.root, config, manifest=built.manifest, rank=1,
+                             world=2)
+    listed = ReinforcedLoader(built.url, built.root, config, rank=1, world=2)
+    assert listed.listing is not None and len(listed.listing) == len(built.manifest)
+    assert "manifest" not in listed.reader.layout.__dict__  # never decoded whole
+    expected, got = _batches(eager), _batches(listed)
+    assert [s for s, _, _ in got] == [s for s, _, _ in expected]
+    for (_, images, targets), (_, want_images, want_targets) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(images, want_images)
+        np.testing.assert_array_equal(targets, want_targets)
+
+
+@pytest.mark.parametrize("change", ["size", "label", "path"])
+def test_a_listing_that_differs_is_named_as_the_whole_manifest_names_it(
+        tmp_path: Path, change: str) -> None:
+    """Per block or whole, the first differing sample is named in the same words."""
+    built = build_store(tmp_path, images=24, block_size=4)
+    victim = 13  # block 3
+    path = built.root / built.listing.paths[victim]
+    if change == "size":
+        path.write_bytes(path.read_bytes() + b"\0")
+    elif change == "label":  # moved to another class folder
+        classes = sorted(p.name for p in built.root.iterdir() if p.is_dir())
+        other = next(c for c in classes if c != path.parent.name)
+        path.rename(built.root / other / path.name)
+    else:
+        path.rename(path.with_name("renamed-" + path.name))
+    config = LoaderConfig(batch_size=4)
+    with pytest.raises(DatasetError) as lazy:
+        ReinforcedLoader(built.url, built.root, config)
+    shutil.rmtree(Path(built.url) / DIGESTS)  # the release before the digests: read whole
+    with pytest.raises(DatasetError) as eager:
+        ReinforcedLoader(built.url, built.root, config)
+    assert str(lazy.value) == str(eager.value)
+    assert "differs" in str(lazy.value) or "lists" in str(lazy.value)

@@ -124,6 +124,7 @@ def test_a_socket_is_refused(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -
 
 _SPECIAL_FILES = """
 import json, os, resource, shutil, sys
+from dalidr.errors import StoreError
 from store.inspect import inspect_store
 from store.reader import StoreReader
 from tests.store.fuzz import _cap_data_segment
@@ -131,18 +132,25 @@ _cap_data_segment(1.0)  # 1 GiB more than now: a runaway read fails fast
 pristine, work = sys.argv[1], sys.argv[2]
 cases = [("zero", "topk/classes/c/1/0/0", "/dev/zero"), ("urandom", "records/crop/c/2/0/0",
          "/dev/urandom"), ("zero-row", "commit_map/c/1/0", "/dev/zero"),
+         ("zero-summary", "commit_summary/c/0/0", "/dev/zero"),
          ("zero-meta", "records/crop/zarr.json", "/dev/zero"),
          ("fifo", "topk/classes/c/1/0/0", None), ("fifo-meta", "zarr.json", None)]
 for name, key, target in cases:
     root = os.path.join(work, name)
     shutil.copytree(pristine, root)
+    if key.startswith("commit_map/"):  # read by loaders only without the commit summary
+        shutil.rmtree(os.path.join(root, "commit_summary"))
     os.unlink(os.path.join(root, key))
     if target:
         os.symlink(target, os.path.join(root, key))
     else:
         os.mkfifo(os.path.join(root, key))
     out = {"case": name, "key": key}
-    for what, run in (("inspect", lambda: inspect_store(root)),
+    def inspected():
+        problems = inspect_store(root).problems  # damage it reports, or raises at once
+        if problems:
+            raise StoreError(problems[0])
+    for what, run in (("inspect", inspected),
                       ("reader", lambda: [StoreReader(root).read_block(b) for b in range(5)])):
         try:
             run()
@@ -164,7 +172,7 @@ def test_devices_and_fifos_are_refused_without_reading(store_dir: Path, tmp_path
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"a special file hung the reader; cases done: {exc.stdout!r}")
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == 6, done.stderr[-3000:]
+    assert len(results) == 7, done.stderr[-3000:]
     for result in results:
         what = "a FIFO" if result["case"].startswith("fifo") else "a symbolic link to '/dev/"
         for checker in ("inspect", "reader"):
@@ -179,11 +187,14 @@ def test_devices_and_fifos_are_refused_without_reading(store_dir: Path, tmp_path
     (CHUNK, 3 << 30, "shard"),  # sparse: no disk used
     ("manifest/label/c/0", 64 << 20, "unsharded chunk"),
     ("commit_map/c/1/0", 41, "commit row (exactly 40 bytes)"),
+    ("commit_summary/c/0/0", 1 << 20, "commit summary"),
     ("records/crop/zarr.json", 8 << 20, "array metadata"),
     ("zarr.json", METADATA_BOUND + 1, "root metadata"),
 ])
 def test_an_object_past_its_bound_is_refused_before_reading(store_dir: Path, key: str, size: int,
                                                             what: str) -> None:
+    if key.startswith("commit_map/"):  # read by loaders only without the commit summary
+        shutil.rmtree(store_dir / "commit_summary")
     os.truncate(store_dir / key, size)
     for message in _messages(str(store_dir)):
         assert re.search(rf"object {re.escape(repr(key))} holds {size} bytes, more than the \d+ "
