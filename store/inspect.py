@@ -31,6 +31,7 @@ from store.layout import (
 )
 from store.location import redacted
 from store.manifest_view import DIGESTS, digest_problems
+from store.sources import SOURCES, sources_problems
 from store.validate import decode_views
 
 __all__ = ["StoreReport", "inspect_store", "verify_store", "format_report"]
@@ -90,6 +91,7 @@ def verify_store(layout: StoreLayout) -> tuple[list[str], int]:
         problems += summary_problems(layout)
     except DalidrError as exc:
         problems.append(f"commit summary: {exc}")
+    problems += sources_problems(layout)
     cfg = layout.config
     rows = layout.commit_rows()
     commits = rows[:, 0]
@@ -142,7 +144,7 @@ def inspect_store(url: str, verify: bool = True) -> StoreReport:
     cfg, location = layout.config, layout.location
     committed = np.flatnonzero(layout.commits())
     samples = sum(len(layout.block_range(int(b))) for b in committed)
-    names = layout.data_names + [COMMIT, "derived", "manifest", DIGESTS, SUMMARY]
+    names = layout.data_names + [COMMIT, "derived", "manifest", DIGESTS, SUMMARY, SOURCES]
     problems, checked = verify_store(layout) if verify else (None, 0)
     return StoreReport(
         url=url, num_samples=layout.num_samples, slots=cfg.slots, k=cfg.k, recipe=cfg.recipe,

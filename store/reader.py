@@ -102,7 +102,7 @@ class StoreReader:
                  uneven: UnevenShards = UnevenShards.PAD) -> None:
         self.layout: StoreLayout = open_layout(url, read_only=True)
         self.uneven = uneven
-        self._present: set[int] = set()  # committed blocks whose shard objects were seen
+        self._present: set[int] = set()  # blocks checked committed (they stay so)
         self._rows: np.ndarray | None = None  # the commit map, read when first needed
         self._complete = False  # whether `_rows` came from the commit summary
         if dataset is not None:
@@ -219,7 +219,9 @@ class StoreReader:
     # ------------------------------------------------------------------ reading
 
     def _require(self, blocks: np.ndarray) -> None:
-        """StoreError unless every block is committed and its shard objects exist."""
+        """StoreError unless every block is committed. (Its shard objects are not looked up
+        one by one, a request each on object storage: a missing one reads as fill values,
+        fails its digest, and `_verify` then names it.)"""
         blocks = np.unique(blocks)
         if all(int(b) in self._present for b in blocks):
             return  # committed blocks stay committed: no need to read the commit map again
@@ -238,13 +240,16 @@ class StoreReader:
             r = self.layout.block_range(b)
             raise StoreError(f"{self.url}: block {b} (samples {r.start}..{r.stop - 1}) is not "
                              f"committed; {missing.size} needed block(s) are incomplete")
-        for b in (int(b) for b in blocks if int(b) not in self._present):
-            for name in self.layout.data_names:
-                key = self.layout.shard_key(name, b)
-                if not self.layout.location.exists(key):
-                    raise StoreError(f"{self.url}: array {name!r}, chunk of block {b}: object "
-                                     f"{key!r} is missing although the block is committed")
-            self._present.add(b)
+        self._present.update(int(b) for b in blocks)
+
+    def _missing_shard(self, block: int) -> StoreError | None:
+        """The error naming a shard object of committed `block` that does not exist, if any."""
+        for name in self.layout.data_names:
+            key = self.layout.shard_key(name, block)
+            if not self.layout.location.exists(key):
+                return StoreError(f"{self.url}: array {name!r}, chunk of block {block}: object "
+                                  f"{key!r} is missing although the block is committed")
+        return None
 
     def _read(self, name: str, blocks: np.ndarray, group: int) -> np.ndarray:
         """[samples of sorted `blocks`, slots of `group`, ...] of array `name` (whole chunks).
@@ -335,6 +340,9 @@ class StoreReader:
             r = self.layout.block_range(block)
             part = {name: values[offsets[i]:offsets[i + 1]] for name, values in chunks.items()}
             if group_digest(part, block, group) != int(rows[block, 1 + group]):
+                missing = self._missing_shard(block)
+                if missing is not None:
+                    raise missing
                 raise StoreError(f"{self.url}: block {block} (samples {r.start}..{r.stop - 1}), "
                                  f"slot group {group}: the data does not match its commit digest "
                                  "(damaged, or a chunk copied from elsewhere); run `dalidr "

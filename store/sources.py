@@ -56,7 +56,8 @@ if TYPE_CHECKING:
     from store.manifest_view import ManifestView
 
 __all__ = ["SOURCES", "SourcesView", "SourcesBlockError", "write_sources", "add_sources",
-           "has_sources", "shard_base_name", "sources_digests"]
+           "copy_sources", "sources_problems", "has_sources", "shard_base_name",
+           "sources_digests"]
 
 SOURCES = "sources"
 _ATTRS = "dalidr_sources"
@@ -220,6 +221,38 @@ def add_sources(url: str, spec: DataSpec) -> bool:
         return False
     _write(layout, table)
     return True
+
+
+def copy_sources(source: StoreLayout, target: StoreLayout) -> bool:
+    """Give `target`, a store of the same manifest and block size (`dalidr subset`), the shard
+    table of `source`, every block of it verified first. True if it wrote; False if `source`
+    has none, the stores are cut differently, or `target` already holds it."""
+    view = SourcesView.open(source)
+    if view is None or (source.fingerprint, source.config.block_size) != (
+            target.fingerprint, target.config.block_size):
+        return False
+    members = np.concatenate([view.block(b) for b in range(view.num_blocks)]).astype(np.uint64)
+    table: dict[str, np.ndarray] = {
+        "name_bytes": view.names.data, "name_offsets": view.names.offsets,
+        "sizes": view.sizes, "members": members,
+        "digests": sources_digests(members, target.config.block_size)}
+    if _holds(target, table):
+        return False
+    _write(target, table)
+    return True
+
+
+def sources_problems(layout: StoreLayout) -> list[str]:
+    """What `dalidr inspect` reports of `/sources`: unreadable, unsealed, or a block that does
+    not match its digest (every block read)."""
+    try:
+        view = SourcesView.open(layout)
+        for b in range(view.num_blocks if view is not None else 0):
+            assert view is not None
+            view.block(b)
+    except StoreError as exc:
+        return [f"shard sources: {exc}"]
+    return []
 
 
 def _holds(layout: StoreLayout, table: dict[str, np.ndarray]) -> bool:

@@ -23,6 +23,7 @@ import numpy as np
 from dalidr.errors import OptionError, StoreError
 from store.layout import CLASSES, CORRUPT_CHUNK_ERRORS, PROB_GAPS, block_digest, open_layout
 from store.location import redacted
+from store.sources import copy_sources
 from store.writer import StoreWriter, resume_or_create
 
 __all__ = ["subset_store"]
@@ -65,5 +66,6 @@ def subset_store(source: str, out: str, slots: int, topk: int) -> StoreWriter:
         arrays[PROB_GAPS] = arrays[PROB_GAPS][..., :topk]
         writer.write_encoded(block, arrays)
     writer.finish()
+    copy_sources(layout, writer.layout)  # a store made from shards: the same samples lie there
     return writer
 

@@ -15,6 +15,7 @@ from store.commit_summary import SUMMARY, read_commit_summary, summarise
 from store.guarded import GuardedLocalStore
 from store.inspect import inspect_store
 from store.layout import open_layout
+from store.location import StoreLocation
 from store.reader import StoreReader
 from store.skip_marks import skipped_samples
 from store.upgrade import upgrade_store
@@ -94,9 +95,16 @@ def test_the_start_reads_no_commit_row_and_only_marked_blocks(store: Path,
     assert reads.under("commit_map/") == []
     assert reads.under("skipped/") == ["skipped/c/1/0", "skipped/c/3/0"]  # one shard a block
     assert set(reads.under(SUMMARY)) == {f"{SUMMARY}/c/0/0"}
-    # Reads are checked against the summary's digests, as against the commit map's.
+    # Reads are checked against the summary's digests, as against the commit map's, and no
+    # shard object is looked up one by one (a request each on object storage).
+    looked_up: list[str] = []
+    exists = StoreLocation.exists
+    monkeypatch.setattr(StoreLocation, "exists",
+                        lambda self, key: looked_up.append(key) or exists(self, key))
     records, targets = reader.read_block(2)
+    reader.read_views(np.arange(37), np.zeros(37, np.int64))
     assert len(records) == 8 and reads.under("commit_map/") == []
+    assert not [key for key in looked_up if key.startswith(("records/", "topk/", "skipped/"))]
 
 
 def test_without_a_summary_everything_is_read_and_found_the_same(store: Path,

@@ -30,9 +30,11 @@ from dalidr.data.sample_data import make_corpus
 from dalidr.errors import DatasetError, StoreError
 from dalidr.teacher.reinforce import CompileMode, ReinforceConfig, reinforce
 from dalidr.training.loader import DatasetCheck, LastBatch, LoaderConfig, ReinforcedLoader
+from store.inspect import inspect_store
 from store.manifest import scan_manifest
 from store.reader import StoreReader
 from store.sources import SOURCES, SourcesBlockError, SourcesView, add_sources
+from store.subset import subset_store
 from tests.store.helpers import tree_bytes
 from tests.store.test_manifest_view import _batches
 from tests.store_builder import BuiltStore, build_store
@@ -308,6 +310,22 @@ def test_a_forged_members_block_is_refused_naming_it(wide: tuple[BuiltStore, str
     with pytest.raises(SourcesBlockError, match=r"sources block 2 \(samples 8\.\.11\): the "
                                                 "members rows do not match the block's digest"):
         view.members(np.array([9]))
+    problems = inspect_store(str(store)).problems  # `dalidr inspect` reads every block
+    assert problems and any(p.startswith("shard sources: ") and "sources block 2" in p
+                            for p in problems)
+
+
+def test_a_subset_keeps_the_shard_table(packed: str, made: str, tmp_path: Path) -> None:
+    """`dalidr subset` of a store made from shards: same samples, same blocks, same table (so
+    its loaders index no shard either), each block verified on the way."""
+    out = tmp_path / "small.zarr"
+    subset_store(made, str(out), slots=1, topk=1)
+    assert tree_bytes(out / SOURCES) == tree_bytes(Path(made) / SOURCES)
+    config = LoaderConfig(batch_size=4, num_threads=1)
+    loader = ReinforcedLoader(str(out), packed, config, check=DatasetCheck.MANIFEST)
+    assert loader.sources is not None
+    loader.close()
+    assert inspect_store(str(out)).problems == []
 
 
 def test_a_broken_seal_or_shape_is_refused(wide: tuple[BuiltStore, str],
