@@ -14,15 +14,19 @@ the formula printed beside each number:
   incompressible bytes (the synthetic hashes repeat and compress; real ones do not), plus the
   commit map's bytes per block;
 - store objects: the store's metadata files plus its objects per block x ceil(N / block);
-- per-rank memory, start and the awaited epoch read: the line v = a + b N + c N / world fitted
-  (least squares, b and c >= 0) through every (size, world) measured, evaluated at (1.4B,
-  1,024): a is what no size or world changes, b what every rank pays per sample of the
-  dataset (today's whole manifest), c what a rank pays per sample it serves;
+- per-rank memory and the awaited epoch read: the line v = a + b N + c N / world fitted
+  (least squares, b and c >= 0; the epoch read with b = 0, since a rank reads only its share)
+  through every (size, world) measured, evaluated at (1.4B, 1,024): a is what no size or world
+  changes, b what every rank pays per sample of the dataset, c what a rank pays per sample it
+  serves;
+- start: what the first batch waits for, a + k x blocks + p x N / world: the blocks of the
+  first two batches (from the real plan, at each measured shape and at 1.4B; they saturate at
+  128), the plan's cost per position p from `bench/plan_scale.py`, a and k fitted;
 - plan time: `bench/plan_scale.py`'s plan of rank 0 of 1,024 at 1.4B, measured there
   (`bench/results/plan-scale.json`), when present;
-- bookkeeping: the teacher step's seconds per block, a + b N fitted through the sizes (what
-  grows with N is a per-block cost that reads something of the whole store), x the number
-  of blocks, per teacher process, scaled to 10 slots per record;
+- bookkeeping: the teacher step's seconds per block, their mean over the sizes (no per-block
+  step reads the whole store any more), x the number of blocks, per teacher process, scaled
+  to 10 slots per record;
 - the file list read: its seconds, a + b N, at 1.4B lines.
 """
 
@@ -113,11 +117,11 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def fit_line(points: list[tuple[int, int, float]], by_world: bool = True
-             ) -> tuple[float, float, float]:
+def fit_line(points: list[tuple[int, int, float]], by_world: bool = True,
+             by_dataset: bool = True) -> tuple[float, float, float]:
     """(a, b, c) of v = a + b N + c N / world, least squares over (N, world, v) points, with
     b, c >= 0 (the subset of terms whose fit is non-negative with the least residual); c = 0
-    unless `by_world`."""
+    unless `by_world`, b = 0 unless `by_dataset` (what only a rank's share can cost)."""
     n = np.array([p[0] for p in points], np.float64)
     w = np.array([p[1] for p in points], np.float64)
     v = np.array([p[2] for p in points], np.float64)
@@ -125,6 +129,7 @@ def fit_line(points: list[tuple[int, int, float]], by_world: bool = True
     best: tuple[float, dict[str, float]] | None = None
     options = ((("a", "b", "c"), ("a", "c"), ("a", "b"), ("a",)) if by_world
                else (("a", "b"), ("a",)))
+    options = tuple(t for t in options if by_dataset or "b" not in t)
     for terms in options:
         matrix = np.stack([columns[t] for t in terms], axis=1)
         if np.linalg.matrix_rank(matrix) < len(terms):
@@ -141,10 +146,10 @@ def fit_line(points: list[tuple[int, int, float]], by_world: bool = True
 
 
 def _fitted(points: list[tuple[int, int, float]], unit: str, scale: float, per: str,
-            by_world: bool = True) -> dict[str, Any]:
+            by_world: bool = True, by_dataset: bool = True) -> dict[str, Any]:
     """The line through `points` at (1.4B, 1,024), its formula in `unit` (value / `scale`)
     and `per` (per-sample unit: "B", "ns")."""
-    a, b, c = fit_line(points, by_world)
+    a, b, c = fit_line(points, by_world, by_dataset)
     value = a + b * DATACOMP + c * DATACOMP / DATACOMP_WORLD
     per_scale = {"B": 1.0, "ns": 1e-9}[per]
     formula = f"{a / scale:.3g} {unit} + {b / per_scale:.3g} {per} x N"
@@ -204,9 +209,10 @@ def project_datacomp(results: dict[str, Any], plan_scale: dict[str, Any] | None
     memory["issue_budget"] = budget
     memory["issue_budget_formula"] = "16 B x N / world + 256 MB (issue 28, item 1)"
     out["rank_memory_over_dali_bytes"] = memory
-    out["start_s"] = _fitted([(n, w, _start(f)) for n, w, f in loaders], "s", 1.0, "ns")
+    out["start_s"] = _start_projection(results, loaders, plan_scale)
+    # A rank's epoch read costs by its share alone (its blocks): no term in N.
     out["epoch_read_s"] = _fitted([(n, w, float(f["epoch_plan_awaited_s"]))
-                                   for n, w, f in loaders], "s", 1.0, "ns")
+                                   for n, w, f in loaders], "s", 1.0, "ns", by_dataset=False)
     out["epoch_read_s"]["note"] = ("a rank's epoch: plan + its records and targets read "
                                    "(ReinforcedLoader._epoch_data, awaited)")
     if plan_scale is not None:
@@ -218,8 +224,10 @@ def project_datacomp(results: dict[str, Any], plan_scale: dict[str, Any] | None
                                  "1,024 at 1.4B, measured (projected beside it)"}
     teacher = [(n, 1, steps[str(n)]["teacher"]) for n in sizes]
     slots = teacher[0][2]["slots"]
+    # Nothing a block's bookkeeping does reads the whole store: the mean per block.
     per_block = _fitted([(n, 1, f["per_block_s"] * DATACOMP_SLOTS / slots)
-                         for n, _, f in teacher], "s", 1.0, "ns", by_world=False)
+                         for n, _, f in teacher], "s", 1.0, "ns", by_world=False,
+                        by_dataset=False)
     out["bookkeeping_s"] = {
         "value": per_block["value"] * blocks, "per_block_s": per_block["value"],
         "formula": f"({per_block['formula']}) per block "
@@ -229,6 +237,43 @@ def project_datacomp(results: dict[str, Any], plan_scale: dict[str, Any] | None
     out["file_list_read_s"] = _fitted([(n, 1, steps[str(n)]["list_file_list"]["s"])
                                        for n in sizes], "s", 1.0, "ns", by_world=False)
     return out
+
+
+def first_batches_blocks(samples: int, world: int, block_size: int, batches: int = 2,
+                         batch: int = 64) -> int:
+    """Distinct blocks the first `batches` batches of rank 0 of `world` draw from (epoch 0's
+    plan, `store.plan`): what a loader reads before its first batch (DALI's first run takes
+    `prefetch_depth` = 2 iterations)."""
+    from store.plan import PlanSpec, plan_epoch
+
+    plan = plan_epoch(PlanSpec(samples, 5, 5, block_size, 0), 0, 0, world)
+    return int(np.unique(plan.samples[:batches * batch] // block_size).size)
+
+
+def _start_projection(results: dict[str, Any], loaders: list[tuple[int, int, dict[str, Any]]],
+                      plan_scale: dict[str, Any] | None) -> dict[str, Any]:
+    """The start as what it waits for: a + k x blocks + plan, where blocks are those of the
+    first two batches (they saturate at 2 x 64 once a rank holds many blocks, so a line in N
+    would overstate a billion) and the plan costs p x N / world (`bench/plan_scale.py`'s
+    per-position cost, else 413 ns); a and k fitted through the measured starts."""
+    block = results["store"][str(results["sizes"][-1])]["block_size"]
+    per_position = 413e-9
+    if plan_scale is not None:
+        real = plan_scale["datacomp_1_4B_world_1024"]["measured"]["plan_s"]
+        per_position = real / (DATACOMP / DATACOMP_WORLD)
+    blocks = [first_batches_blocks(n, w, block) for n, w, _ in loaders]
+    y = np.array([_start(f) - per_position * n / w for n, w, f in loaders])
+    matrix = np.stack([np.ones(len(blocks)), np.array(blocks, np.float64)], axis=1)
+    a, k = np.linalg.lstsq(matrix, y, rcond=None)[0].tolist()
+    at = first_batches_blocks(DATACOMP, DATACOMP_WORLD, block)
+    value = a + k * at + per_position * DATACOMP / DATACOMP_WORLD
+    measured = ", ".join(f"{n / 1e6:g}M/w{w}: {b}" for (n, w, _), b in zip(loaders, blocks,
+                                                                           strict=True))
+    return {"value": value, "a": a, "per_block_s": k, "plan_per_position_s": per_position,
+            "blocks_at_projection": at, "blocks_measured": blocks,
+            "formula": f"{a:.2f} s + {k * 1e3:.1f} ms x blocks of the first 2 batches ({at} at "
+                       f"1.4B, world 1,024; measured {measured}) + {per_position * 1e9:.0f} ns "
+                       "x N / world (the plan)"}
 
 
 def _mb(value: float) -> str:

@@ -96,6 +96,17 @@ def _data(args: argparse.Namespace) -> Any:
                        args.size_sources)
 
 
+def _built_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(data root, file list) of size `args.samples`, as `build_size` left them: what a loader
+    step needs, without `_data`'s pass over the source JPEGs (made or checked with PIL), whose
+    memory would count in the step's peak RSS but not in the plain DALI process's."""
+    work = size_paths(args)["work"]
+    root, file_list = work / "data", work / "files.txt"
+    if not (root.is_dir() and file_list.is_file()):
+        raise FileNotFoundError(f"{work}: build the size first (`build_size`)")
+    return root, file_list
+
+
 def build_size(args: argparse.Namespace) -> dict[str, float]:
     """The file-list dataset and the complete loader store of size `args.samples`, made or
     resumed; seconds each took (near 0 when already built)."""
@@ -118,8 +129,8 @@ def step_dali_baseline(args: argparse.Namespace) -> dict[str, Any]:
 def step_list_file_list(args: argparse.Namespace) -> dict[str, Any]:
     from dalidr.data.dataset import list_dataset
 
-    data = _data(args)
-    listing, took = _timed(lambda: list_dataset(data.root, data.file_list, share=False))
+    root, file_list = _built_paths(args)
+    listing, took = _timed(lambda: list_dataset(root, file_list, share=False))
     return {"s": took, "samples": len(listing), "listing_bytes": int(
         listing.paths.data.nbytes + listing.paths.offsets.nbytes + listing.labels.nbytes)}
 
@@ -128,11 +139,11 @@ def _reinforced_manifest(args: argparse.Namespace, world: int,
                          whole: bool = True) -> dict[str, Any]:
     from dalidr.training.loader import DatasetCheck, ReinforcedLoader
 
-    data = _data(args)
+    root, file_list = _built_paths(args)
     return _loader_figures(
-        lambda: ReinforcedLoader(str(size_paths(args)["loader_store"]), data.root,
+        lambda: ReinforcedLoader(str(size_paths(args)["loader_store"]), root,
                                  _loader_config(args), rank=0, world=world,
-                                 file_list=data.file_list, check=DatasetCheck.MANIFEST),
+                                 file_list=file_list, check=DatasetCheck.MANIFEST),
         lambda loader: epoch_first_batch(loader, 1),
         awaited=(lambda loader: whole_epoch(loader, 2)) if whole else None)
 

@@ -29,6 +29,7 @@ the manifest once and checking it against the fingerprint first).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -118,21 +119,35 @@ def write_manifest_digests(group: zarr.Group, manifest: Manifest, block_size: in
 
 @dataclass(frozen=True, eq=False)
 class _Block:
-    """One block's verified rows (what loaders use; hashes and sizes are read on demand)."""
+    """One block's verified rows, in the manifest's stored widths (a rank caches its share of
+    blocks: every byte here is a byte per sample it serves). The content hashes are dropped
+    from cached blocks (`slim`): only the start's sampled check needs them, and it reads its
+    blocks afresh."""
 
     start: int
     paths: PathList
-    labels: np.ndarray  # int64
-    image_hw: np.ndarray  # int64 [rows, 2]
+    labels: np.ndarray  # int32
+    image_hw: np.ndarray  # uint16 [rows, 2]
     skipped: np.ndarray  # bool
     sizes: np.ndarray  # int64
-    hashes: np.ndarray  # uint8 [rows, 32]
+    hashes: np.ndarray | None  # uint8 [rows, 32]; None in a cached block
+
+    def slim(self) -> _Block:
+        return dataclasses.replace(self, hashes=None)
 
 
 # Columns a caller gathers by name, and how each is read off a block.
 _GATHER: dict[str, Callable[[_Block], np.ndarray]] = {
     "label": lambda b: b.labels, "image_hw": lambda b: b.image_hw,
-    "skipped": lambda b: b.skipped, "size": lambda b: b.sizes, "sha256": lambda b: b.hashes}
+    "skipped": lambda b: b.skipped, "size": lambda b: b.sizes,
+    "sha256": lambda b: _hashes(b)}
+# What `gather` returns for the columns a block keeps narrower than callers compute with.
+_GATHERED_DTYPE = {"label": np.dtype(np.int64), "image_hw": np.dtype(np.int64)}
+
+
+def _hashes(block: _Block) -> np.ndarray:
+    assert block.hashes is not None, "a cached block has no hashes: read it afresh"
+    return block.hashes
 
 
 class ManifestView:
@@ -146,6 +161,7 @@ class ManifestView:
         self._blocks: OrderedDict[int, _Block] = OrderedDict()
         self._capacity = _DEFAULT_BLOCKS
         self._lock = Lock()
+        self._reading: dict[int, Lock] = {}  # a lock per block being read
         self.blocks_read = 0  # how many block reads this view made (for tests and benches)
 
     @classmethod
@@ -191,17 +207,36 @@ class ManifestView:
     def block(self, b: int) -> _Block:
         """The verified rows of block `b` (read once, then kept while the cache has room)."""
         with self._lock:
-            found = self._blocks.get(b)
+            found = self._cached(b)
             if found is not None:
-                self._blocks.move_to_end(b)
                 return found
-        block = self._read(b)
+            gate = self._reading.setdefault(b, Lock())
+        with gate:  # threads asking for one block at once (a loader's readers) read it once
+            with self._lock:
+                found = self._cached(b)
+            if found is None:
+                found = self._keep({b: self._read(b)})[0]
         with self._lock:
-            self._blocks[b] = block
-            self.blocks_read += 1
+            self._reading.pop(b, None)
+        return found
+
+    def _cached(self, b: int) -> _Block | None:
+        found = self._blocks.get(b)
+        if found is not None:
+            self._blocks.move_to_end(b)
+        return found
+
+    def _keep(self, read: dict[int, _Block]) -> list[_Block]:
+        """Cache the blocks just read, slim (unless cached meanwhile); the cached versions."""
+        with self._lock:
+            for b, block in read.items():
+                if b not in self._blocks:
+                    self._blocks[b] = block.slim()
+                    self.blocks_read += 1
+            kept = [self._blocks[b] for b in read]
             while len(self._blocks) > self._capacity:
                 self._blocks.popitem(last=False)
-        return block
+        return kept
 
     def _prefetch(self, blocks: list[int]) -> None:
         """Read the blocks of `blocks` not in the cache (as many as it holds) together."""
@@ -209,14 +244,7 @@ class ManifestView:
             missing = [b for b in blocks if b not in self._blocks][:self._capacity]
         for at in range(0, len(missing) if len(missing) > 1 else 0, _BLOCKS_AT_ONCE):
             part = missing[at:at + _BLOCKS_AT_ONCE]
-            read = self._read_many(part)
-            with self._lock:
-                for b, block in zip(part, read, strict=True):
-                    if b not in self._blocks:
-                        self._blocks[b] = block
-                        self.blocks_read += 1
-                while len(self._blocks) > self._capacity:
-                    self._blocks.popitem(last=False)
+            self._keep(dict(zip(part, self._read_many(part), strict=True)))
 
     def _column(self, name: str, start: int, stop: int) -> np.ndarray:
         try:
@@ -299,37 +327,54 @@ class ManifestView:
         if bad.size:
             raise ManifestBlockError(f"{where}: sample {a + int(bad[0])} has label "
                              f"{int(rows.labels[bad[0]])}, outside -1..{num_classes - 1}")
-        return _Block(a, rows.paths, rows.labels, rows.image_hw, rows.skipped, rows.sizes,
-                      rows.hashes)
+        return _Block(a, rows.paths, rows.labels.astype(np.int32),
+                      rows.image_hw.astype(np.uint16), rows.skipped, rows.sizes, rows.hashes)
 
     # ------------------------------------------------------------------ gathering
 
-    def _groups(self, samples: np.ndarray) -> list[tuple[_Block, np.ndarray, np.ndarray]]:
-        """(block, where in `samples`, rows in the block) per block `samples` touch."""
+    def _split(self, samples: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """(block, where in `samples`) per block `samples` touch, in block order."""
         if samples.size and (samples.min() < 0 or samples.max() >= self.num_samples):
             bad = int(samples[(samples < 0) | (samples >= self.num_samples)][0])
             raise StoreError(f"{self.url}: sample {bad} is not in 0..{self.num_samples - 1}")
         owners = samples // self.block_size
         order = np.argsort(owners, kind="stable")
         cuts = np.flatnonzero(np.diff(owners[order])) + 1
-        self._prefetch(np.unique(owners).tolist())
-        out = []
-        for where in np.split(order, cuts) if samples.size else []:
-            block = self.block(int(owners[where[0]]))
-            out.append((block, where, samples[where] - block.start))
-        return out
+        return [(int(owners[where[0]]), where)
+                for where in (np.split(order, cuts) if samples.size else [])]
+
+    def _groups(self, samples: np.ndarray) -> list[tuple[_Block, np.ndarray, np.ndarray]]:
+        """(block, where in `samples`, rows in the block) per block `samples` touch."""
+        split = self._split(samples)
+        self._prefetch([b for b, _ in split])
+        blocks = [self.block(b) for b, _ in split]
+        return [(block, where, samples[where] - block.start)
+                for block, (_, where) in zip(blocks, split, strict=True)]
+
+    def _fresh_groups(self, samples: np.ndarray) -> list[tuple[_Block, np.ndarray, np.ndarray]]:
+        """`_groups` from blocks read now, hashes included (the cache keeps blocks slim)."""
+        split = self._split(samples)
+        blocks: list[_Block] = []
+        for at in range(0, len(split), _BLOCKS_AT_ONCE):
+            part = [b for b, _ in split[at:at + _BLOCKS_AT_ONCE]]
+            read = self._read_many(part)
+            self._keep(dict(zip(part, read, strict=True)))  # the slim rows serve later
+            blocks += read
+        return [(block, where, samples[where] - block.start)
+                for block, (_, where) in zip(blocks, split, strict=True)]
 
     def gather(self, name: str, samples: np.ndarray | list[int]) -> np.ndarray:
-        """Column `name` (label, image_hw, skipped, size, sha256) of `samples`, any shape."""
+        """Column `name` (label, image_hw, skipped, size, sha256) of `samples`, any shape
+        (labels and image sizes as int64). The hashes are read afresh, blocks not kept."""
         index = np.asarray(samples, dtype=np.int64)
         flat = index.reshape(-1)
-        groups = self._groups(flat)
+        groups = self._fresh_groups(flat) if name == "sha256" else self._groups(flat)
         take = _GATHER[name]
         if not groups:
             trailing = (2,) if name == "image_hw" else (32,) if name == "sha256" else ()
             return np.zeros(index.shape + trailing, np.int64)
         first = take(groups[0][0])
-        out = np.empty((flat.size,) + first.shape[1:], first.dtype)
+        out = np.empty((flat.size,) + first.shape[1:], _GATHERED_DTYPE.get(name, first.dtype))
         for block, where, rows in groups:
             out[where] = take(block)[rows]
         return out.reshape(index.shape + first.shape[1:])
