@@ -175,11 +175,10 @@ class StoreReader:
             # Per block, streamed: the manifest is never held whole (`ManifestView`). The
             # listing then has the store's paths in its order, so sample i is its sample i.
             difference = view.check_listing(dataset)
-            if difference is None and sampled_hashes > 0:
-                indices = view.sampled_indices(sampled_hashes)
-                bad = content_differences(dataset.source, indices, view.gather("sha256", indices))
-                if bad:
-                    difference = self._sampled_differ(bad, len(indices), dataset.root)
+            if difference is None:
+                if sampled_hashes > 0:
+                    self.check_sampled_content(dataset.source, dataset.root, sampled_hashes)
+                return
         else:
             difference = self.manifest.check_listing(dataset)
             if difference is None and sampled_hashes > 0:
